@@ -1,0 +1,128 @@
+"""The command line: ``runtimed serve`` builds config -> store -> Runtime -> app and runs it.
+
+Thin by design: every decision about values lives in ``config``; every behaviour in the
+Runtime and the web app. Problems at start are one line on stderr and an exit status:
+2 for usage and configuration, 1 for a failure while starting or running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import click
+from aiohttp import web
+
+from . import __version__
+from .config import Config, ConfigError, StoreConfig, format_host_port, load_config
+from .errors import RuntimedError
+from .runtime import Runtime
+from .store import MemoryStore, Store
+from .web.app import create_app
+
+log = logging.getLogger("runtimed")
+
+ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs'
+
+
+class _OneLineFailure(click.ClickException):
+    def show(self, file: object = None) -> None:
+        click.echo(self.format_message(), err=True)
+
+
+class ConfigProblem(_OneLineFailure):
+    """A bad flag or config value: one line, exit status 2."""
+
+    exit_code = 2
+
+
+class StartFailure(_OneLineFailure):
+    """The daemon could not start or run: one line, exit status 1."""
+
+    exit_code = 1
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="runtimed")
+def main() -> None:
+    """runtimed: a local host for long-lived AI agent workers."""
+
+
+@main.command()
+@click.option("--config", "config_path", metavar="FILE", help="TOML config file (see config.example.toml).")
+@click.option("--bind", metavar="HOST:PORT", help="Address to listen on [default: 127.0.0.1:7420]; port 0 picks one.")
+@click.option("--store", type=click.Choice(["memory", "fs"]), help="Where state is kept [default: memory].")
+@click.option("--fs-root", metavar="DIR", help="Root directory of the fs store.")
+@click.option("--runtime-id", metavar="ID", help="Runtime id [default: generated].")
+@click.option("--display-name", metavar="NAME", help="Display name shown in the runtime summary.")
+@click.option("--local-token-env", metavar="VAR", help="Environment variable that holds the bearer token.")
+@click.option("--max-transcript-projection-items", type=click.IntRange(min=1), metavar="N", help="Largest transcript page [default: 256].")
+@click.option("--max-event-batch-items", type=click.IntRange(min=1), metavar="N", help="Largest event poll batch [default: 256].")
+def serve(config_path: str | None, **flags: object) -> None:
+    """Serve the REST API and observation WebSocket until SIGTERM or SIGINT."""
+    overrides = {"--" + name.replace("_", "-"): value for name, value in flags.items()}
+    try:
+        config = load_config(Path(config_path) if config_path is not None else None, overrides)
+    except ConfigError as error:
+        raise ConfigProblem(f"runtimed: {error}") from None
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        asyncio.run(run(config))
+    except ConfigError as error:
+        raise ConfigProblem(f"runtimed: {error}") from None
+    except (OSError, RuntimedError) as error:
+        raise StartFailure(f"runtimed: {error}") from None
+
+
+def build_store(config: StoreConfig) -> Store:
+    if config.kind == "memory":
+        return MemoryStore()
+    raise ConfigError(f"store kind {config.kind!r} is not available in runtimed {__version__}; use memory")
+
+
+async def run(config: Config) -> None:
+    """Serve until a signal asks to stop, then shut down in order: HTTP first, then the store."""
+    runtime = await Runtime.open(build_store(config.store), config.runtime)
+    try:
+        await serve_app(runtime, config)
+    finally:
+        await runtime.close()
+
+
+async def serve_app(runtime: Runtime, config: Config) -> None:
+    server = config.server
+    if not server.is_loopback:
+        log.warning(
+            "listening on %s, which is not loopback: the bearer token travels in clear text "
+            "unless a TLS-terminating proxy is in front",
+            server.bind,
+        )
+    app = create_app(runtime, server)
+    runner = web.AppRunner(app, handle_signals=False, access_log_format=ACCESS_LOG_FORMAT, shutdown_timeout=10.0)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, server.host, server.port)
+        try:
+            await site.start()
+        except OSError as error:
+            raise StartFailure(f"runtimed: cannot listen on {server.bind}: {error.strerror or error}") from None
+        host, port = runner.addresses[0][:2]
+        print(
+            f"runtimed listening on http://{format_host_port(host, port)} "
+            f"(runtime {runtime.runtime_id}, store {runtime.summary().backend})",
+            file=sys.stderr,
+            flush=True,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,101 @@
+"""Typed errors of the Runtime.
+
+Each error carries a stable snake_case ``code`` from the API contract and a human message.
+Nothing here knows about HTTP: the web layer maps ``code`` to a status in one table
+(``runtimed.web.errors``).
+"""
+
+from __future__ import annotations
+
+
+class RuntimedError(Exception):
+    """Base of every error runtimed reports to a client."""
+
+    code = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidWorkerId(RuntimedError):
+    code = "invalid_worker_id"
+
+    def __init__(self, message: str = "worker_id must not be empty") -> None:
+        super().__init__(message)
+
+
+class InvalidRequest(RuntimedError):
+    """A request of the right shape whose values the Runtime refuses (contract §2)."""
+
+    code = "invalid_request"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"invalid request: {reason}")
+        self.reason = reason
+
+
+class LimitTooLarge(RuntimedError):
+    code = "limit_too_large"
+
+    def __init__(self, limit: int, maximum: int) -> None:
+        super().__init__(f"limit {limit} exceeds maximum {maximum}")
+        self.limit = limit
+        self.maximum = maximum
+
+
+class WrongRuntime(RuntimedError):
+    code = "wrong_runtime"
+
+    def __init__(self, given: str, expected: str) -> None:
+        super().__init__(f"worker ref names runtime {given}, but this is runtime {expected}")
+
+
+class WrongRuntimeCursor(RuntimedError):
+    code = "wrong_runtime_cursor"
+
+    def __init__(self, given: str, expected: str) -> None:
+        super().__init__(f"cursor belongs to runtime {given}, but this is runtime {expected}")
+
+
+class WorkerNotFound(RuntimedError):
+    code = "worker_not_found"
+
+    def __init__(self, worker_id: str, runtime_id: str) -> None:
+        super().__init__(f"worker {worker_id} was not found in runtime {runtime_id}")
+        self.worker_id = worker_id
+
+
+class RuntimeStopped(RuntimedError):
+    code = "runtime_stopped"
+
+    def __init__(self, runtime_id: str) -> None:
+        super().__init__(f"runtime {runtime_id} is stopped")
+
+
+class StoreError(RuntimedError):
+    """The store failed; the message names the operation and the path."""
+
+    def __init__(self, operation: str, path: str, detail: str) -> None:
+        super().__init__(f"{operation} {path}: {detail}")
+        self.operation = operation
+        self.path = path
+
+
+class StoreIo(StoreError):
+    code = "store_io"
+
+
+class StoreMissing(StoreError):
+    code = "store_missing"
+
+
+class StoreCorrupt(StoreError):
+    code = "store_corrupt"
+
+
+class StatePoisoned(RuntimedError):
+    code = "state_poisoned"
+
+    def __init__(self, message: str = "runtime state is unusable after a failed store write; restart the daemon") -> None:
+        super().__init__(message)

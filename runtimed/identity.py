@@ -1,0 +1,51 @@
+"""Identity of runtimes and workers (contract §1).
+
+A ``WorkerRef`` is the authority for every worker operation: a worker id means nothing
+without the runtime it belongs to.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from .errors import InvalidWorkerId
+
+
+def _require_non_blank(value: str, what: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{what} must not be empty")
+    return value
+
+
+def parse_worker_id(raw: str) -> str:
+    """Turn an untrusted worker id (a path segment) into a worker id, or raise ``InvalidWorkerId``."""
+    if not raw.strip():
+        raise InvalidWorkerId()
+    return raw
+
+
+def generate_runtime_id(backend: str) -> str:
+    """A fresh ``runtime-<backend>-<16 hex>`` id (``mem`` or ``fs``)."""
+    return f"runtime-{backend}-{secrets.token_hex(8)}"
+
+
+def format_worker_id(sequence: int) -> str:
+    """The id of the ``sequence``-th worker of a runtime: ``worker-00000001``."""
+    return f"worker-{sequence:08x}"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRef:
+    runtime_id: str
+    worker_id: str
+
+    def __post_init__(self) -> None:
+        _require_non_blank(self.runtime_id, "runtime_id")
+        if not isinstance(self.worker_id, str) or not self.worker_id.strip():
+            raise InvalidWorkerId()
+
+
+def require_runtime_id(value: str) -> str:
+    """Validate a configured runtime id; raises ``ValueError`` when blank."""
+    return _require_non_blank(value, "runtime_id")

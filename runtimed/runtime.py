@@ -1,0 +1,387 @@
+"""The Runtime: every operation of the contract, over one in-memory state and a store.
+
+The Runtime is the only object the web layer calls. It knows nothing of HTTP: it takes and
+returns domain values and raises ``RuntimedError`` subclasses.
+
+Every mutation follows one path (``_commit``): check, build a ``Change`` around the single
+runtime event it appends, apply it to memory, then wait for the store to make it durable.
+Applying and building happen without an ``await`` in between, so concurrent mutations never
+interleave half-way; if the store fails, the change is undone and the caller gets the error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from dataclasses import dataclass
+
+from .catalog import (
+    CreateWorkerRequest,
+    TaskIntent,
+    WorkerDetail,
+    WorkerLifecycleAck,
+    WorkerState,
+    WorkerStatus,
+    WorkerSummary,
+)
+from .errors import (
+    InvalidRequest,
+    LimitTooLarge,
+    RuntimeStopped,
+    StatePoisoned,
+    StoreError,
+    WorkerNotFound,
+    WrongRuntime,
+)
+from .identity import WorkerRef, format_worker_id, generate_runtime_id
+from .interaction import WorkerInput, WorkerInteractionAck
+from .management import RuntimeOptions, RuntimeStatus, RuntimeSummary
+from .observation import (
+    EventBatch,
+    EventKind,
+    RuntimeDiagnostic,
+    RuntimeEvent,
+    Severity,
+    TranscriptEntry,
+    TranscriptProjection,
+    TranscriptRole,
+)
+from .store import Change, RestoredState, Store
+
+DIAG_LOCAL_DEFAULT_RESOURCES = "runtime.local_default_resources"
+DIAG_TOOLS_LESS = "worker.tools_less"
+
+
+@dataclass(frozen=True, slots=True)
+class _Undo:
+    """What ``_apply`` needs to put memory back as it was before one change."""
+
+    events_len: int
+    diagnostics_len: int
+    worker_sequence: int
+    status: RuntimeStatus
+    workers: tuple[tuple[str, WorkerState | None, int], ...]  # (id, previous state, transcript length)
+
+
+class Runtime:
+    """A runtime of workers: create, observe, talk to, stop and cancel them."""
+
+    def __init__(self, store: Store, options: RuntimeOptions, runtime_id: str) -> None:
+        """Prefer ``await Runtime.open(store, options)``, which restores and starts the runtime."""
+        self._store = store
+        self._options = options
+        self._limits = options.limits
+        self._runtime_id = runtime_id
+        self._status = RuntimeStatus.STOPPED
+        self._worker_sequence = 0
+        self._events: list[RuntimeEvent] = []
+        self._diagnostics: list[RuntimeDiagnostic] = []
+        self._workers: dict[str, WorkerState] = {}  # insertion order is creation order
+        self._transcripts: dict[str, list[TranscriptEntry]] = {}
+        self._status_counts: Counter[WorkerStatus] = Counter()
+        self._poisoned = False
+
+    @classmethod
+    async def open(cls, store: Store, options: RuntimeOptions | None = None) -> "Runtime":
+        """Build a Runtime over ``store``: restore what it holds, or start a new runtime."""
+        options = options or RuntimeOptions()
+        restored = await store.open(options.runtime_id)
+        if restored is None:
+            runtime = cls(store, options, options.runtime_id or generate_runtime_id(store.id_prefix))
+            await runtime._append_runtime_started()
+        else:
+            runtime = cls(store, options, restored.runtime_id)
+            runtime._restore(restored)
+        return runtime
+
+    def _restore(self, restored: RestoredState) -> None:
+        self._status = restored.status
+        self._worker_sequence = restored.worker_sequence
+        self._events = list(restored.events)
+        self._diagnostics = list(restored.diagnostics)
+        for state in restored.workers:
+            self._workers[state.worker_ref.worker_id] = state
+            self._status_counts[state.status] += 1
+        self._transcripts = {wid: list(restored.transcripts.get(wid, ())) for wid in self._workers}
+
+    async def close(self) -> None:
+        await self._store.close()
+
+    # ------------------------------------------------------------------ reads
+
+    @property
+    def runtime_id(self) -> str:
+        return self._runtime_id
+
+    @property
+    def limits(self):
+        return self._limits
+
+    @property
+    def status(self) -> RuntimeStatus:
+        return self._status
+
+    def worker_ref(self, worker_id: str) -> WorkerRef:
+        """The ref of ``worker_id`` in this runtime (raises ``InvalidWorkerId`` when blank)."""
+        return WorkerRef(self._runtime_id, worker_id)
+
+    def summary(self) -> RuntimeSummary:
+        counts = self._status_counts
+        return RuntimeSummary(
+            runtime_id=self._runtime_id,
+            display_name=self._options.display_name,
+            backend=self._store.backend,
+            status=self._status,
+            worker_count=len(self._workers),
+            active_worker_count=counts[WorkerStatus.RUNNING],
+            stopped_worker_count=counts[WorkerStatus.STOPPED],
+            cancelled_worker_count=counts[WorkerStatus.CANCELLED],
+            diagnostic_count=len(self._diagnostics),
+            limits=self._limits,
+        )
+
+    def list_workers(self) -> list[WorkerSummary]:
+        return [WorkerSummary.of(state) for state in self._workers.values()]
+
+    def worker_detail(self, ref: WorkerRef) -> WorkerDetail:
+        return WorkerDetail.of(self._worker(ref))
+
+    def transcript(self, ref: WorkerRef, start: int = 0, limit: int | None = None) -> TranscriptProjection:
+        """Transcript entries ``[start, start+limit)``; the cost grows with ``limit`` only."""
+        state = self._worker(ref)
+        maximum = self._limits.max_transcript_projection_items
+        if limit is None:
+            limit = min(256, maximum)
+        if limit > maximum:
+            raise LimitTooLarge(limit, maximum)
+        entries = self._transcripts[ref.worker_id]
+        items = entries[start : start + limit]
+        end = start + len(items)
+        return TranscriptProjection(
+            worker_ref=state.worker_ref,
+            start=start,
+            limit=limit,
+            total_items=len(entries),
+            items=items,
+            next_start=end if end < len(entries) else None,
+        )
+
+    def events(self, cursor: int = 1, limit: int | None = None) -> EventBatch:
+        """Runtime events with ids ``>= cursor`` (0 means 1), at most ``limit`` of them."""
+        maximum = self._limits.max_event_batch_items
+        if limit is None:
+            limit = maximum
+        if limit > maximum:
+            raise LimitTooLarge(limit, maximum)
+        cursor = max(cursor, 1)
+        # Event ids are dense from 1, so id n sits at index n-1.
+        events = self._events[cursor - 1 : cursor - 1 + limit]
+        next_cursor = events[-1].id + 1 if events else cursor
+        return EventBatch(
+            runtime_id=self._runtime_id,
+            events=events,
+            next_cursor=next_cursor,
+            has_more=next_cursor <= len(self._events),
+        )
+
+    def diagnostics(self) -> list[RuntimeDiagnostic]:
+        return list(self._diagnostics)
+
+    # -------------------------------------------------------------- mutations
+
+    async def create_worker(self, request: CreateWorkerRequest) -> WorkerDetail:
+        self._require_running()
+        if isinstance(request.intent, TaskIntent) and not request.intent.objective.strip():
+            raise InvalidRequest("task objective must not be empty")
+        for capability in request.requested_capabilities:
+            if not capability.name.strip():
+                raise InvalidRequest("capability name must not be empty")
+
+        worker_id = format_worker_id(self._worker_sequence + 1)
+        ref = WorkerRef(self._runtime_id, worker_id)
+        event = self._next_event(EventKind.WORKER_CREATED, f"worker {worker_id} created", ref)
+        state = WorkerState(
+            worker_ref=ref,
+            request=request,
+            status=WorkerStatus.RUNNING,
+            transcript_len=0,
+            last_event_id=event.id,
+        )
+        diagnostics: list[tuple[str, str]] = []
+        if request.config_bundle is None:
+            diagnostics.append(
+                (
+                    DIAG_LOCAL_DEFAULT_RESOURCES,
+                    "worker created without ConfigBundleRef; runtime-local defaults are assumed",
+                )
+            )
+        if not request.requested_capabilities:
+            diagnostics.append((DIAG_TOOLS_LESS, "worker created without requested tool capabilities"))
+        first_id = len(self._diagnostics) + 1
+        change = Change(
+            event=event,
+            runtime_status=self._status,
+            workers=(state,),
+            diagnostics=tuple(
+                RuntimeDiagnostic(first_id + i, Severity.INFO, code, message, ref)
+                for i, (code, message) in enumerate(diagnostics)
+            ),
+        )
+        await self._commit(change)
+        return WorkerDetail.of(state)
+
+    async def send_input(self, ref: WorkerRef, worker_input: WorkerInput) -> WorkerInteractionAck:
+        self._require_running()
+        state = self._worker(ref)
+        if not worker_input.content.strip():
+            raise InvalidRequest("worker input content must not be empty")
+        if state.status is not WorkerStatus.RUNNING:
+            raise InvalidRequest(f"worker {ref.worker_id} is not running")
+
+        event = self._next_event(EventKind.WORKER_INPUT_ACCEPTED, "worker input accepted", state.worker_ref)
+        entry = TranscriptEntry(
+            sequence=state.transcript_len + 1,
+            worker_ref=state.worker_ref,
+            role=TranscriptRole(worker_input.kind.value),
+            content=worker_input.content,
+            event_id=event.id,
+        )
+        new_state = dataclasses.replace(state, transcript_len=entry.sequence, last_event_id=event.id)
+        await self._commit(
+            Change(event=event, runtime_status=self._status, workers=(new_state,), transcript=(entry,))
+        )
+        return WorkerInteractionAck(
+            worker_ref=new_state.worker_ref,
+            status=new_state.status,
+            transcript_sequence=entry.sequence,
+            event_id=event.id,
+        )
+
+    async def stop_worker(self, ref: WorkerRef, reason: str | None = None) -> WorkerLifecycleAck:
+        """Move a running worker to ``stopped``; on any other worker, change nothing."""
+        return await self._end_worker(ref, WorkerStatus.STOPPED, EventKind.WORKER_STOPPED, reason, "worker stopped")
+
+    async def cancel_worker(self, ref: WorkerRef, reason: str | None = None) -> WorkerLifecycleAck:
+        """Move a running worker to ``cancelled``; on any other worker, change nothing."""
+        return await self._end_worker(
+            ref, WorkerStatus.CANCELLED, EventKind.WORKER_CANCELLED, reason, "worker cancelled"
+        )
+
+    async def _end_worker(
+        self, ref: WorkerRef, status: WorkerStatus, kind: EventKind, reason: str | None, default_reason: str
+    ) -> WorkerLifecycleAck:
+        self._require_running()
+        state = self._worker(ref)
+        if state.status is not WorkerStatus.RUNNING:
+            return WorkerLifecycleAck(state.worker_ref, state.status, state.last_event_id)
+        # A blank reason says nothing, so the event gets the default message instead.
+        message = reason if reason is not None and reason.strip() else default_reason
+        event = self._next_event(kind, message, state.worker_ref)
+        new_state = dataclasses.replace(state, status=status, last_event_id=event.id)
+        await self._commit(Change(event=event, runtime_status=self._status, workers=(new_state,)))
+        return WorkerLifecycleAck(new_state.worker_ref, new_state.status, event.id)
+
+    async def stop(self) -> RuntimeSummary:
+        """Stop the runtime: running workers become ``stopped`` and mutations are refused."""
+        if self._status is RuntimeStatus.STOPPED:
+            return self.summary()
+        event = self._next_event(EventKind.RUNTIME_STOPPED, f"runtime {self._runtime_id} stopped")
+        stopped = tuple(
+            dataclasses.replace(state, status=WorkerStatus.STOPPED, last_event_id=event.id)
+            for state in self._workers.values()
+            if state.status is WorkerStatus.RUNNING
+        )
+        await self._commit(Change(event=event, runtime_status=RuntimeStatus.STOPPED, workers=stopped))
+        return self.summary()
+
+    async def start(self) -> RuntimeSummary:
+        """Reopen a stopped runtime; workers stay as they are. On a running runtime, nothing."""
+        if self._status is RuntimeStatus.RUNNING:
+            return self.summary()
+        await self._append_runtime_started()
+        return self.summary()
+
+    async def _append_runtime_started(self) -> None:
+        event = self._next_event(EventKind.RUNTIME_STARTED, "runtime started")
+        await self._commit(Change(event=event, runtime_status=RuntimeStatus.RUNNING))
+
+    # ---------------------------------------------------------------- helpers
+
+    def _require_running(self) -> None:
+        if self._status is not RuntimeStatus.RUNNING:
+            raise RuntimeStopped(self._runtime_id)
+
+    def _worker(self, ref: WorkerRef) -> WorkerState:
+        if ref.runtime_id != self._runtime_id:
+            raise WrongRuntime(ref.runtime_id, self._runtime_id)
+        try:
+            return self._workers[ref.worker_id]
+        except KeyError:
+            raise WorkerNotFound(ref.worker_id, self._runtime_id) from None
+
+    def _next_event(self, kind: EventKind, message: str, ref: WorkerRef | None = None) -> RuntimeEvent:
+        return RuntimeEvent(id=len(self._events) + 1, kind=kind, message=message, worker_ref=ref)
+
+    async def _commit(self, change: Change) -> None:
+        """The one path of every mutation: apply to memory, then wait until the store has it."""
+        if self._poisoned:
+            raise StatePoisoned()
+        undo = self._apply(change)
+        try:
+            await self._store.commit(change)
+        except StoreError:
+            self._revert(undo)
+            raise
+        except BaseException:
+            # The store failed in a way it did not describe (or we were cancelled mid-write):
+            # memory and disk may now disagree, so refuse further mutations until a restart.
+            self._poisoned = True
+            raise
+
+    def _apply(self, change: Change) -> _Undo:
+        undo = _Undo(
+            events_len=len(self._events),
+            diagnostics_len=len(self._diagnostics),
+            worker_sequence=self._worker_sequence,
+            status=self._status,
+            workers=tuple(
+                (
+                    state.worker_ref.worker_id,
+                    self._workers.get(state.worker_ref.worker_id),
+                    len(self._transcripts.get(state.worker_ref.worker_id, ())),
+                )
+                for state in change.workers
+            ),
+        )
+        self._events.append(change.event)
+        self._status = change.runtime_status
+        for state in change.workers:
+            worker_id = state.worker_ref.worker_id
+            previous = self._workers.get(worker_id)
+            if previous is None:
+                self._worker_sequence += 1
+                self._transcripts[worker_id] = []
+            else:
+                self._status_counts[previous.status] -= 1
+            self._status_counts[state.status] += 1
+            self._workers[worker_id] = state
+        for entry in change.transcript:
+            self._transcripts[entry.worker_ref.worker_id].append(entry)
+        self._diagnostics.extend(change.diagnostics)
+        return undo
+
+    def _revert(self, undo: _Undo) -> None:
+        del self._events[undo.events_len :]
+        del self._diagnostics[undo.diagnostics_len :]
+        self._worker_sequence = undo.worker_sequence
+        self._status = undo.status
+        for worker_id, previous, transcript_len in reversed(undo.workers):
+            current = self._workers[worker_id]
+            self._status_counts[current.status] -= 1
+            if previous is None:
+                del self._workers[worker_id]
+                del self._transcripts[worker_id]
+            else:
+                self._status_counts[previous.status] += 1
+                self._workers[worker_id] = previous
+                del self._transcripts[worker_id][transcript_len:]

@@ -1,0 +1,79 @@
+"""Where a Runtime's state is kept beyond the Runtime object itself.
+
+The Runtime holds its whole state in memory and is the only reader of it. A store is the
+Runtime's journal: every mutation reaches it as one ``Change`` — the single runtime event the
+mutation appends (the commit record) plus everything that event changed — and ``commit``
+returns only once that change is as durable as the store makes it. At start, ``open`` hands
+back what an earlier process left, so a Runtime can continue where it was.
+
+``MemoryStore`` keeps nothing beyond the process: its commit returns at once.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+
+from .catalog import WorkerState
+from .management import RuntimeStatus
+from .observation import RuntimeDiagnostic, RuntimeEvent, TranscriptEntry
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What one mutation of the Runtime changed, to be made durable as one unit."""
+
+    event: RuntimeEvent
+    runtime_status: RuntimeStatus
+    workers: tuple[WorkerState, ...] = ()
+    transcript: tuple[TranscriptEntry, ...] = ()
+    diagnostics: tuple[RuntimeDiagnostic, ...] = ()
+
+
+@dataclass(slots=True)
+class RestoredState:
+    """A runtime as an earlier process left it, handed to the Runtime at start."""
+
+    runtime_id: str
+    status: RuntimeStatus
+    worker_sequence: int
+    events: list[RuntimeEvent] = field(default_factory=list)
+    workers: list[WorkerState] = field(default_factory=list)
+    transcripts: dict[str, list[TranscriptEntry]] = field(default_factory=dict)
+    diagnostics: list[RuntimeDiagnostic] = field(default_factory=list)
+
+
+class Store(abc.ABC):
+    """The interface a Runtime persists through."""
+
+    #: The ``backend`` reported in the runtime summary.
+    backend: str
+    #: The middle part of generated runtime ids: ``runtime-<prefix>-<hex>``.
+    id_prefix: str
+
+    @abc.abstractmethod
+    async def open(self, runtime_id: str | None) -> RestoredState | None:
+        """Load what is stored, or ``None`` when there is nothing yet.
+
+        ``runtime_id`` is the configured id, if any; a store holding another runtime refuses it.
+        """
+
+    @abc.abstractmethod
+    async def commit(self, change: Change) -> None:
+        """Make ``change`` durable; raise a ``StoreError`` and keep nothing of it on failure."""
+
+    async def close(self) -> None:
+        """Release files and background work; the default has none."""
+
+
+class MemoryStore(Store):
+    """Keeps nothing beyond the Runtime's own in-memory state: a new process starts empty."""
+
+    backend = "memory"
+    id_prefix = "mem"
+
+    async def open(self, runtime_id: str | None) -> RestoredState | None:
+        return None
+
+    async def commit(self, change: Change) -> None:
+        return None

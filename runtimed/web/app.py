@@ -1,0 +1,46 @@
+"""The aiohttp application factory. The CLI and the tests build the app the same way:
+``create_app(runtime, server_config)`` with objects that are already built."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..config import ServerConfig
+from ..runtime import Runtime
+from . import handlers
+from .errors import error_middleware
+from .keys import RUNTIME, SERVER_CONFIG
+from .security import security_middleware
+
+# A path segment that may be empty, so that `/v1/workers//input` reaches the handler and is
+# answered `invalid_worker_id` (contract §1) rather than a bare 404.
+WORKER = "/v1/workers/{worker_id:[^/]*}"
+
+
+def create_app(runtime: Runtime, server_config: ServerConfig | None = None) -> web.Application:
+    server_config = server_config or ServerConfig()
+    # The error middleware is outermost, so the security checks' refusals get the error shape too.
+    app = web.Application(
+        middlewares=[error_middleware, security_middleware],
+        client_max_size=server_config.max_request_body_bytes,
+    )
+    app[RUNTIME] = runtime
+    app[SERVER_CONFIG] = server_config
+    app.router.add_routes(
+        [
+            web.get("/healthz", handlers.healthz),
+            web.get("/v1/runtime", handlers.get_runtime),
+            web.post("/v1/runtime/stop", handlers.stop_runtime),
+            web.post("/v1/runtime/start", handlers.start_runtime),
+            web.get("/v1/events", handlers.get_events),
+            web.get("/v1/diagnostics", handlers.get_diagnostics),
+            web.get("/v1/workers", handlers.list_workers),
+            web.post("/v1/workers", handlers.create_worker),
+            web.get(WORKER, handlers.get_worker),
+            web.post(WORKER + "/input", handlers.send_input),
+            web.post(WORKER + "/stop", handlers.stop_worker),
+            web.post(WORKER + "/cancel", handlers.cancel_worker),
+            web.get(WORKER + "/transcript", handlers.get_transcript),
+        ]
+    )
+    return app

@@ -1,0 +1,153 @@
+"""HTTP errors: the one ``code -> status`` table, the error body, and the error middleware.
+
+The Runtime raises ``RuntimedError`` subclasses that know nothing of HTTP; this module is the
+only place that decides which status each code gets. Errors that only the HTTP layer can
+produce (a body that is not JSON, a missing token, an unknown route) are ``RuntimedError``
+subclasses too, so every error leaves the process through the same door with the same shape:
+``{"error": {"code": …, "message": …}}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from ..errors import RuntimedError
+from .keys import SERVER_CONFIG
+
+log = logging.getLogger("runtimed.web")
+
+
+class InvalidJson(RuntimedError):
+    code = "invalid_json"
+
+
+class InvalidQuery(RuntimedError):
+    code = "invalid_query"
+
+
+class Unauthorized(RuntimedError):
+    code = "unauthorized"
+
+    def __init__(self) -> None:
+        super().__init__("missing or invalid local Runtime bearer token")
+
+
+class OriginNotAllowed(RuntimedError):
+    code = "origin_not_allowed"
+
+
+class HostNotAllowed(RuntimedError):
+    code = "host_not_allowed"
+
+
+class NotFound(RuntimedError):
+    code = "not_found"
+
+
+class MethodNotAllowed(RuntimedError):
+    code = "method_not_allowed"
+
+    def __init__(self, message: str, allowed: frozenset[str]) -> None:
+        super().__init__(message)
+        self.allowed = allowed
+
+
+class PayloadTooLarge(RuntimedError):
+    code = "payload_too_large"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body exceeds the limit of {limit} bytes")
+
+
+class UpgradeRequired(RuntimedError):
+    code = "upgrade_required"
+
+
+class InternalError(RuntimedError):
+    code = "internal_error"
+
+    def __init__(self) -> None:
+        super().__init__("internal error; the daemon's log has the details")
+
+
+STATUS_BY_CODE: dict[str, int] = {
+    "invalid_json": 400,
+    "invalid_query": 400,
+    "invalid_worker_id": 400,
+    "invalid_request": 400,
+    "limit_too_large": 400,
+    "wrong_runtime": 400,
+    "wrong_runtime_cursor": 400,
+    "unauthorized": 401,
+    "origin_not_allowed": 403,
+    "host_not_allowed": 403,
+    "not_found": 404,
+    "worker_not_found": 404,
+    "method_not_allowed": 405,
+    "runtime_stopped": 409,
+    "payload_too_large": 413,
+    "upgrade_required": 426,
+    "store_io": 500,
+    "store_missing": 500,
+    "store_corrupt": 500,
+    "state_poisoned": 500,
+    "internal_error": 500,
+}
+
+
+def dumps(data: object) -> str:
+    """The JSON text of a response body: compact, and readable non-ASCII where it can be."""
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (valid in a JSON string, not in UTF-8) came in; escape it going out.
+        text = json.dumps(data, separators=(",", ":"))
+    return text
+
+
+def error_body(error: RuntimedError) -> dict[str, dict[str, str]]:
+    return {"error": {"code": error.code, "message": error.message}}
+
+
+def error_response(error: RuntimedError) -> web.Response:
+    status = STATUS_BY_CODE.get(error.code, 500)
+    response = web.Response(status=status, text=dumps(error_body(error)), content_type="application/json")
+    if isinstance(error, MethodNotAllowed):
+        response.headers["Allow"] = ", ".join(sorted(error.allowed))
+    if isinstance(error, Unauthorized):
+        response.headers["WWW-Authenticate"] = 'Bearer realm="runtimed"'
+    return response
+
+
+def _from_http_exception(request: web.Request, exc: web.HTTPException) -> RuntimedError | None:
+    if isinstance(exc, web.HTTPNotFound):
+        return NotFound(f"no route for {request.method} {request.path}")
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        return MethodNotAllowed(f"method {request.method} is not allowed on {request.path}", exc.allowed_methods)
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return PayloadTooLarge(request.app[SERVER_CONFIG].max_request_body_bytes)
+    return None
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer every failure with the typed error body; never an HTML page or a traceback."""
+    try:
+        return await handler(request)
+    except RuntimedError as error:
+        return error_response(error)
+    except web.HTTPException as exc:
+        typed = _from_http_exception(request, exc)
+        if typed is None:
+            raise
+        return error_response(typed)
+    except Exception:
+        log.exception("unexpected error in %s %s", request.method, request.path)
+        return error_response(InternalError())

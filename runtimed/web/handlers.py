@@ -1,0 +1,194 @@
+"""REST handlers. Each one loads its input with a schema, makes one Runtime call, and dumps
+the result with a schema; nothing else happens here."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+from marshmallow import ValidationError
+
+from ..identity import WorkerRef
+from . import schemas
+from .errors import InvalidJson, InvalidQuery, PayloadTooLarge, dumps
+from .keys import RUNTIME, SERVER_CONFIG
+
+MAX_WARNINGS = 20
+
+_runtime_response = schemas.RuntimeResponseSchema()
+_workers_response = schemas.WorkersResponseSchema()
+_worker_response = schemas.WorkerResponseSchema()
+_input_ack_response = schemas.WorkerInteractionAckResponseSchema()
+_lifecycle_ack_response = schemas.WorkerLifecycleAckResponseSchema()
+_transcript_response = schemas.TranscriptResponseSchema()
+_events_response = schemas.EventBatchSchema()
+_diagnostics_response = schemas.DiagnosticsResponseSchema()
+_health_response = schemas.HealthResponseSchema()
+
+_create_request = schemas.CreateWorkerRequestSchema()
+_input_request = schemas.WorkerInputSchema()
+_lifecycle_request = schemas.WorkerLifecycleRequestSchema()
+_transcript_query = schemas.TranscriptQuerySchema()
+_events_query = schemas.EventsQuerySchema()
+
+# ------------------------------------------------------------------ helpers
+
+
+def json_response(body: Any, warnings: list[str] = ()) -> web.Response:  # type: ignore[assignment]
+    response = web.Response(text=dumps(body), content_type="application/json")
+    for path in warnings[:MAX_WARNINGS]:
+        escaped = path.replace("\\", "\\\\").replace('"', '\\"')
+        response.headers.add("Warning", f'299 runtimed "unknown field: {escaped}"')
+    return response
+
+
+def worker_ref(request: web.Request) -> WorkerRef:
+    """The ref of the path's ``worker_id`` in this runtime; ``invalid_worker_id`` when blank."""
+    return request.app[RUNTIME].worker_ref(request.match_info["worker_id"])
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The request body, refused with ``payload_too_large`` past the configured limit."""
+    limit = request.app[SERVER_CONFIG].max_request_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(limit)
+    # aiohttp enforces client_max_size (set to the same limit) while reading a chunked body.
+    return await request.read()
+
+
+def parse_json(body: bytes, error_prefix: str) -> Any:
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except UnicodeDecodeError as error:
+        raise InvalidJson(f"{error_prefix}: body is not UTF-8 ({error.reason} at byte {error.start})") from None
+    except ValueError as error:
+        raise InvalidJson(f"{error_prefix}: {error}") from None
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def load_object(schema: schemas.BaseSchema, data: Any, error_prefix: str) -> tuple[Any, list[str]]:
+    """Load a JSON object with ``schema``; return the value and the paths of unknown fields."""
+    if not isinstance(data, dict):
+        raise InvalidJson(f"{error_prefix}: expected a JSON object, got {_json_type(data)}")
+    try:
+        value = schema.load(data)
+    except ValidationError as error:
+        raise InvalidJson(f"{error_prefix}: {'; '.join(schemas.flatten_messages(error.messages))}") from None
+    return value, schema.unknown_paths(data)
+
+
+async def load_body(request: web.Request, schema: schemas.BaseSchema) -> tuple[Any, list[str]]:
+    prefix = "invalid JSON request body"
+    body = await read_body(request)
+    if not body.strip():
+        raise InvalidJson(f"{prefix}: the body is empty; expected a JSON object")
+    return load_object(schema, parse_json(body, prefix), prefix)
+
+
+def load_query(request: web.Request, schema: schemas.BaseSchema) -> tuple[Any, list[str]]:
+    query = {key: request.query[key] for key in request.query}  # the first of repeated keys
+    try:
+        value = schema.load(query)
+    except ValidationError as error:
+        raise InvalidQuery(f"invalid query parameters: {'; '.join(schemas.flatten_messages(error.messages))}") from None
+    return value, schema.unknown_paths(query)
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return "null" if value is None else type(value).__name__
+
+
+# ----------------------------------------------------------------- handlers
+
+
+async def get_runtime(request: web.Request) -> web.Response:
+    return json_response(_runtime_response.dump({"runtime": request.app[RUNTIME].summary()}))
+
+
+async def list_workers(request: web.Request) -> web.Response:
+    return json_response(_workers_response.dump({"workers": request.app[RUNTIME].list_workers()}))
+
+
+async def create_worker(request: web.Request) -> web.Response:
+    create, unknown = await load_body(request, _create_request)
+    worker = await request.app[RUNTIME].create_worker(create)
+    return json_response(_worker_response.dump({"worker": worker}), unknown)
+
+
+async def get_worker(request: web.Request) -> web.Response:
+    worker = request.app[RUNTIME].worker_detail(worker_ref(request))
+    return json_response(_worker_response.dump({"worker": worker}))
+
+
+async def send_input(request: web.Request) -> web.Response:
+    ref = worker_ref(request)
+    worker_input, unknown = await load_body(request, _input_request)
+    ack = await request.app[RUNTIME].send_input(ref, worker_input)
+    return json_response(_input_ack_response.dump({"ack": ack}), unknown)
+
+
+async def _lifecycle_reason(request: web.Request) -> tuple[str | None, list[str]]:
+    """The optional ``reason`` of a stop/cancel body; an empty body means no reason."""
+    prefix = "invalid lifecycle request JSON"
+    body = await read_body(request)
+    if not body.strip():
+        return None, []
+    data, unknown = load_object(_lifecycle_request, parse_json(body, prefix), prefix)
+    return data.get("reason"), unknown
+
+
+async def stop_worker(request: web.Request) -> web.Response:
+    ref = worker_ref(request)
+    reason, unknown = await _lifecycle_reason(request)
+    ack = await request.app[RUNTIME].stop_worker(ref, reason)
+    return json_response(_lifecycle_ack_response.dump({"ack": ack}), unknown)
+
+
+async def cancel_worker(request: web.Request) -> web.Response:
+    ref = worker_ref(request)
+    reason, unknown = await _lifecycle_reason(request)
+    ack = await request.app[RUNTIME].cancel_worker(ref, reason)
+    return json_response(_lifecycle_ack_response.dump({"ack": ack}), unknown)
+
+
+async def get_transcript(request: web.Request) -> web.Response:
+    ref = worker_ref(request)
+    query, unknown = load_query(request, _transcript_query)
+    transcript = request.app[RUNTIME].transcript(ref, query["start"], query["limit"])
+    return json_response(_transcript_response.dump({"transcript": transcript}), unknown)
+
+
+async def get_events(request: web.Request) -> web.Response:
+    query, unknown = load_query(request, _events_query)
+    batch = request.app[RUNTIME].events(query["cursor"], query["limit"])
+    return json_response(_events_response.dump(batch), unknown)
+
+
+async def get_diagnostics(request: web.Request) -> web.Response:
+    return json_response(_diagnostics_response.dump({"diagnostics": request.app[RUNTIME].diagnostics()}))
+
+
+async def stop_runtime(request: web.Request) -> web.Response:
+    summary = await request.app[RUNTIME].stop()
+    return json_response(_runtime_response.dump({"runtime": summary}))
+
+
+async def start_runtime(request: web.Request) -> web.Response:
+    summary = await request.app[RUNTIME].start()
+    return json_response(_runtime_response.dump({"runtime": summary}))
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response(_health_response.dump({"status": "ok"}))

@@ -1,0 +1,437 @@
+"""Marshmallow schemas: one per JSON shape of the contract, used both ways.
+
+Request schemas load JSON into the domain's frozen dataclasses (``post_load``); response
+schemas dump domain values. Tests validate response bodies with these same schemas, and a
+later OpenAPI document is generated from them, so the JSON shapes are written down once.
+
+Loading checks types only. Whether a value is acceptable (a blank objective, input to a stopped
+worker) is the Runtime's business, so that the contract's order of checks holds.
+"""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_dump, post_load
+
+from ..catalog import (
+    AssistantIntent,
+    BuiltinProfile,
+    CapabilityRequest,
+    ConfigBundleRef,
+    CreateWorkerRequest,
+    MountRef,
+    NamedProfile,
+    RoleIntent,
+    RuntimeDefaultProfile,
+    TaskIntent,
+    WorkerStatus,
+    WorkspaceRef,
+)
+from ..identity import WorkerRef
+from ..interaction import InputKind, WorkerInput
+from ..management import RuntimeStatus
+from ..observation import EventKind, Severity, TranscriptRole
+
+
+class BaseSchema(Schema):
+    """Common behaviour: unknown input keys are ignored (and reported by ``unknown_paths``),
+    ``None`` and empty optional values are omitted on dump, and loads build ``__model__``."""
+
+    #: The frozen dataclass a load builds; ``None`` loads a plain dict.
+    __model__: typing.ClassVar[type | None] = None
+    #: Fields omitted from dumped JSON when ``None`` or empty (the contract's ``?`` fields).
+    __omit_when_empty__: typing.ClassVar[frozenset[str]] = frozenset()
+
+    class Meta:
+        unknown = EXCLUDE
+
+    @post_load
+    def _make_model(self, data: dict[str, Any], **_: Any) -> Any:
+        if self.__model__ is None:
+            return data
+        return self.__model__(**data)
+
+    @post_dump
+    def _omit_empty(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
+        for name in self.__omit_when_empty__:
+            if name in data and data[name] in (None, [], ()):
+                del data[name]
+        return data
+
+    def unknown_paths(self, data: Any, prefix: str = "") -> list[str]:
+        """Paths of keys in ``data`` (already loaded without error) that this schema does not know."""
+        if not isinstance(data, Mapping):
+            return []
+        paths: list[str] = []
+        known = {field.data_key or name: field for name, field in self.load_fields.items()}
+        for key, value in data.items():
+            path = f"{prefix}.{key}" if prefix else str(key)
+            field = known.get(key)
+            if field is None:
+                paths.append(path)
+            else:
+                paths.extend(_unknown_in_field(field, value, path))
+        return paths
+
+
+def _unknown_in_field(field: fields.Field, value: Any, path: str) -> list[str]:
+    if isinstance(field, fields.Nested) and isinstance(field.schema, BaseSchema):
+        if field.many and isinstance(value, list):
+            return [p for i, item in enumerate(value) for p in field.schema.unknown_paths(item, f"{path}[{i}]")]
+        return field.schema.unknown_paths(value, path)
+    if isinstance(field, fields.List) and isinstance(value, list):
+        return [p for i, item in enumerate(value) for p in _unknown_in_field(field.inner, item, f"{path}[{i}]")]
+    if isinstance(field, TaggedUnion):
+        schema = field.variant_for(value)
+        if schema is None:
+            return []
+        return schema.unknown_paths({k: v for k, v in value.items() if k != "kind"}, path)
+    return []
+
+
+class TaggedUnion(fields.Field):
+    """A JSON object tagged by ``kind``, each kind loaded and dumped by its own schema.
+
+    This is the shape serde gives an internally tagged enum: ``{"kind": "task", "objective": …}``.
+    """
+
+    def __init__(self, variants: Mapping[str, type[BaseSchema]], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._schemas = {kind: schema() for kind, schema in variants.items()}
+        self._kinds = ", ".join(variants)
+
+    def variant_for(self, value: Any) -> BaseSchema | None:
+        if isinstance(value, Mapping):
+            kind = value.get("kind")
+            if isinstance(kind, str):
+                return self._schemas.get(kind)
+        return None
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if not isinstance(value, Mapping):
+            raise ValidationError("Not a valid object.")
+        if "kind" not in value:
+            raise ValidationError({"kind": ["Missing data for required field."]})
+        schema = self.variant_for(value)
+        if schema is None:
+            raise ValidationError({"kind": [f"Must be one of: {self._kinds}."]})
+        return schema.load({k: v for k, v in value.items() if k != "kind"})
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> Any:
+        if value is None:
+            return None
+        return {"kind": value.kind, **self._schemas[value.kind].dump(value)}
+
+
+class NonNegativeQueryInt(fields.Integer):
+    """A query parameter that must be written as plain decimal digits (no sign, space or dot)."""
+
+    default_error_messages = {"invalid": "must be a non-negative integer."}
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        if not isinstance(value, str) or not (value.isascii() and value.isdigit()):
+            raise self.make_error("invalid")
+        return int(value)
+
+
+# --------------------------------------------------------------------- identity
+
+
+class WorkerRefSchema(BaseSchema):
+    __model__ = WorkerRef
+    runtime_id = fields.String(required=True)
+    worker_id = fields.String(required=True)
+
+
+# ---------------------------------------------------------------------- catalog
+
+
+class AssistantIntentSchema(BaseSchema):
+    __model__ = AssistantIntent
+    __omit_when_empty__ = frozenset({"purpose"})
+    purpose = fields.String()
+
+
+class TaskIntentSchema(BaseSchema):
+    __model__ = TaskIntent
+    objective = fields.String(required=True)
+
+
+class RoleIntentSchema(BaseSchema):
+    __model__ = RoleIntent
+    __omit_when_empty__ = frozenset({"purpose"})
+    role = fields.String(required=True)
+    purpose = fields.String()
+
+
+class RuntimeDefaultProfileSchema(BaseSchema):
+    __model__ = RuntimeDefaultProfile
+
+
+class BuiltinProfileSchema(BaseSchema):
+    __model__ = BuiltinProfile
+    value = fields.String(required=True)
+
+
+class NamedProfileSchema(BaseSchema):
+    __model__ = NamedProfile
+    value = fields.String(required=True)
+
+
+def intent_field(**kwargs: Any) -> TaggedUnion:
+    return TaggedUnion(
+        {"assistant": AssistantIntentSchema, "task": TaskIntentSchema, "role": RoleIntentSchema}, **kwargs
+    )
+
+
+def profile_field(**kwargs: Any) -> TaggedUnion:
+    return TaggedUnion(
+        {
+            "runtime_default": RuntimeDefaultProfileSchema,
+            "builtin": BuiltinProfileSchema,
+            "named": NamedProfileSchema,
+        },
+        **kwargs,
+    )
+
+
+class ConfigBundleRefSchema(BaseSchema):
+    __model__ = ConfigBundleRef
+    id = fields.String(required=True)
+
+
+class CapabilityRequestSchema(BaseSchema):
+    __model__ = CapabilityRequest
+    __omit_when_empty__ = frozenset({"reason"})
+    name = fields.String(required=True)
+    reason = fields.String()
+
+
+class WorkspaceRefSchema(BaseSchema):
+    __model__ = WorkspaceRef
+    name = fields.String(required=True)
+    reference = fields.String(required=True)
+
+
+class MountRefSchema(BaseSchema):
+    __model__ = MountRef
+    name = fields.String(required=True)
+    reference = fields.String(required=True)
+
+
+class CreateWorkerRequestSchema(BaseSchema):
+    __omit_when_empty__ = frozenset({"config_bundle", "requested_capabilities", "workspace_refs", "mount_refs"})
+    intent = intent_field(required=True)
+    profile = profile_field(required=True)
+    config_bundle = fields.Nested(ConfigBundleRefSchema)
+    requested_capabilities = fields.List(fields.Nested(CapabilityRequestSchema))
+    workspace_refs = fields.List(fields.Nested(WorkspaceRefSchema))
+    mount_refs = fields.List(fields.Nested(MountRefSchema))
+
+    @post_load
+    def _make_model(self, data: dict[str, Any], **_: Any) -> CreateWorkerRequest:
+        return CreateWorkerRequest(
+            intent=data["intent"],
+            profile=data["profile"],
+            config_bundle=data.get("config_bundle"),
+            requested_capabilities=tuple(data.get("requested_capabilities", ())),
+            workspace_refs=tuple(data.get("workspace_refs", ())),
+            mount_refs=tuple(data.get("mount_refs", ())),
+        )
+
+
+class _WorkerViewSchema(BaseSchema):
+    worker_ref = fields.Nested(WorkerRefSchema, required=True)
+    runtime_id = fields.String(required=True)
+    worker_id = fields.String(required=True)
+    status = fields.Enum(WorkerStatus, by_value=True, required=True)
+    intent = intent_field(required=True)
+    profile = profile_field(required=True)
+
+
+class WorkerSummarySchema(_WorkerViewSchema):
+    requested_capability_count = fields.Integer(required=True)
+    has_config_bundle = fields.Boolean(required=True)
+    transcript_len = fields.Integer(required=True)
+    last_event_id = fields.Integer(required=True)
+
+
+class WorkerDetailSchema(_WorkerViewSchema):
+    __omit_when_empty__ = CreateWorkerRequestSchema.__omit_when_empty__
+    config_bundle = fields.Nested(ConfigBundleRefSchema)
+    requested_capabilities = fields.List(fields.Nested(CapabilityRequestSchema))
+    workspace_refs = fields.List(fields.Nested(WorkspaceRefSchema))
+    mount_refs = fields.List(fields.Nested(MountRefSchema))
+    transcript_len = fields.Integer(required=True)
+    last_event_id = fields.Integer(required=True)
+
+
+class WorkerLifecycleRequestSchema(BaseSchema):
+    __omit_when_empty__ = frozenset({"reason"})
+    reason = fields.String(allow_none=True)
+
+
+class WorkerLifecycleAckSchema(BaseSchema):
+    worker_ref = fields.Nested(WorkerRefSchema, required=True)
+    status = fields.Enum(WorkerStatus, by_value=True, required=True)
+    event_id = fields.Integer(required=True)
+
+
+# ------------------------------------------------------------------ interaction
+
+
+class WorkerInputSchema(BaseSchema):
+    __model__ = WorkerInput
+    kind = fields.Enum(InputKind, by_value=True, required=True)
+    content = fields.String(required=True)
+
+
+class WorkerInteractionAckSchema(BaseSchema):
+    worker_ref = fields.Nested(WorkerRefSchema, required=True)
+    status = fields.Enum(WorkerStatus, by_value=True, required=True)
+    transcript_sequence = fields.Integer(required=True)
+    event_id = fields.Integer(required=True)
+
+
+# ------------------------------------------------------------------ observation
+
+
+class TranscriptEntrySchema(BaseSchema):
+    sequence = fields.Integer(required=True)
+    worker_ref = fields.Nested(WorkerRefSchema, required=True)
+    role = fields.Enum(TranscriptRole, by_value=True, required=True)
+    content = fields.String(required=True)
+    event_id = fields.Integer(required=True)
+
+
+class TranscriptProjectionSchema(BaseSchema):
+    worker_ref = fields.Nested(WorkerRefSchema, required=True)
+    start = fields.Integer(required=True)
+    limit = fields.Integer(required=True)
+    total_items = fields.Integer(required=True)
+    items = fields.List(fields.Nested(TranscriptEntrySchema), required=True)
+    next_start = fields.Integer(required=True, allow_none=True)
+
+
+class TranscriptQuerySchema(BaseSchema):
+    start = NonNegativeQueryInt(load_default=0)
+    limit = NonNegativeQueryInt(load_default=None)
+
+
+class RuntimeEventSchema(BaseSchema):
+    __omit_when_empty__ = frozenset({"worker_ref"})
+    id = fields.Integer(required=True)
+    worker_ref = fields.Nested(WorkerRefSchema)
+    kind = fields.Enum(EventKind, by_value=True, required=True)
+    message = fields.String(required=True)
+
+
+class EventBatchSchema(BaseSchema):
+    runtime_id = fields.String(required=True)
+    events = fields.List(fields.Nested(RuntimeEventSchema), required=True)
+    next_cursor = fields.Integer(required=True)
+    has_more = fields.Boolean(required=True)
+
+
+class EventsQuerySchema(BaseSchema):
+    cursor = NonNegativeQueryInt(load_default=1)
+    limit = NonNegativeQueryInt(load_default=None)
+
+
+class RuntimeDiagnosticSchema(BaseSchema):
+    __omit_when_empty__ = frozenset({"worker_ref"})
+    id = fields.Integer(required=True)
+    severity = fields.Enum(Severity, by_value=True, required=True)
+    code = fields.String(required=True)
+    message = fields.String(required=True)
+    worker_ref = fields.Nested(WorkerRefSchema)
+
+
+# ------------------------------------------------------------------- management
+
+
+class RuntimeLimitsSchema(BaseSchema):
+    max_transcript_projection_items = fields.Integer(required=True)
+    max_event_batch_items = fields.Integer(required=True)
+
+
+class RuntimeSummarySchema(BaseSchema):
+    runtime_id = fields.String(required=True)
+    display_name = fields.String(required=True, allow_none=True)
+    backend = fields.String(required=True)
+    status = fields.Enum(RuntimeStatus, by_value=True, required=True)
+    worker_count = fields.Integer(required=True)
+    active_worker_count = fields.Integer(required=True)
+    stopped_worker_count = fields.Integer(required=True)
+    cancelled_worker_count = fields.Integer(required=True)
+    diagnostic_count = fields.Integer(required=True)
+    limits = fields.Nested(RuntimeLimitsSchema, required=True)
+
+
+# -------------------------------------------------------- response envelopes
+
+
+class RuntimeResponseSchema(BaseSchema):
+    runtime = fields.Nested(RuntimeSummarySchema, required=True)
+
+
+class WorkersResponseSchema(BaseSchema):
+    workers = fields.List(fields.Nested(WorkerSummarySchema), required=True)
+
+
+class WorkerResponseSchema(BaseSchema):
+    worker = fields.Nested(WorkerDetailSchema, required=True)
+
+
+class WorkerInteractionAckResponseSchema(BaseSchema):
+    ack = fields.Nested(WorkerInteractionAckSchema, required=True)
+
+
+class WorkerLifecycleAckResponseSchema(BaseSchema):
+    ack = fields.Nested(WorkerLifecycleAckSchema, required=True)
+
+
+class TranscriptResponseSchema(BaseSchema):
+    transcript = fields.Nested(TranscriptProjectionSchema, required=True)
+
+
+class DiagnosticsResponseSchema(BaseSchema):
+    diagnostics = fields.List(fields.Nested(RuntimeDiagnosticSchema), required=True)
+
+
+class HealthResponseSchema(BaseSchema):
+    status = fields.String(required=True)
+
+
+class ErrorDetailSchema(BaseSchema):
+    code = fields.String(required=True)
+    message = fields.String(required=True)
+
+
+class ErrorResponseSchema(BaseSchema):
+    error = fields.Nested(ErrorDetailSchema, required=True)
+
+
+def flatten_messages(messages: Any, prefix: str = "") -> list[str]:
+    """Turn marshmallow's nested error messages into ``path: message`` lines.
+
+    ``{"intent": {"kind": ["Missing data…"]}, "requested_capabilities": {0: {"name": [...]}}}``
+    becomes ``intent.kind: Missing data…`` and ``requested_capabilities[0].name: …``.
+    """
+    if isinstance(messages, Mapping):
+        lines = []
+        for key, value in messages.items():
+            if isinstance(key, int):
+                path = f"{prefix}[{key}]"
+            elif key == "_schema":
+                path = prefix
+            else:
+                path = f"{prefix}.{key}" if prefix else str(key)
+            lines.extend(flatten_messages(value, path))
+        return lines
+    if isinstance(messages, list):
+        return [line for item in messages for line in flatten_messages(item, prefix)]
+    return [f"{prefix}: {messages}" if prefix else str(messages)]
