@@ -1,0 +1,262 @@
+"""Every error path of the REST API answers with one shape, its exact status and code, and
+changes nothing (contract §4 order of checks, §5 errors)."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import pytest
+
+from runtimed import errors as domain_errors
+from runtimed.errors import RuntimedError
+from runtimed.runtime import Runtime
+from runtimed.web import errors as web_errors
+from runtimed.web import schemas
+from runtimed.web.app import create_app
+
+from .conftest import TASK_REQUEST, create_worker
+from .test_runtime import FailingStore
+
+W = "worker-00000001"  # created by the fixture below
+MISSING = "worker-0000ffff"
+BIG = 1024 * 1024 + 1
+
+# (method, path, body bytes or None, status, code, message or None when it varies)
+CASES = [
+    # invalid_json: not JSON, not an object, not of the shape
+    ("POST", "/v1/workers", b"not json", 400, "invalid_json", "invalid JSON request body: Expecting value: line 1 column 1 (char 0)"),
+    ("POST", "/v1/workers", b"", 400, "invalid_json", "invalid JSON request body: the body is empty; expected a JSON object"),
+    ("POST", "/v1/workers", b"[1, 2]", 400, "invalid_json", "invalid JSON request body: expected a JSON object, got an array"),
+    ("POST", "/v1/workers", b'"text"', 400, "invalid_json", "invalid JSON request body: expected a JSON object, got a string"),
+    ("POST", "/v1/workers", b"\xff\xfe{}", 400, "invalid_json", None),
+    ("POST", "/v1/workers", b'{"intent": NaN}', 400, "invalid_json", "invalid JSON request body: NaN is not valid JSON"),
+    ("POST", "/v1/workers", b'{"profile": {"kind": "runtime_default"}}', 400, "invalid_json", "invalid JSON request body: intent: Missing data for required field."),
+    ("POST", "/v1/workers", b'{"intent": {"kind": "assistant"}}', 400, "invalid_json", "invalid JSON request body: profile: Missing data for required field."),
+    ("POST", "/v1/workers", b'{"intent": 3, "profile": {"kind": "runtime_default"}}', 400, "invalid_json", "invalid JSON request body: intent: Not a valid object."),
+    ("POST", "/v1/workers", b'{"intent": {"kind": "robot"}, "profile": {"kind": "runtime_default"}}', 400, "invalid_json", "invalid JSON request body: intent.kind: Must be one of: assistant, task, role."),
+    ("POST", "/v1/workers", b'{"intent": {"kind": "task"}, "profile": {"kind": "runtime_default"}}', 400, "invalid_json", "invalid JSON request body: intent.objective: Missing data for required field."),
+    ("POST", "/v1/workers", b'{"intent": {"kind": "task", "objective": 7}, "profile": {"kind": "runtime_default"}}', 400, "invalid_json", "invalid JSON request body: intent.objective: Not a valid string."),
+    ("POST", "/v1/workers", b'{"intent": {"kind": "assistant"}, "profile": {"kind": "builtin"}}', 400, "invalid_json", "invalid JSON request body: profile.value: Missing data for required field."),
+    ("POST", "/v1/workers", b'{"intent": {"kind": "assistant"}, "profile": {"kind": "runtime_default"}, "requested_capabilities": [{"reason": "x"}]}', 400, "invalid_json", "invalid JSON request body: requested_capabilities[0].name: Missing data for required field."),
+    ("POST", "/v1/workers", b'{"intent": {"kind": "assistant"}, "profile": {"kind": "runtime_default"}, "requested_capabilities": {"name": "x"}}', 400, "invalid_json", "invalid JSON request body: requested_capabilities: Not a valid list."),
+    ("POST", "/v1/workers", b'{"intent": {"kind": "assistant"}, "profile": {"kind": "runtime_default"}, "config_bundle": null}', 400, "invalid_json", "invalid JSON request body: config_bundle: Field may not be null."),
+    ("POST", f"/v1/workers/{W}/input", b'{"kind": "user"}', 400, "invalid_json", "invalid JSON request body: content: Missing data for required field."),
+    ("POST", f"/v1/workers/{W}/input", b'{"kind": "assistant", "content": "x"}', 400, "invalid_json", "invalid JSON request body: kind: Must be one of: user, system."),
+    ("POST", f"/v1/workers/{W}/input", b'{"kind": "user", "content": ["x"]}', 400, "invalid_json", "invalid JSON request body: content: Not a valid string."),
+    ("POST", f"/v1/workers/{W}/stop", b"null", 400, "invalid_json", "invalid lifecycle request JSON: expected a JSON object, got null"),
+    ("POST", f"/v1/workers/{W}/stop", b"[]", 400, "invalid_json", "invalid lifecycle request JSON: expected a JSON object, got an array"),
+    ("POST", f"/v1/workers/{W}/cancel", b"{oops", 400, "invalid_json", None),
+    ("POST", f"/v1/workers/{W}/cancel", b'{"reason": 5}', 400, "invalid_json", "invalid lifecycle request JSON: reason: Not a valid string."),
+    # invalid_query
+    ("GET", f"/v1/workers/{W}/transcript?start=-1", None, 400, "invalid_query", "invalid query parameters: start: must be a non-negative integer."),
+    ("GET", f"/v1/workers/{W}/transcript?limit=abc", None, 400, "invalid_query", "invalid query parameters: limit: must be a non-negative integer."),
+    ("GET", f"/v1/workers/{W}/transcript?start=1.5", None, 400, "invalid_query", None),
+    ("GET", f"/v1/workers/{W}/transcript?limit=", None, 400, "invalid_query", None),
+    ("GET", "/v1/events?cursor=-1", None, 400, "invalid_query", "invalid query parameters: cursor: must be a non-negative integer."),
+    ("GET", "/v1/events?limit=%2B5", None, 400, "invalid_query", None),
+    # invalid_worker_id
+    ("GET", "/v1/workers/%20", None, 400, "invalid_worker_id", "worker_id must not be empty"),
+    ("POST", "/v1/workers//input", b'{"kind": "user", "content": "x"}', 400, "invalid_worker_id", "worker_id must not be empty"),
+    ("POST", "/v1/workers/%09/stop", None, 400, "invalid_worker_id", "worker_id must not be empty"),
+    ("GET", "/v1/workers/%20%20/transcript", None, 400, "invalid_worker_id", "worker_id must not be empty"),
+    # invalid_request
+    ("POST", "/v1/workers", b'{"intent": {"kind": "task", "objective": "  "}, "profile": {"kind": "runtime_default"}}', 400, "invalid_request", "invalid request: task objective must not be empty"),
+    ("POST", "/v1/workers", b'{"intent": {"kind": "assistant"}, "profile": {"kind": "runtime_default"}, "requested_capabilities": [{"name": ""}]}', 400, "invalid_request", "invalid request: capability name must not be empty"),
+    ("POST", f"/v1/workers/{W}/input", b'{"kind": "user", "content": " \\n"}', 400, "invalid_request", "invalid request: worker input content must not be empty"),
+    # limit_too_large
+    ("GET", f"/v1/workers/{W}/transcript?limit=1000", None, 400, "limit_too_large", "limit 1000 exceeds maximum 256"),
+    ("GET", "/v1/events?limit=300", None, 400, "limit_too_large", "limit 300 exceeds maximum 256"),
+    # worker_not_found
+    ("GET", f"/v1/workers/{MISSING}", None, 404, "worker_not_found", None),
+    ("POST", f"/v1/workers/{MISSING}/input", b'{"kind": "user", "content": "x"}', 404, "worker_not_found", None),
+    ("POST", f"/v1/workers/{MISSING}/stop", None, 404, "worker_not_found", None),
+    ("POST", f"/v1/workers/{MISSING}/cancel", None, 404, "worker_not_found", None),
+    ("GET", f"/v1/workers/{MISSING}/transcript", None, 404, "worker_not_found", None),
+    # not_found, method_not_allowed
+    ("GET", "/nope", None, 404, "not_found", "no route for GET /nope"),
+    ("GET", f"/v1/workers/{W}/unknown", None, 404, "not_found", None),
+    ("GET", "/v1/workers/", None, 400, "invalid_worker_id", "worker_id must not be empty"),
+    ("DELETE", "/v1/runtime", None, 405, "method_not_allowed", "method DELETE is not allowed on /v1/runtime"),
+    ("GET", f"/v1/workers/{W}/input", None, 405, "method_not_allowed", None),
+    ("PUT", "/v1/workers", b"{}", 405, "method_not_allowed", None),
+    # payload_too_large
+    ("POST", "/v1/workers", b"x" * BIG, 413, "payload_too_large", "request body exceeds the limit of 1048576 bytes"),
+    ("POST", f"/v1/workers/{W}/stop", b" " * BIG, 413, "payload_too_large", None),
+]
+
+
+def _data(body: bytes | None):
+    """Large bodies go as a stream: aiohttp warns about big raw byte strings."""
+    return io.BytesIO(body) if body is not None and len(body) > 65536 else body
+
+
+@pytest.fixture
+async def seeded_client(client):
+    await create_worker(client)
+    return client
+
+
+def _state(runtime: Runtime):
+    return (
+        runtime.summary(),
+        runtime.list_workers(),
+        runtime.events(limit=256),
+        runtime.diagnostics(),
+        [runtime.transcript(w.worker_ref).items for w in runtime.list_workers()],
+    )
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status", "code", "message"), CASES, ids=lambda v: str(v)[:60])
+async def test_error_shape(seeded_client, runtime, method, path, body, status, code, message):
+    before = _state(runtime)
+    response = await seeded_client.request(method, path, data=_data(body))
+    assert response.status == status
+    assert response.content_type == "application/json"
+    payload = await response.json()
+    schemas.ErrorResponseSchema().load(payload)
+    assert set(payload) == {"error"} and set(payload["error"]) == {"code", "message"}
+    assert payload["error"]["code"] == code
+    if message is not None:
+        assert payload["error"]["message"] == message
+    assert payload["error"]["message"]
+    assert _state(runtime) == before
+
+
+async def test_worker_not_found_message_names_worker_and_runtime(seeded_client, runtime):
+    response = await seeded_client.get(f"/v1/workers/{MISSING}")
+    assert (await response.json())["error"]["message"] == (
+        f"worker {MISSING} was not found in runtime {runtime.runtime_id}"
+    )
+
+
+async def test_chunked_body_over_the_limit_is_payload_too_large(seeded_client):
+    async def chunks():
+        for _ in range(20):
+            yield b"x" * 65536
+
+    response = await seeded_client.post("/v1/workers", data=chunks())
+    assert response.status == 413
+    assert (await response.json())["error"]["code"] == "payload_too_large"
+
+
+async def test_input_to_a_stopped_worker_is_invalid_request(seeded_client):
+    await seeded_client.post(f"/v1/workers/{W}/stop")
+    response = await seeded_client.post(f"/v1/workers/{W}/input", json={"kind": "user", "content": "x"})
+    assert response.status == 400
+    assert await response.json() == {
+        "error": {"code": "invalid_request", "message": f"invalid request: worker {W} is not running"}
+    }
+
+
+async def test_method_not_allowed_names_the_allowed_methods(seeded_client):
+    response = await seeded_client.delete("/v1/workers")
+    assert response.status == 405
+    assert response.headers["Allow"] == "GET, HEAD, POST"
+
+
+# ----------------------------------------------------------- order of checks
+
+
+@pytest.mark.parametrize(
+    ("description", "method", "path", "body", "status", "code"),
+    [
+        ("bad id beats oversized body", "POST", "/v1/workers/%20/input", b"x" * BIG, 400, "invalid_worker_id"),
+        ("wrong method beats bad id", "DELETE", "/v1/workers/%20", None, 405, "method_not_allowed"),
+        ("oversized body beats bad JSON", "POST", f"/v1/workers/{MISSING}/input", b"{" * BIG, 413, "payload_too_large"),
+        ("bad JSON beats missing worker", "POST", f"/v1/workers/{MISSING}/input", b"{", 400, "invalid_json"),
+        ("bad query beats missing worker", "GET", f"/v1/workers/{MISSING}/transcript?start=x", None, 400, "invalid_query"),
+        ("missing worker beats blank content", "POST", f"/v1/workers/{MISSING}/input", b'{"kind":"user","content":""}', 404, "worker_not_found"),
+        ("missing worker beats limit too large", "GET", f"/v1/workers/{MISSING}/transcript?limit=9999", None, 404, "worker_not_found"),
+    ],
+)
+async def test_order_of_checks(seeded_client, description, method, path, body, status, code):
+    response = await seeded_client.request(method, path, data=_data(body))
+    assert (response.status, (await response.json())["error"]["code"]) == (status, code), description
+
+
+async def test_runtime_stopped_beats_missing_worker_but_not_bad_json(seeded_client):
+    await seeded_client.post("/v1/runtime/stop")
+    response = await seeded_client.post(f"/v1/workers/{MISSING}/input", json={"kind": "user", "content": ""})
+    assert (response.status, (await response.json())["error"]["code"]) == (409, "runtime_stopped")
+    response = await seeded_client.post(f"/v1/workers/{MISSING}/input", data=b"{")
+    assert (response.status, (await response.json())["error"]["code"]) == (400, "invalid_json")
+    response = await seeded_client.post("/v1/workers", json={"intent": {"kind": "task", "objective": ""}, "profile": {"kind": "runtime_default"}})
+    assert (response.status, (await response.json())["error"]["code"]) == (409, "runtime_stopped")
+
+
+# ------------------------------------------------------------ server errors
+
+
+async def test_store_failure_is_store_io_and_changes_nothing(aiohttp_client):
+    store = FailingStore()
+    runtime = await Runtime.open(store)
+    client = await aiohttp_client(create_app(runtime))
+    await create_worker(client)
+    before = _state(runtime)
+    store.failing = True
+    response = await client.post(f"/v1/workers/{W}/input", json={"kind": "user", "content": "x"})
+    assert response.status == 500
+    assert await response.json() == {
+        "error": {"code": "store_io", "message": "append /tmp/events.jsonl: No space left on device"}
+    }
+    assert _state(runtime) == before
+    store.failing = False
+    response = await client.post(f"/v1/workers/{W}/input", json={"kind": "user", "content": "x"})
+    assert response.status == 200
+
+
+class BrokenStore(FailingStore):
+    """A store that fails in a way it does not describe: memory may no longer match it."""
+
+    async def commit(self, change):
+        if self.failing:
+            raise OSError("the disk went away")
+        await super().commit(change)
+
+
+async def test_undescribed_store_failure_poisons_the_runtime(aiohttp_client, caplog):
+    store = BrokenStore()
+    runtime = await Runtime.open(store)
+    client = await aiohttp_client(create_app(runtime))
+    await create_worker(client)
+    store.failing = True
+    with caplog.at_level(logging.ERROR, logger="runtimed.web"):
+        response = await client.post("/v1/workers", json=TASK_REQUEST)
+    assert response.status == 500
+    assert (await response.json())["error"]["code"] == "internal_error"
+    store.failing = False
+    response = await client.post("/v1/workers", json=TASK_REQUEST)
+    assert response.status == 500
+    assert (await response.json())["error"]["code"] == "state_poisoned"
+    assert (await client.get("/v1/runtime")).status == 200  # reads keep working
+
+
+async def test_unexpected_exception_is_a_generic_500_with_the_traceback_in_the_log(client, runtime, monkeypatch, caplog):
+    def explode():
+        raise ZeroDivisionError("secret internals")
+
+    monkeypatch.setattr(runtime, "summary", explode)
+    with caplog.at_level(logging.ERROR, logger="runtimed.web"):
+        response = await client.get("/v1/runtime")
+    assert response.status == 500
+    body = await response.json()
+    assert body == {"error": {"code": "internal_error", "message": "internal error; the daemon's log has the details"}}
+    assert "secret internals" not in await response.text()
+    assert any(record.exc_info and record.exc_info[0] is ZeroDivisionError for record in caplog.records)
+
+
+def _all_error_classes(base: type) -> list[type]:
+    found = []
+    for sub in base.__subclasses__():
+        found.append(sub)
+        found.extend(_all_error_classes(sub))
+    return found
+
+
+def test_every_error_code_has_a_status_and_every_status_a_code():
+    codes = {cls.code for cls in _all_error_classes(RuntimedError)}
+    assert codes == set(web_errors.STATUS_BY_CODE)
+    assert domain_errors.WrongRuntime.code == "wrong_runtime"
+    assert web_errors.STATUS_BY_CODE["wrong_runtime"] == 400
+    assert web_errors.STATUS_BY_CODE["wrong_runtime_cursor"] == 400
