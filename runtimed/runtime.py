@@ -12,9 +12,13 @@ interleave half-way; if the store fails, the change is undone and the caller get
 from __future__ import annotations
 
 import dataclasses
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
+from .bus import Observation, ObservationBus, Subscription
 from .catalog import (
     CreateWorkerRequest,
     TaskIntent,
@@ -51,6 +55,19 @@ from .store import Change, RestoredState, Store
 DIAG_LOCAL_DEFAULT_RESOURCES = "runtime.local_default_resources"
 DIAG_TOOLS_LESS = "worker.tools_less"
 
+#: Snapshot entries are bounded in count (the projection limit) and in content bytes.
+SNAPSHOT_CONTENT_BYTES = 1024 * 1024
+#: Event names the Runtime publishes itself, or that the WebSocket protocol reserves.
+RESERVED_OBSERVATIONS = frozenset({"snapshot", "user_message", "system_item", "worker_status"})
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSnapshot:
+    """A worker as it is now, with its newest transcript entries (the WebSocket's first frame)."""
+
+    worker: WorkerDetail
+    entries: list[TranscriptEntry]
+
 
 @dataclass(frozen=True, slots=True)
 class _Undo:
@@ -59,6 +76,7 @@ class _Undo:
     events_len: int
     diagnostics_len: int
     worker_sequence: int
+    observation_sequence: int
     status: RuntimeStatus
     workers: tuple[tuple[str, WorkerState | None, int], ...]  # (id, previous state, transcript length)
 
@@ -79,6 +97,10 @@ class Runtime:
         self._workers: dict[str, WorkerState] = {}  # insertion order is creation order
         self._transcripts: dict[str, list[TranscriptEntry]] = {}
         self._status_counts: Counter[WorkerStatus] = Counter()
+        self._bus = ObservationBus(self._limits.observation_backlog, self._limits.subscriber_queue)
+        # Changes applied to memory whose observations wait for the store: published in order.
+        self._unpublished: deque[tuple[int, Change]] = deque()
+        self._commits = 0
         self._poisoned = False
 
     @classmethod
@@ -103,8 +125,11 @@ class Runtime:
             self._workers[state.worker_ref.worker_id] = state
             self._status_counts[state.status] += 1
         self._transcripts = {wid: list(restored.transcripts.get(wid, ())) for wid in self._workers}
+        self._bus.restore(restored.observation_sequence, restored.observations)
 
     async def close(self) -> None:
+        """End observation subscriptions and release the store."""
+        self._bus.close()
         await self._store.close()
 
     # ------------------------------------------------------------------ reads
@@ -187,6 +212,68 @@ class Runtime:
     def diagnostics(self) -> list[RuntimeDiagnostic]:
         return list(self._diagnostics)
 
+    # ------------------------------------------------------------ observation
+
+    def observation_cursor_now(self, ref: WorkerRef) -> int:
+        """The sequence of the worker's newest observation (0 if none): "seen everything"."""
+        self._worker(ref)
+        return self._bus.cursor_now(ref.worker_id)
+
+    @property
+    def observation_sequence(self) -> int:
+        """The newest observation sequence of the whole runtime."""
+        return self._bus.sequence
+
+    def observation_snapshot(self, ref: WorkerRef) -> WorkerSnapshot:
+        """The worker now, with its newest transcript entries: at most the projection limit,
+        and at most ``SNAPSHOT_CONTENT_BYTES`` of content, dropping the oldest first."""
+        state = self._worker(ref)
+        entries: list[TranscriptEntry] = []
+        budget = SNAPSHOT_CONTENT_BYTES
+        for entry in reversed(self._transcripts[ref.worker_id]):
+            if len(entries) >= self._limits.max_transcript_projection_items:
+                break
+            budget -= len(entry.content.encode("utf-8", "surrogatepass"))
+            if budget < 0:
+                break
+            entries.append(entry)
+        entries.reverse()
+        return WorkerSnapshot(WorkerDetail.of(state), entries)
+
+    def replay_observations(self, ref: WorkerRef, after: int) -> list[Observation]:
+        """Retained observations of the worker after sequence ``after``; raises ``CursorError``."""
+        self._worker(ref)
+        return self._bus.replay(ref.worker_id, after)
+
+    def observation_resume_point(self, ref: WorkerRef, after: int) -> int:
+        """Where a reader that saw up to ``after`` and then lost events should resume."""
+        return self._bus.resume_point(ref.worker_id, after)
+
+    @contextmanager
+    def subscribe(self, ref: WorkerRef) -> Iterator[Subscription]:
+        """Receive the worker's observations published from now on, until the block ends.
+
+        Subscribe *before* replaying the backlog, or events published between the two are lost.
+        """
+        self._worker(ref)
+        with self._bus.subscribe(ref.worker_id) as subscription:
+            yield subscription
+
+    async def observe(self, ref: WorkerRef, event: str, data: Mapping[str, Any] | None = None) -> Observation:
+        """Publish an event of a worker (``text_delta``, ``log``, …) to its observers.
+
+        This is how code beyond the contract's mutations (executing workers, an embedding
+        program) speaks to observers. It appends no runtime event.
+        """
+        self._worker(ref)
+        if not event or not event.replace("_", "").isalnum() or event != event.lower():
+            raise ValueError(f"observation event names are snake_case, not {event!r}")
+        if event in RESERVED_OBSERVATIONS:
+            raise ValueError(f"observation event {event!r} is published by the Runtime itself")
+        observation = self._bus.reserve(ref, event, dict(data) if data is not None else None)
+        await self._commit(Change(event=None, runtime_status=self._status, observations=(observation,)))
+        return observation
+
     # -------------------------------------------------------------- mutations
 
     async def create_worker(self, request: CreateWorkerRequest) -> WorkerDetail:
@@ -247,8 +334,16 @@ class Runtime:
             event_id=event.id,
         )
         new_state = dataclasses.replace(state, transcript_len=entry.sequence, last_event_id=event.id)
+        kind = "user_message" if entry.role is TranscriptRole.USER else "system_item"
+        observation = self._bus.reserve(state.worker_ref, kind, {"sequence": entry.sequence, "content": entry.content})
         await self._commit(
-            Change(event=event, runtime_status=self._status, workers=(new_state,), transcript=(entry,))
+            Change(
+                event=event,
+                runtime_status=self._status,
+                workers=(new_state,),
+                transcript=(entry,),
+                observations=(observation,),
+            )
         )
         return WorkerInteractionAck(
             worker_ref=new_state.worker_ref,
@@ -278,7 +373,10 @@ class Runtime:
         message = reason if reason is not None and reason.strip() else default_reason
         event = self._next_event(kind, message, state.worker_ref)
         new_state = dataclasses.replace(state, status=status, last_event_id=event.id)
-        await self._commit(Change(event=event, runtime_status=self._status, workers=(new_state,)))
+        observation = self._bus.reserve(state.worker_ref, "worker_status", {"status": status.value, "reason": message})
+        await self._commit(
+            Change(event=event, runtime_status=self._status, workers=(new_state,), observations=(observation,))
+        )
         return WorkerLifecycleAck(new_state.worker_ref, new_state.status, event.id)
 
     async def stop(self) -> RuntimeSummary:
@@ -291,7 +389,13 @@ class Runtime:
             for state in self._workers.values()
             if state.status is WorkerStatus.RUNNING
         )
-        await self._commit(Change(event=event, runtime_status=RuntimeStatus.STOPPED, workers=stopped))
+        observations = tuple(
+            self._bus.reserve(state.worker_ref, "worker_status", {"status": "stopped", "reason": "runtime stopped"})
+            for state in stopped
+        )
+        await self._commit(
+            Change(event=event, runtime_status=RuntimeStatus.STOPPED, workers=stopped, observations=observations)
+        )
         return self.summary()
 
     async def start(self) -> RuntimeSummary:
@@ -323,13 +427,20 @@ class Runtime:
         return RuntimeEvent(id=len(self._events) + 1, kind=kind, message=message, worker_ref=ref)
 
     async def _commit(self, change: Change) -> None:
-        """The one path of every mutation: apply to memory, then wait until the store has it."""
+        """The one path of every mutation: apply to memory, wait until the store has it, then
+        publish its observations — so an observer never sees what was not made durable."""
         if self._poisoned:
+            if change.observations:
+                self._bus.unreserve(change.observations[0].sequence)
             raise StatePoisoned()
         undo = self._apply(change)
+        self._commits += 1
+        ticket = (self._commits, change)
+        self._unpublished.append(ticket)
         try:
             await self._store.commit(change)
         except StoreError:
+            self._unpublished.remove(ticket)
             self._revert(undo)
             raise
         except BaseException:
@@ -337,12 +448,18 @@ class Runtime:
             # memory and disk may now disagree, so refuse further mutations until a restart.
             self._poisoned = True
             raise
+        # The store makes changes durable in order, so every change queued before this one is
+        # durable too: publish them all, oldest first.
+        while self._unpublished and self._unpublished[0][0] <= ticket[0]:
+            for observation in self._unpublished.popleft()[1].observations:
+                self._bus.publish(observation)
 
     def _apply(self, change: Change) -> _Undo:
         undo = _Undo(
             events_len=len(self._events),
             diagnostics_len=len(self._diagnostics),
             worker_sequence=self._worker_sequence,
+            observation_sequence=change.observations[0].sequence - 1 if change.observations else self._bus.sequence,
             status=self._status,
             workers=tuple(
                 (
@@ -353,7 +470,8 @@ class Runtime:
                 for state in change.workers
             ),
         )
-        self._events.append(change.event)
+        if change.event is not None:
+            self._events.append(change.event)
         self._status = change.runtime_status
         for state in change.workers:
             worker_id = state.worker_ref.worker_id
@@ -374,6 +492,7 @@ class Runtime:
         del self._events[undo.events_len :]
         del self._diagnostics[undo.diagnostics_len :]
         self._worker_sequence = undo.worker_sequence
+        self._bus.unreserve(undo.observation_sequence + 1)
         self._status = undo.status
         for worker_id, previous, transcript_len in reversed(undo.workers):
             current = self._workers[worker_id]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 
+from .bus import Observation
 from .catalog import WorkerState
 from .management import RuntimeStatus
 from .observation import RuntimeDiagnostic, RuntimeEvent, TranscriptEntry
@@ -21,13 +22,18 @@ from .observation import RuntimeDiagnostic, RuntimeEvent, TranscriptEntry
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """What one mutation of the Runtime changed, to be made durable as one unit."""
+    """What one mutation of the Runtime changed, to be made durable as one unit.
 
-    event: RuntimeEvent
+    A mutation of the contract appends exactly one runtime ``event``; observations published
+    by other code (``Runtime.observe``) make a change of their own with no event.
+    """
+
+    event: RuntimeEvent | None
     runtime_status: RuntimeStatus
     workers: tuple[WorkerState, ...] = ()
     transcript: tuple[TranscriptEntry, ...] = ()
     diagnostics: tuple[RuntimeDiagnostic, ...] = ()
+    observations: tuple[Observation, ...] = ()
 
 
 @dataclass(slots=True)
@@ -37,10 +43,13 @@ class RestoredState:
     runtime_id: str
     status: RuntimeStatus
     worker_sequence: int
+    observation_sequence: int = 0
     events: list[RuntimeEvent] = field(default_factory=list)
     workers: list[WorkerState] = field(default_factory=list)
     transcripts: dict[str, list[TranscriptEntry]] = field(default_factory=dict)
     diagnostics: list[RuntimeDiagnostic] = field(default_factory=list)
+    #: Retained observations of every worker, in sequence order.
+    observations: list[Observation] = field(default_factory=list)
 
 
 class Store(abc.ABC):
@@ -60,7 +69,12 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def commit(self, change: Change) -> None:
-        """Make ``change`` durable; raise a ``StoreError`` and keep nothing of it on failure."""
+        """Make ``change`` durable; raise a ``StoreError`` and keep nothing of it on failure.
+
+        Changes become durable in the order ``commit`` was called: when it returns, this change
+        and every change committed before it are durable (the Runtime publishes observations
+        in that order).
+        """
 
     async def close(self) -> None:
         """Release files and background work; the default has none."""

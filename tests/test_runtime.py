@@ -402,3 +402,29 @@ async def test_failed_commit_leaves_memory_as_it_was_and_the_next_call_works():
     assert second.worker_id == "worker-00000002"
     ack = await runtime.send_input(worker.worker_ref, user("after"))
     assert (ack.transcript_sequence, ack.event_id) == (2, 5)
+
+
+async def test_a_failed_commit_publishes_nothing_and_leaves_no_gap_in_sequences():
+    store = FailingStore()
+    runtime = await Runtime.open(store)
+    worker = await runtime.create_worker(TASK)
+    with runtime.subscribe(worker.worker_ref) as subscription:
+        store.failing = True
+        with pytest.raises(StoreIo):
+            await runtime.send_input(worker.worker_ref, user("lost"))
+        with pytest.raises(StoreIo):
+            await runtime.observe(worker.worker_ref, "text_delta", {"text": "lost"})
+        assert subscription.drain() == []
+        store.failing = False
+        await runtime.send_input(worker.worker_ref, user("kept"))
+        assert [(o.sequence, o.event, o.data) for o in subscription.drain()] == [
+            (1, "user_message", {"sequence": 1, "content": "kept"})
+        ]
+
+
+@pytest.mark.parametrize("event", ["", "TextDelta", "text-delta", "snapshot", "user_message", "worker_status"])
+async def test_observe_refuses_bad_or_reserved_event_names(runtime, event):
+    worker = await runtime.create_worker(TASK)
+    with pytest.raises(ValueError):
+        await runtime.observe(worker.worker_ref, event)
+    assert runtime.observation_sequence == 0

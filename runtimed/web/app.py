@@ -7,9 +7,10 @@ from aiohttp import web
 
 from ..config import ServerConfig
 from ..runtime import Runtime
-from . import handlers
+from . import handlers, ws
 from .errors import error_middleware
-from .keys import RUNTIME, SERVER_CONFIG
+from .frames import FrameCache
+from .keys import RUNTIME, SERVER_CONFIG, WS_FRAMES, WS_SESSIONS
 from .security import security_middleware
 
 # A path segment that may be empty, so that `/v1/workers//input` reaches the handler and is
@@ -26,6 +27,9 @@ def create_app(runtime: Runtime, server_config: ServerConfig | None = None) -> w
     )
     app[RUNTIME] = runtime
     app[SERVER_CONFIG] = server_config
+    app[WS_SESSIONS] = set()
+    app[WS_FRAMES] = FrameCache()
+    app.on_shutdown.append(ws.close_sessions)
     app.router.add_routes(
         [
             web.get("/healthz", handlers.healthz),
@@ -41,6 +45,7 @@ def create_app(runtime: Runtime, server_config: ServerConfig | None = None) -> w
             web.post(WORKER + "/stop", handlers.stop_worker),
             web.post(WORKER + "/cancel", handlers.cancel_worker),
             web.get(WORKER + "/transcript", handlers.get_transcript),
+            web.get(WORKER + "/events/ws", ws.worker_events),
         ]
     )
     return app

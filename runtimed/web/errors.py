@@ -9,13 +9,13 @@ subclasses too, so every error leaves the process through the same door with the
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from ..errors import RuntimedError
+from .encoding import dumps
 from .keys import SERVER_CONFIG
 
 log = logging.getLogger("runtimed.web")
@@ -97,17 +97,6 @@ STATUS_BY_CODE: dict[str, int] = {
     "state_poisoned": 500,
     "internal_error": 500,
 }
-
-
-def dumps(data: object) -> str:
-    """The JSON text of a response body: compact, and readable non-ASCII where it can be."""
-    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        # A lone surrogate (valid in a JSON string, not in UTF-8) came in; escape it going out.
-        text = json.dumps(data, separators=(",", ":"))
-    return text
 
 
 def error_body(error: RuntimedError) -> dict[str, dict[str, str]]:

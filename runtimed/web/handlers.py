@@ -11,7 +11,8 @@ from marshmallow import ValidationError
 
 from ..identity import WorkerRef
 from . import schemas
-from .errors import InvalidJson, InvalidQuery, PayloadTooLarge, dumps
+from .encoding import dumps
+from .errors import InvalidJson, InvalidQuery, PayloadTooLarge
 from .keys import RUNTIME, SERVER_CONFIG
 
 MAX_WARNINGS = 20

@@ -6,6 +6,11 @@ from aiohttp import web
 
 from ..config import ServerConfig
 from ..runtime import Runtime
+from .frames import FrameCache
 
 RUNTIME = web.AppKey("runtime", Runtime)
 SERVER_CONFIG = web.AppKey("server_config", ServerConfig)
+#: Open observation sessions (``ws.ObservationSession``), closed on shutdown.
+WS_SESSIONS: web.AppKey[set] = web.AppKey("ws_sessions", set)
+#: Encoded event frames shared by every session (``ws.FrameCache``).
+WS_FRAMES = web.AppKey("ws_frames", FrameCache)

@@ -435,3 +435,46 @@ def flatten_messages(messages: Any, prefix: str = "") -> list[str]:
     if isinstance(messages, list):
         return [line for item in messages for line in flatten_messages(item, prefix)]
     return [f"{prefix}: {messages}" if prefix else str(messages)]
+
+
+# ------------------------------------------------------ observation frames (§7)
+
+
+class ObservationPayloadSchema(BaseSchema):
+    """``{"event": <snake_case name>, "data"?: {…}}`` — the seed protocol's tagged event."""
+
+    __omit_when_empty__ = frozenset({"data"})
+    event = fields.String(required=True)
+    data = fields.Dict(keys=fields.String())
+
+
+class ObservationEnvelopeSchema(BaseSchema):
+    cursor = fields.String(required=True)
+    event_id = fields.String(required=True)
+    worker_id = fields.String(required=True)
+    payload = fields.Nested(ObservationPayloadSchema, required=True)
+
+
+class EventFrameSchema(BaseSchema):
+    kind = fields.Constant("event", required=True)
+    envelope = fields.Nested(ObservationEnvelopeSchema, required=True)
+
+
+class ObservationDiagnosticSchema(BaseSchema):
+    __omit_when_empty__ = frozenset({"resume_from"})
+    code = fields.String(required=True)
+    message = fields.String(required=True)
+    resume_from = fields.String()
+
+
+class DiagnosticFrameSchema(BaseSchema):
+    kind = fields.Constant("diagnostic", required=True)
+    diagnostic = fields.Nested(ObservationDiagnosticSchema, required=True)
+
+
+class SnapshotDataSchema(BaseSchema):
+    """The data of the first frame of a session: the worker as it is when it connects."""
+
+    worker = fields.Nested(WorkerDetailSchema, required=True)
+    status = fields.Enum(WorkerStatus, by_value=True, required=True)
+    entries = fields.List(fields.Nested(TranscriptEntrySchema), required=True)

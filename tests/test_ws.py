@@ -1,0 +1,479 @@
+"""The observation WebSocket (contract §7), over a real socket with a real WebSocket client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import WSMsgType
+
+from runtimed.bus import encode_cursor
+from runtimed.config import Secret, ServerConfig
+from runtimed.management import RuntimeLimits, RuntimeOptions
+from runtimed.runtime import Runtime
+from runtimed.store import MemoryStore
+from runtimed.web import schemas
+from runtimed.web.app import create_app
+
+from .conftest import create_worker
+
+_event_frame = schemas.EventFrameSchema()
+_diagnostic_frame = schemas.DiagnosticFrameSchema()
+
+
+async def make_client(aiohttp_client, limits: RuntimeLimits | None = None, **server: Any):
+    runtime = await Runtime.open(MemoryStore(), RuntimeOptions(limits=limits or RuntimeLimits()))
+    client = await aiohttp_client(create_app(runtime, ServerConfig(**server)))
+    return runtime, client
+
+
+def ws_path(worker_id: str, cursor: str | None = None) -> str:
+    path = f"/v1/workers/{worker_id}/events/ws"
+    return path if cursor is None else f"{path}?cursor={cursor}"
+
+
+async def next_frame(ws, timeout: float = 5.0) -> dict[str, Any]:
+    message = await ws.receive(timeout=timeout)
+    assert message.type == WSMsgType.TEXT, (message.type, message.data)
+    frame = json.loads(message.data)
+    schema = _event_frame if frame["kind"] == "event" else _diagnostic_frame
+    schema.load(frame)  # every frame has exactly the contract's shape
+    assert schema.unknown_paths(frame) == []
+    return frame
+
+
+async def expect_close(ws, code: int, timeout: float = 5.0) -> None:
+    message = await ws.receive(timeout=timeout)
+    assert message.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING), (message.type, message.data)
+    assert ws.close_code == code
+
+
+async def input_(client, worker_id: str, content: str, kind: str = "user") -> dict[str, Any]:
+    response = await client.post(f"/v1/workers/{worker_id}/input", json={"kind": kind, "content": content})
+    assert response.status == 200, await response.text()
+    return (await response.json())["ack"]
+
+
+def envelope(frame: dict[str, Any]) -> dict[str, Any]:
+    assert frame["kind"] == "event", frame
+    return frame["envelope"]
+
+
+# ------------------------------------------------------------------ sessions
+
+
+async def test_connect_without_cursor_sends_snapshot_then_live_events_of_that_worker_only(client, runtime):
+    worker = await create_worker(client)
+    other = await create_worker(client)
+    await input_(client, worker["worker_id"], "before")
+    async with client.ws_connect(ws_path(worker["worker_id"])) as ws:
+        snapshot = envelope(await next_frame(ws))
+        assert snapshot["cursor"] == encode_cursor(1)
+        assert snapshot["event_id"] == f"snapshot:{encode_cursor(1)}"
+        assert snapshot["worker_id"] == worker["worker_id"]
+        assert snapshot["payload"]["event"] == "snapshot"
+        data = snapshot["payload"]["data"]
+        assert data["worker"] == (await (await client.get(f"/v1/workers/{worker['worker_id']}")).json())["worker"]
+        assert data["status"] == "running"
+        assert [(e["sequence"], e["content"]) for e in data["entries"]] == [(1, "before")]
+
+        await input_(client, other["worker_id"], "not for this observer")
+        await input_(client, worker["worker_id"], "first", "user")
+        await input_(client, worker["worker_id"], "second", "system")
+        await client.post(f"/v1/workers/{worker['worker_id']}/stop", json={"reason": "done"})
+        frames = [envelope(await next_frame(ws)) for _ in range(3)]
+        assert [(f["payload"]["event"], f["payload"]["data"]) for f in frames] == [
+            ("user_message", {"sequence": 2, "content": "first"}),
+            ("system_item", {"sequence": 3, "content": "second"}),
+            ("worker_status", {"status": "stopped", "reason": "done"}),
+        ]
+        assert [f["cursor"] for f in frames] == [encode_cursor(3), encode_cursor(4), encode_cursor(5)]
+        assert all(f["event_id"] == f["cursor"] and f["worker_id"] == worker["worker_id"] for f in frames)
+        with pytest.raises(asyncio.TimeoutError):
+            await ws.receive(timeout=0.2)  # nothing else: no repeats, no other worker
+
+
+async def test_resume_with_cursor_replays_exactly_the_missed_events_then_goes_live(client, runtime):
+    worker = await create_worker(client)
+    other = await create_worker(client)
+    wid = worker["worker_id"]
+    await input_(client, wid, "seen")  # sequence 1
+    await input_(client, other["worker_id"], "other")  # sequence 2
+    await input_(client, wid, "missed 1")  # 3
+    await input_(client, wid, "missed 2")  # 4
+    async with client.ws_connect(ws_path(wid, encode_cursor(1))) as ws:
+        snapshot = envelope(await next_frame(ws))
+        assert snapshot["cursor"] == encode_cursor(1)
+        # The snapshot shows the worker now; replayed entries carry sequences to de-duplicate with.
+        assert [e["content"] for e in snapshot["payload"]["data"]["entries"]] == ["seen", "missed 1", "missed 2"]
+        missed = [envelope(await next_frame(ws)) for _ in range(2)]
+        assert [(m["cursor"], m["payload"]["data"]["content"]) for m in missed] == [
+            (encode_cursor(3), "missed 1"),
+            (encode_cursor(4), "missed 2"),
+        ]
+        await input_(client, wid, "live")
+        live = envelope(await next_frame(ws))
+        assert (live["cursor"], live["payload"]["data"]["content"]) == (encode_cursor(5), "live")
+
+
+async def test_events_published_through_observe_reach_observers(client, runtime):
+    worker = await create_worker(client)
+    async with client.ws_connect(ws_path(worker["worker_id"])) as ws:
+        await next_frame(ws)
+        await runtime.observe(runtime.worker_ref(worker["worker_id"]), "text_delta", {"text": "Hel"})
+        await runtime.observe(runtime.worker_ref(worker["worker_id"]), "run_end")
+        delta = envelope(await next_frame(ws))
+        assert delta["payload"] == {"event": "text_delta", "data": {"text": "Hel"}}
+        end = envelope(await next_frame(ws))
+        assert end["payload"] == {"event": "run_end"}  # an event with no fields omits data
+
+
+async def test_runtime_stop_tells_observers_of_running_workers(client, runtime):
+    worker = await create_worker(client)
+    async with client.ws_connect(ws_path(worker["worker_id"])) as ws:
+        await next_frame(ws)
+        await client.post("/v1/runtime/stop")
+        status = envelope(await next_frame(ws))
+        assert status["payload"] == {"event": "worker_status", "data": {"status": "stopped", "reason": "runtime stopped"}}
+
+
+async def test_a_stopped_worker_can_still_be_observed(client, runtime):
+    worker = await create_worker(client)
+    await client.post(f"/v1/workers/{worker['worker_id']}/cancel")
+    async with client.ws_connect(ws_path(worker["worker_id"], encode_cursor(0))) as ws:
+        snapshot = envelope(await next_frame(ws))
+        assert snapshot["payload"]["data"]["status"] == "cancelled"
+        status = envelope(await next_frame(ws))
+        assert status["payload"]["data"] == {"status": "cancelled", "reason": "worker cancelled"}
+
+
+async def test_reconnecting_with_the_last_cursor_never_repeats_or_skips(aiohttp_client):
+    """Property-style: random publishes on three workers interleaved with disconnects and
+    reconnects; the observer of each worker sees every one of its events exactly once, in order."""
+    for seed in range(6):
+        rng = random.Random(seed)
+        runtime, client = await make_client(aiohttp_client, RuntimeLimits(observation_backlog=64))
+        workers = [(await create_worker(client))["worker_id"] for _ in range(3)]
+        watched = workers[0]
+        expected: list[int] = []
+        seen: list[int] = []
+        cursor: str | None = None
+        ws = None
+        for _ in range(40):
+            action = rng.random()
+            if ws is None and action < 0.3:
+                ws = await client.ws_connect(ws_path(watched, cursor))
+                snapshot = envelope(await next_frame(ws))
+                if cursor is None:
+                    # Without a cursor the stream starts now: take what came before as seen.
+                    seen.extend(expected)
+                    cursor = snapshot["cursor"]
+            elif ws is not None and action < 0.45:
+                # Drain what has arrived, then drop the connection.
+                while True:
+                    try:
+                        frame = envelope(await next_frame(ws, timeout=0.05))
+                    except asyncio.TimeoutError:
+                        break
+                    seen.append(int(frame["cursor"][3:], 16))
+                    cursor = frame["cursor"]
+                await ws.close()
+                ws = None
+            else:
+                target = rng.choice(workers)
+                if rng.random() < 0.5:
+                    ack = await input_(client, target, f"m{rng.random()}")
+                    sequence = runtime.observation_sequence
+                    assert ack["transcript_sequence"] >= 1
+                else:
+                    sequence = (await runtime.observe(runtime.worker_ref(target), "text_delta", {"text": "x"})).sequence
+                if target == watched:
+                    expected.append(sequence)
+        if ws is None:
+            ws = await client.ws_connect(ws_path(watched, cursor))
+            await next_frame(ws)
+        while len(seen) < len(expected):
+            frame = envelope(await next_frame(ws))
+            seen.append(int(frame["cursor"][3:], 16))
+        await ws.close()
+        assert seen == expected, f"seed {seed}"
+
+
+# ------------------------------------------------------------------- cursors
+
+
+async def test_malformed_cursor_gets_a_diagnostic_and_a_close(client):
+    worker = await create_worker(client)
+    for raw in ("bad", "wo_123", "wo_000000000000000G", "WO_0000000000000001", "wo_00000000000000001"):
+        async with client.ws_connect(ws_path(worker["worker_id"], raw)) as ws:
+            frame = await next_frame(ws)
+            assert frame == {
+                "kind": "diagnostic",
+                "diagnostic": {"code": "runtime.cursor_malformed", "message": f"malformed worker observation cursor: {raw}"},
+            }
+            await expect_close(ws, 1000)
+
+
+async def test_cursor_beyond_the_newest_sequence_is_unknown_after_the_snapshot(client):
+    worker = await create_worker(client)
+    await input_(client, worker["worker_id"], "x")
+    async with client.ws_connect(ws_path(worker["worker_id"], encode_cursor(99))) as ws:
+        snapshot = envelope(await next_frame(ws))
+        assert snapshot["cursor"] == encode_cursor(99)
+        diagnostic = (await next_frame(ws))["diagnostic"]
+        assert diagnostic["code"] == "runtime.cursor_unknown_or_expired"
+        assert "resume_from" not in diagnostic
+        await expect_close(ws, 1000)
+
+
+async def test_cursor_older_than_the_backlog_is_expired_with_a_resume_point_that_replays_it_all(aiohttp_client):
+    runtime, client = await make_client(aiohttp_client, RuntimeLimits(observation_backlog=3))
+    worker = (await create_worker(client))["worker_id"]
+    other = (await create_worker(client))["worker_id"]
+    for i in range(5):
+        await input_(client, worker, f"w{i}")  # worker: sequences 1..5, retained 3..5
+        await input_(client, other, f"o{i}")
+    async with client.ws_connect(ws_path(worker, encode_cursor(1))) as ws:
+        await next_frame(ws)
+        diagnostic = (await next_frame(ws))["diagnostic"]
+        assert diagnostic["code"] == "runtime.cursor_unknown_or_expired"
+        await expect_close(ws, 1000)
+    # Worker sequences were 1, 3, 5, 7, 9; the oldest retained is 5, so resume just before it.
+    assert diagnostic["resume_from"] == encode_cursor(4)
+    async with client.ws_connect(ws_path(worker, diagnostic["resume_from"])) as ws:
+        await next_frame(ws)
+        replayed = [envelope(await next_frame(ws))["payload"]["data"]["content"] for _ in range(3)]
+        assert replayed == ["w2", "w3", "w4"]
+
+
+async def test_cursor_zero_replays_everything_while_nothing_was_trimmed(client):
+    worker = await create_worker(client)
+    for i in range(3):
+        await input_(client, worker["worker_id"], f"m{i}")
+    async with client.ws_connect(ws_path(worker["worker_id"], encode_cursor(0))) as ws:
+        await next_frame(ws)
+        contents = [envelope(await next_frame(ws))["payload"]["data"]["content"] for _ in range(3)]
+        assert contents == ["m0", "m1", "m2"]
+
+
+async def test_snapshot_entries_are_bounded_by_the_projection_limit(aiohttp_client):
+    runtime, client = await make_client(aiohttp_client, RuntimeLimits(max_transcript_projection_items=2))
+    worker = (await create_worker(client))["worker_id"]
+    for i in range(5):
+        await input_(client, worker, f"m{i}")
+    async with client.ws_connect(ws_path(worker)) as ws:
+        entries = envelope(await next_frame(ws))["payload"]["data"]["entries"]
+        assert [e["content"] for e in entries] == ["m3", "m4"]
+
+
+async def test_snapshot_entries_are_bounded_to_one_mebibyte_of_content(client):
+    worker = (await create_worker(client))["worker_id"]
+    for i in range(3):
+        await input_(client, worker, str(i) * (400 * 1024))
+    async with client.ws_connect(ws_path(worker), max_msg_size=0) as ws:
+        entries = envelope(await next_frame(ws))["payload"]["data"]["entries"]
+        assert [e["sequence"] for e in entries] == [2, 3]
+
+
+# --------------------------------------------------------- client messages
+
+
+@pytest.mark.parametrize("kind", ["text", "binary"])
+async def test_a_client_message_is_answered_observation_only_and_closed_1008(client, kind):
+    worker = await create_worker(client)
+    async with client.ws_connect(ws_path(worker["worker_id"])) as ws:
+        await next_frame(ws)
+        if kind == "text":
+            await ws.send_str('{"hello": 1}')
+        else:
+            await ws.send_bytes(b"\x00\x01")
+        assert await next_frame(ws) == {
+            "kind": "diagnostic",
+            "diagnostic": {
+                "code": "runtime.observation_only",
+                "message": "runtime worker event WebSocket is observation-only",
+            },
+        }
+        await expect_close(ws, 1008)
+
+
+async def test_a_ping_gets_a_pong(client):
+    worker = await create_worker(client)
+    async with client.ws_connect(ws_path(worker["worker_id"]), autoping=False) as ws:
+        await next_frame(ws)
+        await ws.ping(b"are you there")
+        message = await ws.receive(timeout=5)
+        assert (message.type, message.data) == (WSMsgType.PONG, b"are you there")
+
+
+async def test_a_client_close_ends_the_session_and_unsubscribes(client, runtime):
+    worker = await create_worker(client)
+    ws = await client.ws_connect(ws_path(worker["worker_id"]))
+    await next_frame(ws)
+    assert runtime._bus.subscriber_count() == 1
+    await ws.close()
+    for _ in range(100):
+        if runtime._bus.subscriber_count() == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert runtime._bus.subscriber_count() == 0
+
+
+# ----------------------------------------------------------------- liveness
+
+
+async def test_a_peer_that_does_not_answer_pings_is_disconnected(aiohttp_client):
+    runtime, client = await make_client(aiohttp_client, ws_heartbeat_seconds=0.2)
+    worker = (await create_worker(client))["worker_id"]
+    async with client.ws_connect(ws_path(worker), autoping=False) as ws:
+        await next_frame(ws)
+        # Read without answering: the server pings, gets no pong, and drops the connection.
+        kinds = []
+        for _ in range(10):
+            message = await ws.receive(timeout=5)
+            kinds.append(message.type)
+            if message.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.ERROR):
+                break
+        assert kinds[0] == WSMsgType.PING
+        assert kinds[-1] in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.ERROR)
+    assert runtime._bus.subscriber_count() == 0
+
+
+async def test_a_peer_that_answers_pings_stays_connected(aiohttp_client):
+    runtime, client = await make_client(aiohttp_client, ws_heartbeat_seconds=0.1)
+    worker = (await create_worker(client))["worker_id"]
+    async with client.ws_connect(ws_path(worker)) as ws:  # autoping answers
+        await next_frame(ws)
+        # (receive's own timeout restarts at every ping it answers, so bound it from outside)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(ws.receive(), 0.6)
+        await input_(client, worker, "still here")
+        assert envelope(await next_frame(ws))["payload"]["data"]["content"] == "still here"
+
+
+# ------------------------------------------------------------- slow readers
+
+
+async def test_a_slow_subscriber_is_expired_while_a_fast_one_gets_everything(aiohttp_client):
+    runtime, client = await make_client(aiohttp_client, RuntimeLimits(subscriber_queue=4, observation_backlog=4096))
+    worker = (await create_worker(client))["worker_id"]
+    # The slow reader stops reading after the snapshot: once the socket buffers between it and
+    # the server are full (a few MB on loopback), the server's sends to it block.
+    slow = await client.ws_connect(ws_path(worker), max_msg_size=0)
+    await next_frame(slow)
+    fast = await client.ws_connect(ws_path(worker), max_msg_size=0)
+    await next_frame(fast)
+    fast_seen: list[int] = []
+
+    async def read_fast(count: int) -> None:
+        while len(fast_seen) < count:
+            fast_seen.append(int(envelope(await next_frame(fast))["cursor"][3:], 16))
+
+    payload = "x" * (64 * 1024)
+    count = 250
+    reader = asyncio.create_task(read_fast(count))
+    slowest_request = 0.0
+    loop = asyncio.get_running_loop()
+    for _ in range(count):
+        started = loop.time()
+        await input_(client, worker, payload)
+        slowest_request = max(slowest_request, loop.time() - started)
+    await asyncio.wait_for(reader, 30)
+    assert fast_seen == list(range(1, count + 1))
+    # A generous bound: this checks the publisher never waits on the slow reader, not speed.
+    assert slowest_request < 5.0
+
+    # The slow reader gets what was in flight, then the overrun diagnostic, then a close.
+    last_cursor = None
+    while True:
+        frame = await next_frame(slow, timeout=10)
+        if frame["kind"] == "diagnostic":
+            break
+        last_cursor = envelope(frame)["cursor"]
+    assert frame["diagnostic"]["code"] == "runtime.cursor_expired"
+    assert frame["diagnostic"]["message"] == "runtime observation backlog was overrun"
+    assert last_cursor is not None and frame["diagnostic"]["resume_from"] == last_cursor
+    await expect_close(slow, 1000)
+    # Resuming from resume_from yields the rest, with nothing repeated.
+    async with client.ws_connect(ws_path(worker, frame["diagnostic"]["resume_from"]), max_msg_size=0) as ws:
+        await next_frame(ws)
+        rest = [int(envelope(await next_frame(ws))["cursor"][3:], 16) for _ in range(count - int(last_cursor[3:], 16))]
+        assert rest == list(range(int(last_cursor[3:], 16) + 1, count + 1))
+    await fast.close()
+
+
+# ------------------------------------------------------- before the upgrade
+
+
+async def test_unknown_worker_is_404_before_the_upgrade(client):
+    response = await client.get(ws_path("worker-0000ffff"), headers={"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+    assert response.status == 404
+    assert (await response.json())["error"]["code"] == "worker_not_found"
+    with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+        await client.ws_connect(ws_path("worker-0000ffff"))
+    assert caught.value.status == 404
+
+
+async def test_a_plain_get_is_426_upgrade_required(client):
+    worker = await create_worker(client)
+    response = await client.get(ws_path(worker["worker_id"]))
+    assert response.status == 426
+    assert (await response.json())["error"]["code"] == "upgrade_required"
+
+
+async def test_blank_worker_id_is_400_before_the_upgrade(client):
+    with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+        await client.ws_connect(ws_path("%20"))
+    assert caught.value.status == 400
+
+
+async def test_the_token_is_checked_before_the_upgrade(aiohttp_client):
+    runtime, client = await make_client(aiohttp_client, local_token=Secret("tok-123"))
+    response = await client.post(
+        "/v1/workers",
+        json={"intent": {"kind": "assistant"}, "profile": {"kind": "runtime_default"}},
+        headers={"Authorization": "Bearer tok-123"},
+    )
+    worker = (await response.json())["worker"]["worker_id"]
+    with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+        await client.ws_connect(ws_path(worker))
+    assert caught.value.status == 401
+    async with client.ws_connect(ws_path(worker), headers={"Authorization": "Bearer tok-123"}) as ws:
+        assert envelope(await next_frame(ws))["payload"]["event"] == "snapshot"
+
+
+async def test_an_origin_is_refused_before_the_upgrade(client):
+    worker = await create_worker(client)
+    with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+        await client.ws_connect(ws_path(worker["worker_id"]), origin="http://evil.example")
+    assert caught.value.status == 403
+
+
+# ------------------------------------------------------------------ shutdown
+
+
+async def test_shutdown_sends_upstream_closed_and_1001_to_every_session(aiohttp_server):
+    runtime = await Runtime.open(MemoryStore())
+    server = await aiohttp_server(create_app(runtime))
+    async with aiohttp.ClientSession() as session:
+        response = await session.post(
+            server.make_url("/v1/workers"), json={"intent": {"kind": "assistant"}, "profile": {"kind": "runtime_default"}}
+        )
+        worker = (await response.json())["worker"]["worker_id"]
+        sockets = [await session.ws_connect(server.make_url(ws_path(worker))) for _ in range(2)]
+        for ws in sockets:
+            await next_frame(ws)
+
+        async def last_frame_and_close(ws) -> dict[str, Any]:
+            frame = await next_frame(ws)
+            await expect_close(ws, 1001)
+            return frame
+
+        # Clients keep reading while the server shuts down, as real ones do (the close
+        # handshake needs their answer).
+        _, *frames = await asyncio.gather(server.close(), *(last_frame_and_close(ws) for ws in sockets))
+        assert [f["diagnostic"]["code"] for f in frames] == ["runtime.upstream_closed"] * 2
