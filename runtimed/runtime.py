@@ -11,7 +11,9 @@ interleave half-way; if the store fails, the change is undone and the caller get
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import itertools
 from collections import Counter, deque
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -81,6 +83,15 @@ class _Undo:
     workers: tuple[tuple[str, WorkerState | None, int], ...]  # (id, previous state, transcript length)
 
 
+@dataclass(frozen=True, slots=True)
+class _Inflight:
+    """A change applied to memory and not yet durable; ``index`` orders changes."""
+
+    index: int
+    change: Change
+    undo: _Undo
+
+
 class Runtime:
     """A runtime of workers: create, observe, talk to, stop and cancel them."""
 
@@ -98,9 +109,9 @@ class Runtime:
         self._transcripts: dict[str, list[TranscriptEntry]] = {}
         self._status_counts: Counter[WorkerStatus] = Counter()
         self._bus = ObservationBus(self._limits.observation_backlog, self._limits.subscriber_queue)
-        # Changes applied to memory whose observations wait for the store: published in order.
-        self._unpublished: deque[tuple[int, Change]] = deque()
-        self._commits = 0
+        # Changes applied to memory that the store has not yet made durable, oldest first.
+        self._inflight: deque[_Inflight] = deque()
+        self._change_numbers = itertools.count(1)
         self._poisoned = False
 
     @classmethod
@@ -110,10 +121,14 @@ class Runtime:
         restored = await store.open(options.runtime_id)
         if restored is None:
             runtime = cls(store, options, options.runtime_id or generate_runtime_id(store.id_prefix))
+            await store.create(runtime.runtime_id)
             await runtime._append_runtime_started()
         else:
+            # A restart is not an event: every read answers as it did before the restart.
             runtime = cls(store, options, restored.runtime_id)
             runtime._restore(restored)
+            if restored.warnings:
+                await runtime._record_restore_warnings(restored.warnings)
         return runtime
 
     def _restore(self, restored: RestoredState) -> None:
@@ -126,6 +141,13 @@ class Runtime:
             self._status_counts[state.status] += 1
         self._transcripts = {wid: list(restored.transcripts.get(wid, ())) for wid in self._workers}
         self._bus.restore(restored.observation_sequence, restored.observations)
+
+    async def _record_restore_warnings(self, warnings: list[tuple[str, str]]) -> None:
+        first_id = len(self._diagnostics) + 1
+        diagnostics = tuple(
+            RuntimeDiagnostic(first_id + i, Severity.WARNING, code, message) for i, (code, message) in enumerate(warnings)
+        )
+        await self._commit(Change(event=None, runtime_status=self._status, diagnostics=diagnostics))
 
     async def close(self) -> None:
         """End observation subscriptions and release the store."""
@@ -428,31 +450,60 @@ class Runtime:
 
     async def _commit(self, change: Change) -> None:
         """The one path of every mutation: apply to memory, wait until the store has it, then
-        publish its observations — so an observer never sees what was not made durable."""
+        publish its observations — so an observer never sees what was not made durable.
+
+        Applying before the store answers lets the next mutation build on this one while the
+        store writes both in one flush (group commit). If the store fails, it fails this change
+        and every later one (they were built on it), and they are undone newest first.
+        """
         if self._poisoned:
             if change.observations:
                 self._bus.unreserve(change.observations[0].sequence)
             raise StatePoisoned()
-        undo = self._apply(change)
-        self._commits += 1
-        ticket = (self._commits, change)
-        self._unpublished.append(ticket)
+        item = _Inflight(next(self._change_numbers), change, self._apply(change))
+        self._inflight.append(item)
+        pending = self._store.commit(change)
+        if pending is not None:
+            try:
+                # Shielded: a caller that goes away must not abandon a change that is already
+                # in memory; whatever the store answers is settled when it answers.
+                await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                pending.add_done_callback(lambda _: self._settle_quietly(item, pending))
+                raise
+            except BaseException:
+                pass  # settled below, with the store's own error
+        self._settle(item, pending)
+
+    def _settle(self, item: "_Inflight", pending: "asyncio.Future[None] | None") -> None:
+        error = pending.exception() if pending is not None else None
+        if error is None:
+            # Changes become durable in order: every change before this one is durable too.
+            while self._inflight and self._inflight[0].index <= item.index:
+                done = self._inflight.popleft()
+                for observation in done.change.observations:
+                    self._bus.publish(observation)
+            return
+        if isinstance(error, StoreError):
+            self._rollback_from(item)
+            raise error
+        # The store failed in a way it did not describe: memory and disk may now disagree,
+        # so refuse further mutations until a restart.
+        self._poisoned = True
+        raise error
+
+    def _settle_quietly(self, item: "_Inflight", pending: "asyncio.Future[None]") -> None:
         try:
-            await self._store.commit(change)
-        except StoreError:
-            self._unpublished.remove(ticket)
-            self._revert(undo)
-            raise
-        except BaseException:
-            # The store failed in a way it did not describe (or we were cancelled mid-write):
-            # memory and disk may now disagree, so refuse further mutations until a restart.
-            self._poisoned = True
-            raise
-        # The store makes changes durable in order, so every change queued before this one is
-        # durable too: publish them all, oldest first.
-        while self._unpublished and self._unpublished[0][0] <= ticket[0]:
-            for observation in self._unpublished.popleft()[1].observations:
-                self._bus.publish(observation)
+            self._settle(item, pending)
+        except BaseException:  # the caller is gone; the error was logged by the store
+            pass
+
+    def _rollback_from(self, item: "_Inflight") -> None:
+        """Undo ``item`` and every change applied after it, newest first."""
+        while self._inflight and self._inflight[-1].index >= item.index:
+            self._revert(self._inflight.pop().undo)
+        if not self._inflight:
+            self._store.resume()
 
     def _apply(self, change: Change) -> _Undo:
         undo = _Undo(

@@ -12,6 +12,7 @@ back what an earlier process left, so a Runtime can continue where it was.
 from __future__ import annotations
 
 import abc
+import asyncio
 from dataclasses import dataclass, field
 
 from .bus import Observation
@@ -50,6 +51,8 @@ class RestoredState:
     diagnostics: list[RuntimeDiagnostic] = field(default_factory=list)
     #: Retained observations of every worker, in sequence order.
     observations: list[Observation] = field(default_factory=list)
+    #: What restore found out of place and set aside; each becomes a warning diagnostic.
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # (code, message)
 
 
 class Store(abc.ABC):
@@ -62,22 +65,31 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def open(self, runtime_id: str | None) -> RestoredState | None:
-        """Load what is stored, or ``None`` when there is nothing yet.
+        """Load what is stored, or ``None`` when there is nothing yet (then ``create`` follows).
 
         ``runtime_id`` is the configured id, if any; a store holding another runtime refuses it.
         """
 
-    @abc.abstractmethod
-    async def commit(self, change: Change) -> None:
-        """Make ``change`` durable; raise a ``StoreError`` and keep nothing of it on failure.
+    async def create(self, runtime_id: str) -> None:
+        """Prepare to hold a new runtime; the default needs nothing."""
 
-        Changes become durable in the order ``commit`` was called: when it returns, this change
-        and every change committed before it are durable (the Runtime publishes observations
-        in that order).
+    @abc.abstractmethod
+    def commit(self, change: Change) -> "asyncio.Future[None] | None":
+        """Start making ``change`` durable.
+
+        ``None`` means it already is. Otherwise the future resolves once it is, or fails with a
+        ``StoreError`` (keeping nothing of it) or ``StatePoisoned`` (when even cleaning up
+        failed). Changes become durable in the order ``commit`` was called, so when a change is
+        durable every change committed before it is too. A failure fails every change not yet
+        durable, and every change committed after it, until the Runtime has undone them all
+        and calls ``resume``: those were built on top of the failed one.
         """
 
+    def resume(self) -> None:
+        """Accept changes again after a failure; the Runtime has undone every failed change."""
+
     async def close(self) -> None:
-        """Release files and background work; the default has none."""
+        """Finish pending writes and release files; the default has none."""
 
 
 class MemoryStore(Store):
@@ -89,5 +101,5 @@ class MemoryStore(Store):
     async def open(self, runtime_id: str | None) -> RestoredState | None:
         return None
 
-    async def commit(self, change: Change) -> None:
+    def commit(self, change: Change) -> None:
         return None

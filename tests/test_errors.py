@@ -16,7 +16,7 @@ from runtimed.web import schemas
 from runtimed.web.app import create_app
 
 from .conftest import TASK_REQUEST, create_worker
-from .test_runtime import FailingStore
+from .test_runtime import FailingStore, failed
 
 W = "worker-00000001"  # created by the fixture below
 MISSING = "worker-0000ffff"
@@ -209,10 +209,10 @@ async def test_store_failure_is_store_io_and_changes_nothing(aiohttp_client):
 class BrokenStore(FailingStore):
     """A store that fails in a way it does not describe: memory may no longer match it."""
 
-    async def commit(self, change):
+    def commit(self, change):
         if self.failing:
-            raise OSError("the disk went away")
-        await super().commit(change)
+            return failed(OSError("the disk went away"))
+        return super().commit(change)
 
 
 async def test_undescribed_store_failure_poisons_the_runtime(aiohttp_client, caplog):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import pytest
@@ -372,10 +373,17 @@ class FailingStore(MemoryStore):
         self.failing = False
         self.committed: list[Change] = []
 
-    async def commit(self, change: Change) -> None:
+    def commit(self, change: Change) -> "asyncio.Future[None] | None":
         if self.failing:
-            raise StoreIo("append", "/tmp/events.jsonl", "No space left on device")
+            return failed(StoreIo("append", "/tmp/events.jsonl", "No space left on device"))
         self.committed.append(change)
+        return None
+
+
+def failed(error: BaseException) -> "asyncio.Future[None]":
+    future = asyncio.get_running_loop().create_future()
+    future.set_exception(error)
+    return future
 
 
 async def test_failed_commit_leaves_memory_as_it_was_and_the_next_call_works():
