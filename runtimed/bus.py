@@ -150,9 +150,13 @@ class ObservationBus:
         """Take back sequences from ``sequence`` on, after the change that reserved them failed."""
         self._sequence = min(self._sequence, sequence - 1)
 
-    def restore(self, sequence: int, observations: Iterable[Observation]) -> None:
-        """Load what a store kept: the newest sequence and the retained observations, in order."""
+    def restore(
+        self, sequence: int, observations: Iterable[Observation], trimmed: dict[str, int] | None = None
+    ) -> None:
+        """Load what a store kept: the newest sequence, the retained observations in order,
+        and per worker the newest sequence that is no longer kept."""
         self._sequence = sequence
+        self._trimmed.update(trimmed or {})
         for observation in observations:
             self._retain(observation)
 

@@ -17,9 +17,10 @@ import click
 from aiohttp import web
 
 from . import __version__
-from .config import Config, ConfigError, StoreConfig, format_host_port, load_config
+from .config import Config, ConfigError, format_host_port, load_config
 from .errors import RuntimedError
 from .runtime import Runtime
+from .fs_store import FsStore
 from .store import MemoryStore, Store
 from .web.app import create_app
 
@@ -61,7 +62,9 @@ def main() -> None:
 @click.option("--local-token-env", metavar="VAR", help="Environment variable that holds the bearer token.")
 @click.option("--max-transcript-projection-items", type=click.IntRange(min=1), metavar="N", help="Largest transcript page [default: 256].")
 @click.option("--max-event-batch-items", type=click.IntRange(min=1), metavar="N", help="Largest event poll batch [default: 256].")
-def serve(config_path: str | None, **flags: object) -> None:
+@click.option("--bench-flush-delay-ms", type=click.FloatRange(min=0), default=0.0, hidden=True,
+              help="Benchmarks only: sleep this long in every fs store flush (a simulated slow disk).")
+def serve(config_path: str | None, bench_flush_delay_ms: float, **flags: object) -> None:
     """Serve the REST API and observation WebSocket until SIGTERM or SIGINT."""
     overrides = {"--" + name.replace("_", "-"): value for name, value in flags.items()}
     try:
@@ -72,22 +75,23 @@ def serve(config_path: str | None, **flags: object) -> None:
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        asyncio.run(run(config))
+        asyncio.run(run(config, build_store(config, bench_flush_delay_ms / 1000)))
     except ConfigError as error:
         raise ConfigProblem(f"runtimed: {error}") from None
     except (OSError, RuntimedError) as error:
         raise StartFailure(f"runtimed: {error}") from None
 
 
-def build_store(config: StoreConfig) -> Store:
-    if config.kind == "memory":
-        return MemoryStore()
-    raise ConfigError(f"store kind {config.kind!r} is not available in runtimed {__version__}; use memory")
+def build_store(config: Config, flush_delay: float = 0.0) -> Store:
+    if config.store.kind == "fs":
+        assert config.store.root is not None  # load_config requires it
+        return FsStore(config.store.root, config.limits.observation_backlog, flush_delay=flush_delay)
+    return MemoryStore()
 
 
-async def run(config: Config) -> None:
+async def run(config: Config, store: Store) -> None:
     """Serve until a signal asks to stop, then shut down in order: HTTP first, then the store."""
-    runtime = await Runtime.open(build_store(config.store), config.runtime)
+    runtime = await Runtime.open(store, config.runtime)
     try:
         await serve_app(runtime, config)
     finally:

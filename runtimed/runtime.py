@@ -140,7 +140,7 @@ class Runtime:
             self._workers[state.worker_ref.worker_id] = state
             self._status_counts[state.status] += 1
         self._transcripts = {wid: list(restored.transcripts.get(wid, ())) for wid in self._workers}
-        self._bus.restore(restored.observation_sequence, restored.observations)
+        self._bus.restore(restored.observation_sequence, restored.observations, restored.observations_trimmed)
 
     async def _record_restore_warnings(self, warnings: list[tuple[str, str]]) -> None:
         first_id = len(self._diagnostics) + 1

@@ -51,6 +51,8 @@ class RestoredState:
     diagnostics: list[RuntimeDiagnostic] = field(default_factory=list)
     #: Retained observations of every worker, in sequence order.
     observations: list[Observation] = field(default_factory=list)
+    #: Per worker: the newest observation sequence the store no longer keeps.
+    observations_trimmed: dict[str, int] = field(default_factory=dict)
     #: What restore found out of place and set aside; each becomes a warning diagnostic.
     warnings: list[tuple[str, str]] = field(default_factory=list)  # (code, message)
 
