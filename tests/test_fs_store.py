@@ -1,0 +1,382 @@
+"""The filesystem store (contract §8): round trips, crash leftovers, corruption, write failures."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from runtimed.catalog import (
+    AssistantIntent,
+    BuiltinProfile,
+    CapabilityRequest,
+    ConfigBundleRef,
+    CreateWorkerRequest,
+    MountRef,
+    RoleIntent,
+    RuntimeDefaultProfile,
+    TaskIntent,
+    WorkerStatus,
+    WorkspaceRef,
+)
+from runtimed.errors import StoreCorrupt, StoreError, StoreIo, StoreMissing
+from runtimed.fs_store import FsStore, hex_id, iter_jsonl
+from runtimed.interaction import InputKind, WorkerInput
+from runtimed.management import RuntimeLimits, RuntimeOptions, RuntimeStatus
+from runtimed.runtime import Runtime
+from runtimed.web.app import create_app
+
+TASK = CreateWorkerRequest(
+    intent=TaskIntent("ship it"),
+    profile=BuiltinProfile("builtin:coder"),
+    requested_capabilities=(CapabilityRequest("read", "to read"),),
+)
+FULL = CreateWorkerRequest(
+    intent=RoleIntent("reviewer", "review"),
+    profile=RuntimeDefaultProfile(),
+    config_bundle=ConfigBundleRef("bundle-1"),
+    requested_capabilities=(CapabilityRequest("write"),),
+    workspace_refs=(WorkspaceRef("repo", "git:main"),),
+    mount_refs=(MountRef("data", "/srv/data"),),
+)
+
+
+def user(content: str) -> WorkerInput:
+    return WorkerInput(InputKind.USER, content)
+
+
+async def open_runtime(root: Path, runtime_id: str | None = None, **limits: int) -> Runtime:
+    options = RuntimeOptions(runtime_id=runtime_id, limits=RuntimeLimits(**limits))
+    return await Runtime.open(FsStore(root, options.limits.observation_backlog), options)
+
+
+def reads(runtime: Runtime) -> tuple:
+    """Everything a client can read over REST, for before/after comparisons."""
+    workers = runtime.list_workers()
+    return (
+        runtime.summary(),
+        workers,
+        [runtime.worker_detail(w.worker_ref) for w in workers],
+        [runtime.transcript(w.worker_ref, 0, 256) for w in workers],
+        runtime.events(1, 256),
+        runtime.diagnostics(),
+    )
+
+
+def runtime_dir(root: Path) -> Path:
+    (directory,) = (root / "runtimes").iterdir()
+    return directory
+
+
+def worker_dir(root: Path, worker_id: str) -> Path:
+    return runtime_dir(root) / "workers" / hex_id(worker_id)
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "root"
+
+
+async def populated(root: Path) -> Runtime:
+    runtime = await open_runtime(root)
+    first = await runtime.create_worker(TASK)
+    second = await runtime.create_worker(FULL)
+    third = await runtime.create_worker(CreateWorkerRequest(AssistantIntent(), RuntimeDefaultProfile()))
+    await runtime.send_input(first.worker_ref, user("héllo 🎉"))
+    await runtime.send_input(first.worker_ref, WorkerInput(InputKind.SYSTEM, "be brief"))
+    await runtime.send_input(second.worker_ref, user("review this"))
+    await runtime.stop_worker(second.worker_ref, "done")
+    await runtime.cancel_worker(third.worker_ref)
+    await runtime.observe(first.worker_ref, "text_delta", {"text": "Hi"})
+    return runtime
+
+
+# ---------------------------------------------------------------- round trip
+
+
+async def test_a_restarted_runtime_answers_every_read_as_before(root):
+    runtime = await populated(root)
+    before = reads(runtime)
+    await runtime.close()
+
+    restored = await open_runtime(root)
+    assert reads(restored) == before
+    assert restored.runtime_id.startswith("runtime-fs-")
+    await restored.close()
+
+
+async def test_sequences_continue_after_a_restart(root):
+    runtime = await populated(root)
+    observation_sequence = runtime.observation_sequence
+    await runtime.close()
+
+    restored = await open_runtime(root)
+    worker = await restored.create_worker(TASK)
+    assert worker.worker_id == "worker-00000004"
+    assert worker.last_event_id == 10  # 9 events before it
+    ack = await restored.send_input(restored.worker_ref("worker-00000001"), user("again"))
+    assert (ack.transcript_sequence, ack.event_id) == (3, 11)
+    assert restored.observation_sequence == observation_sequence + 1
+    assert restored.diagnostics()[-1].id == len(restored.diagnostics())
+    await restored.close()
+
+
+async def test_a_stopped_runtime_stays_stopped_after_a_restart(root):
+    runtime = await populated(root)
+    await runtime.stop()
+    await runtime.close()
+    restored = await open_runtime(root)
+    assert restored.summary().status is RuntimeStatus.STOPPED
+    assert restored.worker_detail(restored.worker_ref("worker-00000001")).status is WorkerStatus.STOPPED
+    await restored.start()
+    await restored.close()
+    again = await open_runtime(root)
+    assert again.summary().status is RuntimeStatus.RUNNING
+    await again.close()
+
+
+async def test_observation_backlog_survives_a_restart_and_old_cursors_still_expire(root):
+    runtime = await open_runtime(root, observation_backlog=4)
+    worker = await runtime.create_worker(TASK)
+    for i in range(15):  # enough to compact the file on disk too
+        await runtime.send_input(worker.worker_ref, user(f"m{i}"))
+    await runtime.close()
+    restored = await open_runtime(root, observation_backlog=4)
+    assert [o.data["content"] for o in restored.replay_observations(worker.worker_ref, 11)] == ["m11", "m12", "m13", "m14"]
+    from runtimed.bus import CursorExpired
+
+    with pytest.raises(CursorExpired) as caught:
+        restored.replay_observations(worker.worker_ref, 3)
+    assert caught.value.resume_from == 11
+    await restored.close()
+
+
+async def test_a_configured_id_is_used_then_kept(root):
+    runtime = await open_runtime(root, runtime_id="runtime-a")
+    await runtime.close()
+    assert runtime_dir(root).name == hex_id("runtime-a")
+    restored = await open_runtime(root)  # no id configured: reuse the one on disk
+    assert restored.runtime_id == "runtime-a"
+    await restored.close()
+
+
+async def test_a_configured_id_that_differs_from_the_stored_one_is_refused(root):
+    await (await open_runtime(root, runtime_id="runtime-a")).close()
+    with pytest.raises(StoreCorrupt) as caught:
+        await open_runtime(root, runtime_id="runtime-b")
+    assert "runtime-a" in caught.value.message and "runtime-b" in caught.value.message
+
+
+async def test_concurrent_requests_share_flushes(root):
+    runtime = await open_runtime(root)
+    worker = await runtime.create_worker(TASK)
+    store = runtime._store
+    flushes = store.flushes
+    acks = await asyncio.gather(*(runtime.send_input(worker.worker_ref, user(f"m{i}")) for i in range(50)))
+    assert sorted(a.transcript_sequence for a in acks) == list(range(1, 51))
+    assert store.flushes - flushes < 50  # group commit: one flush served several requests
+    await runtime.close()
+
+
+async def test_the_files_follow_the_seed_layout(root):
+    runtime = await populated(root)
+    await runtime.close()
+    directory = runtime_dir(root)
+    assert directory.name == "id-" + runtime.runtime_id.encode().hex()
+    assert json.loads((directory / "runtime.json").read_text())["schema_version"] == 1
+    assert [e["kind"] for e in iter_jsonl(directory / "events.jsonl")][:2] == ["runtime_started", "worker_created"]
+    first = worker_dir(root, "worker-00000001")
+    assert json.loads((first / "worker.json").read_text())["worker_ref"]["worker_id"] == "worker-00000001"
+    assert [e["content"] for e in iter_jsonl(first / "transcript.jsonl")] == ["héllo 🎉", "be brief"]
+
+
+# ------------------------------------------------------- crash leftovers
+
+
+async def test_a_torn_last_line_is_set_aside_with_a_warning(root):
+    runtime = await populated(root)
+    before = reads(runtime)
+    await runtime.close()
+    transcript = worker_dir(root, "worker-00000001") / "transcript.jsonl"
+    with open(transcript, "ab") as file:
+        file.write(b'{"sequence":3,"role":"user","cont')
+    events = runtime_dir(root) / "events.jsonl"
+    with open(events, "ab") as file:
+        file.write(b'{"id":9,"kind":"worker_inp')
+
+    restored = await open_runtime(root)
+    after = reads(restored)
+    assert after[1:5] == before[1:5]  # the summary differs only in its diagnostic count
+    warnings = [d for d in restored.diagnostics() if d.severity.value == "warning"]
+    assert [d.code for d in warnings] == ["store.torn_tail", "store.torn_tail"]
+    assert (transcript.with_name("transcript.jsonl.corrupt")).read_bytes() == b'{"sequence":3,"role":"user","cont\n'
+    assert transcript.read_bytes().endswith(b"\n")
+    await restored.close()
+
+
+async def test_records_of_an_unacknowledged_request_are_discarded(root):
+    runtime = await populated(root)
+    before = reads(runtime)
+    await runtime.close()
+    # A crash after phase 1 of a flush: data written, the event never reached the log.
+    first = worker_dir(root, "worker-00000001")
+    with open(first / "transcript.jsonl", "ab") as file:
+        file.write(b'{"sequence":3,"role":"user","content":"never acked","event_id":10}\n')
+    with open(first / "observations.jsonl", "ab") as file:
+        file.write(b'{"sequence":99,"event":"user_message","data":{"sequence":3,"content":"never acked"},"event_id":10}\n')
+    orphan = runtime_dir(root) / "workers" / hex_id("worker-00000004")
+    orphan.mkdir()
+    (orphan / "worker.json").write_text("{}")
+
+    restored = await open_runtime(root)
+    assert reads(restored)[1:5] == before[1:5]
+    assert not orphan.exists()
+    codes = [d.code for d in restored.diagnostics()[len(before[5]) :]]
+    assert codes == ["store.uncommitted_discarded"] * 3
+    assert restored.observation_sequence < 99
+    await restored.close()
+
+
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        ("middle_line", "line 2 is not a JSON object"),
+        ("other_runtime", "names another runtime"),
+        ("schema_version", "schema_version 2 is not one this runtimed knows"),
+        ("workers_is_a_file", "is a file where a directory should be"),
+        ("worker_dir_is_a_file", "is a file where a directory should be"),
+        ("missing_transcript_entry", "holds 1 entries, but the event log accepted 2 inputs"),
+        ("stray_entry", "is not a worker directory"),
+        ("two_runtimes", "a root holds exactly one runtime"),
+    ],
+)
+async def test_corruption_is_refused_naming_the_file_and_the_problem(root, damage, problem):
+    runtime = await populated(root)
+    await runtime.close()
+    directory = runtime_dir(root)
+    first = worker_dir(root, "worker-00000001")
+    if damage == "middle_line":
+        lines = (directory / "events.jsonl").read_bytes().split(b"\n")
+        lines[1] = b"{not json"
+        (directory / "events.jsonl").write_bytes(b"\n".join(lines))
+    elif damage == "other_runtime":
+        record = json.loads((first / "worker.json").read_text())
+        record["worker_ref"]["runtime_id"] = "runtime-elsewhere"
+        (first / "worker.json").write_text(json.dumps(record))
+    elif damage == "schema_version":
+        record = json.loads((directory / "runtime.json").read_text())
+        record["schema_version"] = 2
+        (directory / "runtime.json").write_text(json.dumps(record))
+    elif damage == "workers_is_a_file":
+        import shutil
+
+        shutil.rmtree(directory / "workers")
+        (directory / "workers").write_text("")
+    elif damage == "worker_dir_is_a_file":
+        import shutil
+
+        shutil.rmtree(first)
+        first.write_text("")
+    elif damage == "missing_transcript_entry":
+        lines = (first / "transcript.jsonl").read_bytes().splitlines(keepends=True)
+        (first / "transcript.jsonl").write_bytes(lines[0])
+    elif damage == "stray_entry":
+        (directory / "workers" / "notes.txt").write_text("hello")
+    elif damage == "two_runtimes":
+        (root / "runtimes" / hex_id("runtime-other")).mkdir()
+    with pytest.raises(StoreError) as caught:
+        await open_runtime(root)
+    assert isinstance(caught.value, (StoreCorrupt, StoreMissing))
+    assert problem in caught.value.message
+    assert str(root) in caught.value.message
+
+
+async def test_a_root_that_is_a_file_is_refused(tmp_path):
+    file = tmp_path / "root"
+    file.write_text("")
+    with pytest.raises(StoreError) as caught:
+        await open_runtime(file)
+    assert str(file) in caught.value.message
+
+
+async def test_an_unwritable_root_is_refused():
+    # /proc refuses new directories even to root, which chmod cannot do for a test run as root.
+    with pytest.raises(StoreIo) as caught:
+        await open_runtime(Path("/proc/runtimed-test-root"))
+    assert "/proc/runtimed-test-root" in caught.value.message
+
+
+# ---------------------------------------------------------- write failures
+
+
+class FaultyFsStore(FsStore):
+    """An fs store whose next flush fails after writing its data, as a full disk would."""
+
+    fail_next = False
+
+    def _write_data(self, batch):
+        super()._write_data(batch)
+        if self.fail_next:
+            self.fail_next = False
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.runtime_dir / "events.jsonl"))
+
+
+async def test_a_failed_write_is_store_io_leaves_nothing_behind_and_the_next_request_works(root, aiohttp_client):
+    store = FaultyFsStore(root)
+    runtime = await Runtime.open(store)
+    client = await aiohttp_client(create_app(runtime))
+    response = await client.post("/v1/workers", json={"intent": {"kind": "assistant"}, "profile": {"kind": "runtime_default"}})
+    worker = (await response.json())["worker"]["worker_id"]
+    await client.post(f"/v1/workers/{worker}/input", json={"kind": "user", "content": "kept"})
+    before = reads(runtime)
+    files_before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+    for path, body in (
+        (f"/v1/workers/{worker}/input", {"kind": "user", "content": "lost"}),
+        ("/v1/workers", {"intent": {"kind": "assistant"}, "profile": {"kind": "runtime_default"}}),
+        (f"/v1/workers/{worker}/stop", {"reason": "lost"}),
+    ):
+        store.fail_next = True
+        response = await client.post(path, json=body)
+        assert response.status == 500
+        error = (await response.json())["error"]
+        assert error["code"] == "store_io"
+        assert "events.jsonl" in error["message"] and "No space left on device" in error["message"]
+        assert reads(runtime) == before
+        assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == files_before
+
+    response = await client.post(f"/v1/workers/{worker}/input", json={"kind": "user", "content": "after"})
+    assert response.status == 200
+    assert (await response.json())["ack"]["transcript_sequence"] == 2
+    await runtime.close()
+    restored = await open_runtime(root)
+    assert [e.content for e in restored.transcript(restored.worker_ref(worker)).items] == ["kept", "after"]
+    assert restored.diagnostics() == runtime.diagnostics()
+    await restored.close()
+
+
+async def test_a_failed_flush_fails_every_change_built_on_it(root):
+    store = FaultyFsStore(root)
+    runtime = await Runtime.open(store)
+    worker = await runtime.create_worker(TASK)
+    before = reads(runtime)
+    store.fail_next = True
+    results = await asyncio.gather(
+        *(runtime.send_input(worker.worker_ref, user(f"m{i}")) for i in range(10)), return_exceptions=True
+    )
+    failed = [r for r in results if isinstance(r, StoreIo)]
+    succeeded = [r for r in results if not isinstance(r, BaseException)]
+    assert failed, "the first flush failed"
+    assert len(failed) + len(succeeded) == 10
+    # Whatever succeeded came after the failure was undone, so sequences have no holes.
+    assert sorted(a.transcript_sequence for a in succeeded) == list(range(1, len(succeeded) + 1))
+    if not succeeded:
+        assert reads(runtime) == before
+    await runtime.close()
+    restored = await open_runtime(root)
+    assert restored.worker_detail(worker.worker_ref).transcript_len == len(succeeded)
+    await restored.close()
