@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -90,15 +91,27 @@ def build_store(config: Config, flush_delay: float = 0.0) -> Store:
 
 
 async def run(config: Config, store: Store) -> None:
-    """Serve until a signal asks to stop, then shut down in order: HTTP first, then the store."""
-    runtime = await Runtime.open(store, config.runtime)
+    """Serve until SIGTERM or SIGINT, then shut down in order: HTTP first, then the store.
+
+    The signal handlers go in before anything else, so a signal that arrives while the store
+    is being restored or the socket bound still ends in an orderly shutdown and exit 0.
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
     try:
-        await serve_app(runtime, config)
+        runtime = await Runtime.open(store, config.runtime)
+        try:
+            await serve_app(runtime, config, stop)
+        finally:
+            await runtime.close()
     finally:
-        await runtime.close()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
 
 
-async def serve_app(runtime: Runtime, config: Config) -> None:
+async def serve_app(runtime: Runtime, config: Config, stop: asyncio.Event) -> None:
     server = config.server
     if not server.is_loopback:
         log.warning(
@@ -114,7 +127,8 @@ async def serve_app(runtime: Runtime, config: Config) -> None:
         try:
             await site.start()
         except OSError as error:
-            raise StartFailure(f"runtimed: cannot listen on {server.bind}: {error.strerror or error}") from None
+            reason = os.strerror(error.errno) if error.errno else str(error)
+            raise StartFailure(f"runtimed: cannot listen on {server.bind}: {reason}") from None
         host, port = runner.addresses[0][:2]
         print(
             f"runtimed listening on http://{format_host_port(host, port)} "
@@ -122,10 +136,6 @@ async def serve_app(runtime: Runtime, config: Config) -> None:
             file=sys.stderr,
             flush=True,
         )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
         await stop.wait()
         log.info("shutting down")
     finally:

@@ -9,6 +9,7 @@ errors: the operator of this very daemon wrote the file, so a typo must stop it.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -149,12 +150,15 @@ def _positive_int(value: Any) -> str | None:
 def _non_negative_number(value: Any) -> str | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return f"must be a number, not {_type_name(value)}"
-    return None if value >= 0 and value == value else f"must be 0 or more, not {value}"
+    return None if math.isfinite(value) and value >= 0 else f"must be a finite number, 0 or more, not {value}"
 
 
 def _string_list(value: Any) -> str | None:
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+    if not isinstance(value, list):
         return f"must be a list of strings, not {_type_name(value)}"
+    for index, item in enumerate(value):
+        if not isinstance(item, str):
+            return f"must be a list of strings; item {index} is {_type_name(item)}"
     return None
 
 
@@ -281,7 +285,9 @@ def load_config(
         if not raw:
             raise ConfigError(f"{where('server', 'local_token_env')} names {token_env}, which is unset or empty")
         if any(c.isspace() or ord(c) < 32 for c in raw):
-            raise ConfigError(f"the token in {token_env} contains whitespace or control characters")
+            raise ConfigError(
+                f"{where('server', 'local_token_env')}: the token in {token_env} contains whitespace or control characters"
+            )
         token = Secret(raw)
     server = ServerConfig(
         host=host,

@@ -1,0 +1,513 @@
+"""Configuration: defaults, flag > file > default, and a one-line ``ConfigError`` naming the flag
+or the file and ``[section] key`` for every bad value (contract §10)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+import runtimed.cli
+from runtimed.config import FLAG_KEYS, KEYS, ConfigError, Secret, load_config
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
+
+
+def write_config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "runtimed.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def config_error(
+    path: Path | None, overrides: dict[str, Any] | None = None, environ: dict[str, str] | None = None
+) -> str:
+    """The message of the ``ConfigError`` that loading raises (the environment is empty unless given)."""
+    with pytest.raises(ConfigError) as error:
+        load_config(path, overrides, environ={} if environ is None else environ)
+    return str(error.value)
+
+
+# ------------------------------------------------------------------------ defaults
+
+
+def test_without_file_or_flags_every_value_is_the_default():
+    config = load_config(environ={})
+
+    assert (config.server.host, config.server.port, config.server.bind) == ("127.0.0.1", 7420, "127.0.0.1:7420")
+    assert config.server.is_loopback is True
+    assert (config.server.local_token_env, config.server.local_token) == (None, None)
+    assert config.server.max_request_body_bytes == 1024 * 1024
+    assert (config.server.allowed_origins, config.server.allowed_hosts) == ((), ())
+    assert config.server.ws_heartbeat_seconds == 30.0
+    assert (config.runtime.runtime_id, config.runtime.display_name) == (None, None)
+    assert (
+        config.limits.max_transcript_projection_items,
+        config.limits.max_event_batch_items,
+        config.limits.observation_backlog,
+        config.limits.subscriber_queue,
+    ) == (256, 256, 1024, 256)
+    assert (config.store.kind, config.store.root) == ("memory", None)
+
+
+def test_flags_that_are_not_given_leave_the_defaults():
+    overrides = {flag: None for flag in FLAG_KEYS}
+
+    assert load_config(None, overrides, environ={}) == load_config(environ={})
+
+
+# ---------------------------------------------------------------------- precedence
+
+Getter = Callable[[Any], Any]
+
+
+def token_of(config: Any) -> tuple[str | None, str | None]:
+    token = config.server.local_token
+    return config.server.local_token_env, token.reveal() if token is not None else None
+
+
+# flag, file text (beside the key under test), flag value, what the getter sees for
+# (default, file, flag), and the getter.
+PRECEDENCE: list[tuple[str, str, Any, tuple[Any, Any, Any], Getter]] = [
+    (
+        "--bind",
+        '[server]\nbind = "127.0.0.2:8001"\n',
+        "127.0.0.3:8002",
+        ("127.0.0.1:7420", "127.0.0.2:8001", "127.0.0.3:8002"),
+        lambda config: config.server.bind,
+    ),
+    (
+        "--runtime-id",
+        '[runtime]\nruntime_id = "runtime-file"\n',
+        "runtime-flag",
+        (None, "runtime-file", "runtime-flag"),
+        lambda config: config.runtime.runtime_id,
+    ),
+    (
+        "--display-name",
+        '[runtime]\ndisplay_name = "from the file"\n',
+        "from the flag",
+        (None, "from the file", "from the flag"),
+        lambda config: config.runtime.display_name,
+    ),
+    (
+        "--max-transcript-projection-items",
+        "[limits]\nmax_transcript_projection_items = 17\n",
+        33,
+        (256, 17, 33),
+        lambda config: config.limits.max_transcript_projection_items,
+    ),
+    (
+        "--max-event-batch-items",
+        "[limits]\nmax_event_batch_items = 18\n",
+        34,
+        (256, 18, 34),
+        lambda config: config.limits.max_event_batch_items,
+    ),
+    (
+        "--store",
+        '[store]\nkind = "fs"\nroot = "/srv/runtimed"\n',
+        "memory",
+        ("memory", "fs", "memory"),
+        lambda config: config.store.kind,
+    ),
+    (
+        "--fs-root",
+        '[store]\nroot = "/from/the/file"\n',
+        "/from/the/flag",
+        (None, Path("/from/the/file"), Path("/from/the/flag")),
+        lambda config: config.store.root,
+    ),
+    (
+        "--local-token-env",
+        '[server]\nlocal_token_env = "FILE_TOKEN"\n',
+        "FLAG_TOKEN",
+        ((None, None), ("FILE_TOKEN", "file-token"), ("FLAG_TOKEN", "flag-token")),
+        token_of,
+    ),
+]
+PRECEDENCE_IDS = [case[0] for case in PRECEDENCE]
+TOKENS = {"FILE_TOKEN": "file-token", "FLAG_TOKEN": "flag-token"}
+
+
+@pytest.mark.parametrize(("flag", "file_text", "flag_value", "expected", "get"), PRECEDENCE, ids=PRECEDENCE_IDS)
+def test_without_file_or_flag_the_default_applies(flag, file_text, flag_value, expected, get):
+    assert get(load_config(None, {flag: None}, environ=TOKENS)) == expected[0]
+
+
+@pytest.mark.parametrize(("flag", "file_text", "flag_value", "expected", "get"), PRECEDENCE, ids=PRECEDENCE_IDS)
+def test_the_file_overrides_the_default(tmp_path, flag, file_text, flag_value, expected, get):
+    path = write_config(tmp_path, file_text)
+
+    assert get(load_config(path, {flag: None}, environ=TOKENS)) == expected[1]
+
+
+@pytest.mark.parametrize(("flag", "file_text", "flag_value", "expected", "get"), PRECEDENCE, ids=PRECEDENCE_IDS)
+def test_a_flag_overrides_the_file(tmp_path, flag, file_text, flag_value, expected, get):
+    path = write_config(tmp_path, file_text)
+
+    assert get(load_config(path, {flag: flag_value}, environ=TOKENS)) == expected[2]
+
+
+@pytest.mark.parametrize(("flag", "file_text", "flag_value", "expected", "get"), PRECEDENCE, ids=PRECEDENCE_IDS)
+def test_a_flag_overrides_the_default(flag, file_text, flag_value, expected, get):
+    assert get(load_config(None, {flag: flag_value}, environ=TOKENS)) == expected[2]
+
+
+def test_the_file_sets_the_keys_that_have_no_flag(tmp_path):
+    path = write_config(
+        tmp_path,
+        "[server]\nmax_request_body_bytes = 2048\n"
+        'allowed_origins = ["https://ops.example"]\nallowed_hosts = ["runtimed.internal"]\n'
+        "ws_heartbeat_seconds = 0.5\n"
+        "[limits]\nobservation_backlog = 64\nsubscriber_queue = 8\n",
+    )
+
+    config = load_config(path, environ={})
+
+    assert config.server.max_request_body_bytes == 2048
+    assert config.server.allowed_origins == ("https://ops.example",)
+    assert config.server.allowed_hosts == ("runtimed.internal",)
+    assert config.server.ws_heartbeat_seconds == 0.5
+    assert (config.limits.observation_backlog, config.limits.subscriber_queue) == (64, 8)
+
+
+def test_an_integer_heartbeat_becomes_a_float_and_zero_is_allowed(tmp_path):
+    path = write_config(tmp_path, "[server]\nws_heartbeat_seconds = 0\n")
+
+    heartbeat = load_config(path, environ={}).server.ws_heartbeat_seconds
+
+    assert (heartbeat, type(heartbeat)) == (0.0, float)
+
+
+@pytest.mark.parametrize(
+    ("bind", "host", "port"),
+    [("localhost:0", "localhost", 0), ("[::1]:7421", "::1", 7421), ("127.9.8.7:65535", "127.9.8.7", 65535)],
+)
+def test_a_loopback_bind_needs_no_token(bind, host, port):
+    config = load_config(None, {"--bind": bind}, environ={})
+
+    assert (config.server.host, config.server.port, config.server.is_loopback) == (host, port, True)
+
+
+def test_a_non_loopback_bind_with_a_token_is_accepted():
+    config = load_config(None, {"--bind": "0.0.0.0:7420", "--local-token-env": "T"}, environ={"T": "secret"})
+
+    assert (config.server.host, config.server.is_loopback) == ("0.0.0.0", False)
+
+
+# -------------------------------------------------------------------- bad values
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "complaint"),
+    [
+        ("limits", "max_event_batch_items", '"10"', "must be an integer, not a string"),
+        ("limits", "observation_backlog", "1.5", "must be an integer, not a float"),
+        ("limits", "subscriber_queue", "true", "must be an integer, not a boolean"),
+        ("server", "max_request_body_bytes", "false", "must be an integer, not a boolean"),
+        ("runtime", "display_name", "5", "must be a string, not an integer"),
+        ("runtime", "runtime_id", "7", "must be a string, not an integer"),
+        ("server", "bind", "7420", "must be a string, not an integer"),
+        ("store", "root", '["/a"]', "must be a string, not an array"),
+        ("store", "kind", "1", "must be a string, not an integer"),
+        ("server", "local_token_env", "true", "must be a string, not a boolean"),
+        ("server", "allowed_origins", '"https://ops.example"', "must be a list of strings, not a string"),
+        ("server", "allowed_hosts", '{ name = "x" }', "must be a list of strings, not a table"),
+        ("server", "ws_heartbeat_seconds", '"30"', "must be a number, not a string"),
+        ("server", "ws_heartbeat_seconds", "true", "must be a number, not a boolean"),
+    ],
+)
+def test_a_value_of_the_wrong_type_names_the_file_and_key(tmp_path, section, key, value, complaint):
+    path = write_config(tmp_path, f"[{section}]\n{key} = {value}\n")
+
+    assert config_error(path) == f"{path}: [{section}] {key} {complaint}"
+
+
+@pytest.mark.parametrize("key", ["allowed_origins", "allowed_hosts"])
+def test_a_list_holding_a_non_string_names_the_file_and_key(tmp_path, key):
+    path = write_config(tmp_path, f'[server]\n{key} = ["https://ops.example", 1]\n')
+
+    assert config_error(path).startswith(f"{path}: [server] {key} must be a list of strings")
+
+
+@pytest.mark.parametrize("key", list(KEYS["limits"]))
+@pytest.mark.parametrize("value", [0, -5])
+def test_a_limit_below_1_names_the_file_and_key(tmp_path, key, value):
+    path = write_config(tmp_path, f"[limits]\n{key} = {value}\n")
+
+    assert config_error(path) == f"{path}: [limits] {key} must be at least 1, not {value}"
+
+
+@pytest.mark.parametrize("value", [0, -1])
+def test_a_body_limit_below_1_names_the_file_and_key(tmp_path, value):
+    path = write_config(tmp_path, f"[server]\nmax_request_body_bytes = {value}\n")
+
+    assert config_error(path) == f"{path}: [server] max_request_body_bytes must be at least 1, not {value}"
+
+
+@pytest.mark.parametrize(("value", "shown"), [("-1", "-1"), ("-0.5", "-0.5"), ("nan", "nan"), ("inf", "inf")])
+def test_a_negative_nan_or_infinite_heartbeat_names_the_file_and_key(tmp_path, value, shown):
+    path = write_config(tmp_path, f"[server]\nws_heartbeat_seconds = {value}\n")
+
+    assert config_error(path) == f"{path}: [server] ws_heartbeat_seconds must be a finite number, 0 or more, not {shown}"
+
+
+@pytest.mark.parametrize(
+    ("bind", "complaint"),
+    [
+        ("nonsense", "expected HOST:PORT, got 'nonsense'"),
+        ("127.0.0.1:99999", "port must be a number from 0 to 65535, got '99999'"),
+        ("127.0.0.1:http", "port must be a number from 0 to 65535, got 'http'"),
+        ("::1:80", "write an IPv6 address in brackets, as [::1]:80"),
+        ("[::1:80", "unbalanced brackets in '[::1:80'"),
+    ],
+)
+def test_a_bad_bind_names_the_file_and_key(tmp_path, bind, complaint):
+    path = write_config(tmp_path, f'[server]\nbind = "{bind}"\n')
+
+    assert config_error(path) == f"{path}: [server] bind {complaint}"
+
+
+def test_a_bad_bind_flag_names_the_flag():
+    assert config_error(None, {"--bind": "nonsense"}) == "--bind expected HOST:PORT, got 'nonsense'"
+
+
+def test_a_non_loopback_bind_in_the_file_without_a_token_names_the_file_and_key(tmp_path):
+    path = write_config(tmp_path, '[server]\nbind = "0.0.0.0:7420"\n')
+
+    assert config_error(path) == (
+        f"{path}: [server] bind: binding 0.0.0.0:7420, which is not a loopback address, "
+        "requires a token ([server] local_token_env or --local-token-env)"
+    )
+
+
+def test_the_fs_store_without_a_root_names_the_file_and_key(tmp_path):
+    path = write_config(tmp_path, '[store]\nkind = "fs"\n')
+
+    assert config_error(path) == f"{path}: [store] kind: the fs store needs a root ([store] root or --fs-root)"
+
+
+def test_the_fs_store_with_a_root_from_the_flag_is_accepted(tmp_path):
+    path = write_config(tmp_path, '[store]\nkind = "fs"\n')
+
+    store = load_config(path, {"--fs-root": str(tmp_path / "state")}, environ={}).store
+
+    assert (store.kind, store.root) == ("fs", tmp_path / "state")
+
+
+def test_an_unknown_store_kind_names_the_file_and_key(tmp_path):
+    path = write_config(tmp_path, '[store]\nkind = "disk"\n')
+
+    assert config_error(path) == f"{path}: [store] kind must be \"memory\" or \"fs\", not 'disk'"
+
+
+def test_an_unknown_section_names_the_file_and_section(tmp_path):
+    path = write_config(tmp_path, '[serve]\nbind = "127.0.0.1:7420"\n')
+
+    assert config_error(path) == f"{path}: unknown section [serve] (known: server, runtime, limits, store)"
+
+
+def test_an_unknown_key_names_the_file_section_and_key(tmp_path):
+    path = write_config(tmp_path, '[server]\nbnid = "127.0.0.1:7420"\n')
+
+    assert config_error(path) == (
+        f"{path}: unknown key [server] bnid (known: bind, local_token_env, max_request_body_bytes, "
+        "allowed_origins, allowed_hosts, ws_heartbeat_seconds)"
+    )
+
+
+def test_a_top_level_key_outside_any_section_is_refused(tmp_path):
+    path = write_config(tmp_path, 'bind = "127.0.0.1:7420"\n')
+
+    assert config_error(path) == f"{path}: unknown section [bind] (known: server, runtime, limits, store)"
+
+
+def test_a_section_that_is_not_a_table_is_refused(tmp_path):
+    path = write_config(tmp_path, "server = 5\n")
+
+    assert config_error(path) == f"{path}: [server] must be a table, not an integer"
+
+
+def test_a_missing_file_is_named(tmp_path):
+    path = tmp_path / "absent.toml"
+
+    assert config_error(path) == f"{path}: config file not found"
+
+
+def test_a_file_that_cannot_be_read_is_named(tmp_path):
+    # A directory: unreadable as a file even for root, unlike a chmod 000 file.
+    assert config_error(tmp_path).startswith(f"{tmp_path}: cannot read config file: ")
+
+
+def test_a_file_that_is_not_utf8_is_named(tmp_path):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes('[runtime]\ndisplay_name = "caf\u00e9"\n'.encode("latin-1"))
+
+    assert config_error(path).startswith(f"{path}: cannot read config file: ")
+
+
+def test_a_file_that_is_not_toml_is_named_with_the_line(tmp_path):
+    path = write_config(tmp_path, "[server]\nbind = 127.0.0.1:7420\n")
+
+    message = config_error(path)
+
+    assert message.startswith(f"{path}: not valid TOML: ")
+    assert "line 2" in message
+
+
+# ----------------------------------------------------------------------- the token
+
+
+def test_a_token_variable_that_is_unset_is_an_error_naming_the_file_key_and_variable(tmp_path):
+    path = write_config(tmp_path, '[server]\nlocal_token_env = "RUNTIMED_TOKEN"\n')
+
+    assert config_error(path, environ={"OTHER": "x"}) == (
+        f"{path}: [server] local_token_env names RUNTIMED_TOKEN, which is unset or empty"
+    )
+
+
+def test_a_token_variable_that_is_empty_is_an_error_naming_the_flag_and_variable():
+    assert config_error(None, {"--local-token-env": "RUNTIMED_TOKEN"}, environ={"RUNTIMED_TOKEN": ""}) == (
+        "--local-token-env names RUNTIMED_TOKEN, which is unset or empty"
+    )
+
+
+def test_the_token_comes_from_the_given_environment():
+    config = load_config(None, {"--local-token-env": "RUNTIMED_TOKEN"}, environ={"RUNTIMED_TOKEN": "t0k3n"})
+
+    assert config.server.local_token == Secret("t0k3n")
+    assert config.server.local_token.reveal() == "t0k3n"
+
+
+@pytest.mark.parametrize("token", ["two words", "tab\there", "new\nline", "bell\x07"])
+def test_a_token_with_whitespace_or_control_characters_is_refused_without_showing_it(token):
+    message = config_error(None, {"--local-token-env": "RUNTIMED_TOKEN"}, environ={"RUNTIMED_TOKEN": token})
+
+    assert "RUNTIMED_TOKEN" in message
+    assert "contains whitespace or control characters" in message
+    assert token not in message
+
+
+@pytest.mark.parametrize(
+    ("value", "complaint"), [('""', "must not be empty"), ('"A=B"', "must be an environment variable name")]
+)
+def test_a_bad_token_variable_name_names_the_file_and_key(tmp_path, value, complaint):
+    path = write_config(tmp_path, f"[server]\nlocal_token_env = {value}\n")
+
+    assert config_error(path) == f"{path}: [server] local_token_env {complaint}"
+
+
+def test_the_token_never_appears_in_the_repr_of_the_config():
+    token = "s3cr3t-t0k3n-value"
+    config = load_config(None, {"--local-token-env": "RUNTIMED_TOKEN"}, environ={"RUNTIMED_TOKEN": token})
+
+    assert config.server.local_token is not None and config.server.local_token.reveal() == token
+    for text in (repr(config), str(config), repr(config.server), str(config.server.local_token)):
+        assert token not in text
+        assert "<redacted>" in text
+
+
+# ------------------------------------------------------------------- the example
+
+
+def example_sections() -> dict[str, list[str]]:
+    """The lines of each ``[section]`` of ``config.example.toml``, comments included."""
+    sections: dict[str, list[str]] = {}
+    name = None
+    for line in EXAMPLE.read_text(encoding="utf-8").splitlines():
+        if header := re.fullmatch(r"\[(\w+)\]", line.strip()):
+            name = header[1]
+            sections[name] = []
+        elif name is not None:
+            sections[name].append(line)
+    return sections
+
+
+def example_documentation(section: str, key: str) -> str | None:
+    """The comment just above ``key = …`` (or ``# key = …``) in its section; None if the key is absent."""
+    comment: list[str] = []
+    for line in example_sections()[section]:
+        if re.match(rf"(# )?{key} = ", line):
+            return "\n".join(comment)
+        if re.match(r"(# )?\w+ = ", line) or not line.strip():
+            comment = []  # another key's line, or a blank line, ends a comment block
+        elif line.startswith("#"):
+            comment.append(line)
+    return None
+
+
+def test_the_example_config_loads_and_shows_the_defaults():
+    assert load_config(EXAMPLE, environ={}) == load_config(environ={})
+
+
+def test_the_example_config_has_exactly_the_known_sections():
+    assert list(example_sections()) == list(KEYS)
+
+
+@pytest.mark.parametrize(("section", "key"), [(section, key) for section in KEYS for key in KEYS[section]])
+def test_every_known_key_is_documented_in_its_section_of_the_example(section, key):
+    documentation = example_documentation(section, key)
+
+    assert documentation is not None, f"[{section}] {key} is not in {EXAMPLE.name}"
+    assert documentation.strip(), f"[{section}] {key} has no comment above it in {EXAMPLE.name}"
+
+
+def test_every_key_in_the_example_is_known():
+    for section, lines in example_sections().items():
+        for line in lines:
+            if assignment := re.match(r"(# )?(\w+) = ", line):
+                key = assignment[2]
+                assert key in KEYS[section], f"{EXAMPLE.name} documents unknown key [{section}] {key}"
+
+
+@pytest.mark.parametrize(("flag", "section", "key"), [(flag, *where) for flag, where in FLAG_KEYS.items()])
+def test_every_flag_is_named_beside_its_key_in_the_example(flag, section, key):
+    assert f"(flag: {flag})" in (example_documentation(section, key) or "")
+
+
+def test_the_commented_out_examples_are_valid_too(tmp_path):
+    text = EXAMPLE.read_text(encoding="utf-8")
+    uncommented = re.sub(r"^# (\w+ = )", r"\1", text, flags=re.MULTILINE)
+    assert uncommented != text
+    path = write_config(tmp_path, uncommented)
+
+    config = load_config(path, environ={"RUNTIMED_TOKEN": "from-the-example"})
+
+    assert config.server.local_token_env == "RUNTIMED_TOKEN"
+    assert config.runtime.runtime_id is not None and config.runtime.display_name is not None
+    assert config.store.root is not None
+
+
+# ------------------------------------------------------------------ through the CLI
+
+
+def test_a_bad_config_file_stops_serve_with_exit_2_and_one_line_naming_the_file_and_key(tmp_path, monkeypatch):
+    async def must_not_run(config: Any, *_: object) -> None:
+        raise AssertionError("serve accepted a bad config file")
+
+    monkeypatch.setattr(runtimed.cli, "run", must_not_run)
+    path = write_config(tmp_path, "[limits]\nmax_event_batch_items = true\n")
+
+    result = CliRunner().invoke(runtimed.cli.main, ["serve", "--config", str(path)], prog_name="runtimed")
+
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert result.stderr == f"runtimed: {path}: [limits] max_event_batch_items must be an integer, not a boolean\n"
+
+
+def test_an_unknown_key_in_the_config_file_stops_serve_with_exit_2(tmp_path, monkeypatch):
+    async def must_not_run(config: Any, *_: object) -> None:
+        raise AssertionError("serve accepted a bad config file")
+
+    monkeypatch.setattr(runtimed.cli, "run", must_not_run)
+    path = write_config(tmp_path, '[store]\nkind = "memory"\nroot_dir = "/srv"\n')
+
+    result = CliRunner().invoke(runtimed.cli.main, ["serve", "--config", str(path)], prog_name="runtimed")
+
+    assert result.exit_code == 2
+    assert result.stderr == f"runtimed: {path}: unknown key [store] root_dir (known: kind, root)\n"
