@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUN_ARGS ?=
 
-.PHONY: run test bench venv clean
+.PHONY: run test bench openapi venv clean
 
 run: $(STAMP)
 	$(BIN)/runtimed serve $(RUN_ARGS)
@@ -17,6 +17,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/rest_bench.py
+
+# The OpenAPI document, generated from the app's routes and schemas; tests fail when it is stale.
+openapi: $(STAMP)
+	$(BIN)/python -m runtimed.web.openapi > docs/openapi.json.tmp
+	mv docs/openapi.json.tmp docs/openapi.json
 
 venv: $(STAMP)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -80,9 +80,10 @@ class Observation:
 class Subscription:
     """A bounded queue of one worker's observations, fed by the bus without ever blocking."""
 
-    def __init__(self, worker_id: str, capacity: int) -> None:
+    def __init__(self, worker_id: str, capacity: int, on_overrun: Callable[[], None] | None = None) -> None:
         self.worker_id = worker_id
         self._capacity = capacity
+        self._on_overrun = on_overrun
         self._queue: deque[Observation] = deque()
         self._wakeup = asyncio.Event()
         self._overrun = False
@@ -95,6 +96,8 @@ class Subscription:
             # Dropping silently would be a gap; say so instead, and stop feeding this reader.
             self._overrun = True
             self._queue.clear()
+            if self._on_overrun is not None:
+                self._on_overrun()
         else:
             self._queue.append(observation)
         self._wakeup.set()
@@ -136,6 +139,9 @@ class ObservationBus:
         self._latest: dict[str, int] = {}  # per worker: its newest sequence, retained or not
         self._trimmed: dict[str, int] = {}  # per worker: the newest sequence no longer retained
         self._subscribers: dict[str, set[Subscription]] = {}
+        #: Observations published, and subscriptions that fell behind, since start.
+        self.published = 0
+        self.overruns = 0
 
     @property
     def sequence(self) -> int:
@@ -163,6 +169,7 @@ class ObservationBus:
     def publish(self, observation: Observation) -> None:
         """Retain and fan out one observation (reserved earlier, now durable)."""
         self._retain(observation)
+        self.published += 1
         for subscription in self._subscribers.get(observation.worker_ref.worker_id, ()):
             subscription._offer(observation)
 
@@ -216,7 +223,7 @@ class ObservationBus:
     @contextmanager
     def subscribe(self, worker_id: str) -> Iterator[Subscription]:
         """Receive every observation of ``worker_id`` published from now until the block ends."""
-        subscription = Subscription(worker_id, self._subscriber_queue)
+        subscription = Subscription(worker_id, self._subscriber_queue, self._count_overrun)
         self._subscribers.setdefault(worker_id, set()).add(subscription)
         try:
             yield subscription
@@ -227,6 +234,9 @@ class ObservationBus:
                 subscribers.discard(subscription)
                 if not subscribers:
                     del self._subscribers[worker_id]
+
+    def _count_overrun(self) -> None:
+        self.overruns += 1
 
     def close(self) -> None:
         """End every subscription (their readers see ``None``): the runtime is going away."""

@@ -111,16 +111,11 @@ class WorkerState:
     last_event_id: int
 
 
-@dataclass(frozen=True, slots=True)
-class WorkerSummary:
+class _NamedByRef:
+    """Views of a worker repeat its ref's two ids at the top level, as the contract's JSON does."""
+
+    __slots__ = ()
     worker_ref: WorkerRef
-    status: WorkerStatus
-    intent: WorkerIntent
-    profile: ProfileSelector
-    requested_capability_count: int
-    has_config_bundle: bool
-    transcript_len: int
-    last_event_id: int
 
     @property
     def runtime_id(self) -> str:
@@ -129,6 +124,18 @@ class WorkerSummary:
     @property
     def worker_id(self) -> str:
         return self.worker_ref.worker_id
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSummary(_NamedByRef):
+    worker_ref: WorkerRef
+    status: WorkerStatus
+    intent: WorkerIntent
+    profile: ProfileSelector
+    requested_capability_count: int
+    has_config_bundle: bool
+    transcript_len: int
+    last_event_id: int
 
     @classmethod
     def of(cls, state: WorkerState) -> "WorkerSummary":
@@ -145,7 +152,7 @@ class WorkerSummary:
 
 
 @dataclass(frozen=True, slots=True)
-class WorkerDetail:
+class WorkerDetail(_NamedByRef):
     worker_ref: WorkerRef
     status: WorkerStatus
     intent: WorkerIntent
@@ -156,14 +163,6 @@ class WorkerDetail:
     mount_refs: tuple[MountRef, ...]
     transcript_len: int
     last_event_id: int
-
-    @property
-    def runtime_id(self) -> str:
-        return self.worker_ref.runtime_id
-
-    @property
-    def worker_id(self) -> str:
-        return self.worker_ref.worker_id
 
     @classmethod
     def of(cls, state: WorkerState) -> "WorkerDetail":

@@ -62,6 +62,11 @@ class ServerConfig:
     allowed_origins: tuple[str, ...] = ()
     allowed_hosts: tuple[str, ...] = ()
     ws_heartbeat_seconds: float = DEFAULT_WS_HEARTBEAT_SECONDS
+    #: A Unix socket to serve on (mode 0600), and whether to serve on ``host:port`` as well:
+    #: with a socket configured, TCP is off unless ``bind`` is given explicitly.
+    unix_socket: Path | None = None
+    listen_tcp: bool = True
+    metrics_public: bool = False
 
     @property
     def is_loopback(self) -> bool:
@@ -78,11 +83,24 @@ class StoreConfig:
     root: Path | None = None
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: str = "info"
+    format: str = "text"
+    #: Log to this file instead of stderr (SIGHUP reopens it, for logrotate).
+    file: Path | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
     store: StoreConfig = field(default_factory=StoreConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
     @property
     def limits(self) -> RuntimeLimits:
@@ -176,6 +194,19 @@ def _bind(value: Any) -> str | None:
     return None
 
 
+def _boolean(value: Any) -> str | None:
+    return None if isinstance(value, bool) else f"must be true or false, not {_type_name(value)}"
+
+
+def _one_of(*choices: str) -> Check:
+    def check(value: Any) -> str | None:
+        if complaint := _string(value):
+            return complaint
+        return None if value in choices else f"must be one of {', '.join(map(repr, choices))}, not {value!r}"
+
+    return check
+
+
 def _env_name(value: Any) -> str | None:
     return _non_blank(value) or (None if "=" not in value else "must be an environment variable name")
 
@@ -199,6 +230,8 @@ KEYS: dict[str, dict[str, Check]] = {
         "allowed_origins": _string_list,
         "allowed_hosts": _string_list,
         "ws_heartbeat_seconds": _non_negative_number,
+        "unix_socket": _non_blank,
+        "metrics_public": _boolean,
     },
     "runtime": {"runtime_id": _non_blank, "display_name": _string},
     "limits": {
@@ -208,6 +241,7 @@ KEYS: dict[str, dict[str, Check]] = {
         "subscriber_queue": _positive_int,
     },
     "store": {"kind": _store_kind, "root": _non_blank},
+    "log": {"level": _one_of(*LOG_LEVELS), "format": _one_of(*LOG_FORMATS), "file": _non_blank},
 }
 
 #: Command-line flag -> (section, key) it overrides, for ``load_config``'s ``overrides``.
@@ -220,6 +254,10 @@ FLAG_KEYS: dict[str, tuple[str, str]] = {
     "--max-event-batch-items": ("limits", "max_event_batch_items"),
     "--store": ("store", "kind"),
     "--fs-root": ("store", "root"),
+    "--unix-socket": ("server", "unix_socket"),
+    "--log-level": ("log", "level"),
+    "--log-format": ("log", "format"),
+    "--log-file": ("log", "file"),
 }
 
 
@@ -298,8 +336,11 @@ def load_config(
         allowed_origins=tuple(get("server", "allowed_origins", ())),
         allowed_hosts=tuple(get("server", "allowed_hosts", ())),
         ws_heartbeat_seconds=float(get("server", "ws_heartbeat_seconds", DEFAULT_WS_HEARTBEAT_SECONDS)),
+        unix_socket=Path(unix_socket) if (unix_socket := get("server", "unix_socket")) is not None else None,
+        listen_tcp=unix_socket is None or ("server", "bind") in values,
+        metrics_public=get("server", "metrics_public", False),
     )
-    if not server.is_loopback and server.local_token is None:
+    if server.listen_tcp and not server.is_loopback and server.local_token is None:
         raise ConfigError(
             f"{where('server', 'bind')}: binding {server.bind}, which is not a loopback address, "
             "requires a token ([server] local_token_env or --local-token-env)"
@@ -318,4 +359,10 @@ def load_config(
     if kind == "fs" and root is None:
         raise ConfigError(f"{where('store', 'kind')}: the fs store needs a root ([store] root or --fs-root)")
     store = StoreConfig(kind=kind, root=Path(root) if root is not None else None)
-    return Config(server=server, runtime=runtime, store=store)
+    log_file = get("log", "file")
+    log = LogConfig(
+        level=get("log", "level", "info"),
+        format=get("log", "format", "text"),
+        file=Path(log_file) if log_file is not None else None,
+    )
+    return Config(server=server, runtime=runtime, store=store, log=log)

@@ -235,6 +235,7 @@ class FsStore(Store):
 
     def __init__(self, root: Path, observation_backlog: int = 1024, flush_delay: float = 0.0) -> None:
         """``flush_delay`` adds a sleep to every flush: a benchmark's simulated slow disk."""
+        super().__init__()
         self.root = Path(root)
         self._backlog = observation_backlog
         self._flush_delay = flush_delay
@@ -253,7 +254,6 @@ class FsStore(Store):
         self._observation_lines: dict[str, int] = {}  # worker id -> lines in observations.jsonl
         self._runtime_status = RuntimeStatus.RUNNING
         self._last_event_id = 0
-        self.flushes = 0
 
     # ----------------------------------------------------------- paths
 
@@ -305,6 +305,16 @@ class FsStore(Store):
         self._runtime_id = stored_id
         return _Restorer(self, stored_id).restore()
 
+    async def check_writable(self) -> str | None:
+        if self._failed is not None:
+            return f"the last write failed: {getattr(self._failed, 'message', self._failed)}"
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._io, self._check_writable, self.runtime_dir)
+        except StoreError as error:
+            return error.message
+        return None
+
     def _check_writable(self, directory: Path) -> None:
         probe = directory / ".write-probe"
         try:
@@ -351,6 +361,7 @@ class FsStore(Store):
         while self._queue:
             batch, self._queue = self._queue, []
             changes = [change for change, _ in batch]
+            started = time.perf_counter()
             try:
                 await loop.run_in_executor(self._io, self._write_batch, changes)
             except BaseException as error:  # noqa: BLE001 - every waiter must hear of it
@@ -364,6 +375,7 @@ class FsStore(Store):
                 self._queue = []
                 return
             self.flushes += 1
+            self.flush_seconds.observe(time.perf_counter() - started)
             for _, future in batch:
                 if not future.done():
                     future.set_result(None)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import logging
 from collections import Counter, deque
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -52,7 +53,10 @@ from .observation import (
     TranscriptProjection,
     TranscriptRole,
 )
+from .stats import LatencyHistogram
 from .store import Change, RestoredState, Store
+
+log = logging.getLogger("runtimed.runtime")
 
 DIAG_LOCAL_DEFAULT_RESOURCES = "runtime.local_default_resources"
 DIAG_TOOLS_LESS = "worker.tools_less"
@@ -61,6 +65,18 @@ DIAG_TOOLS_LESS = "worker.tools_less"
 SNAPSHOT_CONTENT_BYTES = 1024 * 1024
 #: Event names the Runtime publishes itself, or that the WebSocket protocol reserves.
 RESERVED_OBSERVATIONS = frozenset({"snapshot", "user_message", "system_item", "worker_status"})
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeStats:
+    """Counters for the metrics endpoint, read at scrape time."""
+
+    workers_by_status: Mapping[WorkerStatus, int]
+    observations_published: int
+    subscriber_overruns: int
+    observers: int
+    store_flushes: int
+    store_flush_seconds: LatencyHistogram
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +250,22 @@ class Runtime:
     def diagnostics(self) -> list[RuntimeDiagnostic]:
         return list(self._diagnostics)
 
+    async def readiness(self) -> str | None:
+        """Why the runtime cannot serve writes now, or ``None`` when it is ready."""
+        if self._poisoned:
+            return "runtime state is unusable after a failed store write; restart the daemon"
+        return await self._store.check_writable()
+
+    def stats(self) -> RuntimeStats:
+        return RuntimeStats(
+            workers_by_status={status: self._status_counts[status] for status in WorkerStatus},
+            observations_published=self._bus.published,
+            subscriber_overruns=self._bus.overruns,
+            observers=self._bus.subscriber_count(),
+            store_flushes=self._store.flushes,
+            store_flush_seconds=self._store.flush_seconds,
+        )
+
     # ------------------------------------------------------------ observation
 
     def observation_cursor_now(self, ref: WorkerRef) -> int:
@@ -337,6 +369,7 @@ class Runtime:
             ),
         )
         await self._commit(change)
+        log.info("worker %s created", worker_id)
         return WorkerDetail.of(state)
 
     async def send_input(self, ref: WorkerRef, worker_input: WorkerInput) -> WorkerInteractionAck:
@@ -399,6 +432,7 @@ class Runtime:
         await self._commit(
             Change(event=event, runtime_status=self._status, workers=(new_state,), observations=(observation,))
         )
+        log.info("worker %s %s: %s", ref.worker_id, status.value, message)
         return WorkerLifecycleAck(new_state.worker_ref, new_state.status, event.id)
 
     async def stop(self) -> RuntimeSummary:
@@ -418,6 +452,7 @@ class Runtime:
         await self._commit(
             Change(event=event, runtime_status=RuntimeStatus.STOPPED, workers=stopped, observations=observations)
         )
+        log.info("runtime %s stopped (%d running workers stopped)", self._runtime_id, len(stopped))
         return self.summary()
 
     async def start(self) -> RuntimeSummary:
@@ -430,6 +465,7 @@ class Runtime:
     async def _append_runtime_started(self) -> None:
         event = self._next_event(EventKind.RUNTIME_STARTED, "runtime started")
         await self._commit(Change(event=event, runtime_status=RuntimeStatus.RUNNING))
+        log.info("runtime %s started", self._runtime_id)
 
     # ---------------------------------------------------------------- helpers
 

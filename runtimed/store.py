@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from .bus import Observation
 from .catalog import WorkerState
 from .management import RuntimeStatus
+from .stats import LatencyHistogram
 from .observation import RuntimeDiagnostic, RuntimeEvent, TranscriptEntry
 
 
@@ -65,6 +66,11 @@ class Store(abc.ABC):
     #: The middle part of generated runtime ids: ``runtime-<prefix>-<hex>``.
     id_prefix: str
 
+    def __init__(self) -> None:
+        #: Durable writes done (each may carry many changes) and how long each took.
+        self.flushes = 0
+        self.flush_seconds = LatencyHistogram()
+
     @abc.abstractmethod
     async def open(self, runtime_id: str | None) -> RestoredState | None:
         """Load what is stored, or ``None`` when there is nothing yet (then ``create`` follows).
@@ -89,6 +95,10 @@ class Store(abc.ABC):
 
     def resume(self) -> None:
         """Accept changes again after a failure; the Runtime has undone every failed change."""
+
+    async def check_writable(self) -> str | None:
+        """Why the store cannot take writes now, or ``None`` when it can (for readiness)."""
+        return None
 
     async def close(self) -> None:
         """Finish pending writes and release files; the default has none."""

@@ -323,6 +323,19 @@ async def test_warning_headers_escape_quotes_and_stop_at_twenty(client):
     assert warnings[0] == '299 runtimed "unknown field: we\\"ird\\\\"'
 
 
+async def test_warning_headers_escape_control_and_non_ascii_characters(client):
+    wid = (await create_worker(client))["worker_id"]
+    body = {"kind": "user", "content": "x", "a\u001fb": 1, "line\nbreak": 2, "café": 3, "🎉": 4}
+    response = await client.post(f"/v1/workers/{wid}/input", data=json.dumps(body).encode())
+    assert response.status == 200
+    assert response.headers.getall("Warning") == [
+        '299 runtimed "unknown field: a\\u001fb"',
+        '299 runtimed "unknown field: line\\u000abreak"',
+        '299 runtimed "unknown field: caf\\u00e9"',
+        '299 runtimed "unknown field: \\U0001f389"',
+    ]
+
+
 async def test_unknown_query_parameters_are_named_too(client):
     wid = (await create_worker(client))["worker_id"]
     response = await client.get(f"/v1/workers/{wid}/transcript?limt=5")

@@ -309,7 +309,7 @@ def test_an_unknown_store_kind_names_the_file_and_key(tmp_path):
 def test_an_unknown_section_names_the_file_and_section(tmp_path):
     path = write_config(tmp_path, '[serve]\nbind = "127.0.0.1:7420"\n')
 
-    assert config_error(path) == f"{path}: unknown section [serve] (known: server, runtime, limits, store)"
+    assert config_error(path) == f"{path}: unknown section [serve] (known: server, runtime, limits, store, log)"
 
 
 def test_an_unknown_key_names_the_file_section_and_key(tmp_path):
@@ -317,14 +317,14 @@ def test_an_unknown_key_names_the_file_section_and_key(tmp_path):
 
     assert config_error(path) == (
         f"{path}: unknown key [server] bnid (known: bind, local_token_env, max_request_body_bytes, "
-        "allowed_origins, allowed_hosts, ws_heartbeat_seconds)"
+        "allowed_origins, allowed_hosts, ws_heartbeat_seconds, unix_socket, metrics_public)"
     )
 
 
 def test_a_top_level_key_outside_any_section_is_refused(tmp_path):
     path = write_config(tmp_path, 'bind = "127.0.0.1:7420"\n')
 
-    assert config_error(path) == f"{path}: unknown section [bind] (known: server, runtime, limits, store)"
+    assert config_error(path) == f"{path}: unknown section [bind] (known: server, runtime, limits, store, log)"
 
 
 def test_a_section_that_is_not_a_table_is_refused(tmp_path):

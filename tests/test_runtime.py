@@ -370,6 +370,7 @@ class FailingStore(MemoryStore):
     """A store whose commits fail while ``failing`` is set, as a full disk would."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.failing = False
         self.committed: list[Change] = []
 

@@ -7,10 +7,11 @@ from aiohttp import web
 
 from ..config import ServerConfig
 from ..runtime import Runtime
-from . import handlers, ws
+from . import handlers, openapi, ws
 from .errors import error_middleware
 from .frames import FrameCache
 from .keys import RUNTIME, SERVER_CONFIG, WS_FRAMES, WS_SESSIONS
+from .metrics import METRICS, Metrics, get_metrics, observe_requests
 from .security import security_middleware
 
 # A path segment that may be empty, so that `/v1/workers//input` reaches the handler and is
@@ -20,19 +21,24 @@ WORKER = "/v1/workers/{worker_id:[^/]*}"
 
 def create_app(runtime: Runtime, server_config: ServerConfig | None = None) -> web.Application:
     server_config = server_config or ServerConfig()
-    # The error middleware is outermost, so the security checks' refusals get the error shape too.
+    # Outermost, every request is timed, logged and counted; next, every failure gets the error
+    # shape, the security checks' refusals included.
     app = web.Application(
-        middlewares=[error_middleware, security_middleware],
+        middlewares=[observe_requests, error_middleware, security_middleware],
         client_max_size=server_config.max_request_body_bytes,
     )
     app[RUNTIME] = runtime
     app[SERVER_CONFIG] = server_config
     app[WS_SESSIONS] = set()
     app[WS_FRAMES] = FrameCache()
+    app[METRICS] = Metrics(app)
     app.on_shutdown.append(ws.close_sessions)
     app.router.add_routes(
         [
             web.get("/healthz", handlers.healthz),
+            web.get("/readyz", handlers.readyz),
+            web.get("/metrics", get_metrics),
+            web.get("/v1/openapi.json", openapi.get_openapi),
             web.get("/v1/runtime", handlers.get_runtime),
             web.post("/v1/runtime/stop", handlers.stop_runtime),
             web.post("/v1/runtime/start", handlers.start_runtime),

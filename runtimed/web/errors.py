@@ -67,6 +67,10 @@ class UpgradeRequired(RuntimedError):
     code = "upgrade_required"
 
 
+class NotReady(RuntimedError):
+    code = "not_ready"
+
+
 class InternalError(RuntimedError):
     code = "internal_error"
 
@@ -96,6 +100,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "store_corrupt": 500,
     "state_poisoned": 500,
     "internal_error": 500,
+    "not_ready": 503,
 }
 
 

@@ -12,7 +12,7 @@ from marshmallow import ValidationError
 from ..identity import WorkerRef
 from . import schemas
 from .encoding import dumps
-from .errors import InvalidJson, InvalidQuery, PayloadTooLarge
+from .errors import InvalidJson, InvalidQuery, NotReady, PayloadTooLarge
 from .keys import RUNTIME, SERVER_CONFIG
 
 MAX_WARNINGS = 20
@@ -39,9 +39,25 @@ _events_query = schemas.EventsQuerySchema()
 def json_response(body: Any, warnings: list[str] = ()) -> web.Response:  # type: ignore[assignment]
     response = web.Response(text=dumps(body), content_type="application/json")
     for path in warnings[:MAX_WARNINGS]:
-        escaped = path.replace("\\", "\\\\").replace('"', '\\"')
-        response.headers.add("Warning", f'299 runtimed "unknown field: {escaped}"')
+        response.headers.add("Warning", f'299 runtimed "unknown field: {warning_text(path)}"')
     return response
+
+
+def warning_text(text: str) -> str:
+    """``text`` as the quoted string of a ``Warning`` header: ``"`` and ``\\`` get a backslash,
+    and anything outside printable ASCII (control characters, which HTTP forbids in a header,
+    and non-ASCII, which it would garble) is written ``\\uXXXX`` (``\\UXXXXXXXX`` past U+FFFF)."""
+    out = []
+    for char in text:
+        if char in '"\\':
+            out.append("\\" + char)
+        elif " " <= char <= "~":
+            out.append(char)
+        elif ord(char) < 0x10000:
+            out.append(f"\\u{ord(char):04x}")
+        else:
+            out.append(f"\\U{ord(char):08x}")
+    return "".join(out)
 
 
 def worker_ref(request: web.Request) -> WorkerRef:
@@ -192,4 +208,13 @@ async def start_runtime(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """Liveness: the process answers."""
     return json_response(_health_response.dump({"status": "ok"}))
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: the store is loaded and takes writes (``503 not_ready`` otherwise)."""
+    problem = await request.app[RUNTIME].readiness()
+    if problem is not None:
+        raise NotReady(f"not ready: {problem}")
+    return json_response(_health_response.dump({"status": "ready"}))

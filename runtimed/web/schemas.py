@@ -103,6 +103,11 @@ class TaggedUnion(fields.Field):
         self._schemas = {kind: schema() for kind, schema in variants.items()}
         self._kinds = ", ".join(variants)
 
+    @property
+    def variants(self) -> Mapping[str, BaseSchema]:
+        """The schema of each ``kind``."""
+        return self._schemas
+
     def variant_for(self, value: Any) -> BaseSchema | None:
         if isinstance(value, Mapping):
             kind = value.get("kind")

@@ -17,8 +17,12 @@ from ..config import ServerConfig, is_loopback_host
 from .errors import Handler, HostNotAllowed, OriginNotAllowed, Unauthorized
 from .keys import SERVER_CONFIG
 
-#: Routes that answer without the token (liveness probes cannot hold secrets).
-PUBLIC_PATHS = frozenset({"/healthz"})
+#: Routes that answer without the token: probes (systemd, a supervisor) hold no secrets.
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})
+
+
+def public_paths(config: ServerConfig) -> frozenset[str]:
+    return PROBE_PATHS | {"/metrics"} if config.metrics_public else PROBE_PATHS
 
 
 def host_name(host_header: str) -> str:
@@ -72,7 +76,7 @@ async def security_middleware(request: web.Request, handler: Handler) -> web.Str
             f"host {host!r} is not allowed while bound to loopback; add it to [server] allowed_hosts if it is yours"
         )
     token = config.local_token
-    if token is not None and request.path not in PUBLIC_PATHS:
+    if token is not None and request.path not in public_paths(config):
         if not token_matches(token.reveal(), request.headers.get("Authorization")):
             raise Unauthorized()
     return await handler(request)

@@ -1,0 +1,418 @@
+"""Operating the daemon: systemd, signals, the Unix socket, metrics, logs, readiness."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from runtimed.config import Secret, ServerConfig
+from runtimed.fs_store import FsStore
+from runtimed.runtime import Runtime
+from runtimed.store import MemoryStore
+from runtimed.systemd import notify
+from runtimed.web.app import create_app
+
+from .conftest import TASK_REQUEST, create_worker
+from .process import RuntimedProcess, request_json, run_runtimed
+
+REPO = Path(__file__).resolve().parent.parent
+TOKEN = "tok-operations-never-logged"
+
+
+# ------------------------------------------------------------------ systemd
+
+
+@pytest.fixture
+def notify_socket(tmp_path):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    path = tmp_path / "notify.sock"
+    sock.bind(str(path))
+    sock.settimeout(10)
+    yield sock, str(path)
+    sock.close()
+
+
+def test_the_daemon_tells_systemd_when_it_is_ready_and_when_it_stops(notify_socket):
+    sock, path = notify_socket
+    with RuntimedProcess("--bind", "127.0.0.1:0", env={**os.environ, "NOTIFY_SOCKET": path}) as daemon:
+        ready = sock.recv(4096).decode().split("\n")
+        assert ready[0] == "READY=1"
+        assert ready[1] == f"STATUS=listening on {daemon.base_url}"
+        assert daemon.stop(signal.SIGTERM) == 0
+    stopping = sock.recv(4096).decode().split("\n")
+    assert stopping == ["STOPPING=1", "STATUS=shutting down"]
+
+
+def test_notify_speaks_to_abstract_sockets_and_is_silent_without_one():
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    name = f"runtimed-test-{os.getpid()}"
+    sock.bind("\0" + name)
+    sock.settimeout(5)
+    try:
+        assert notify("READY=1", environ={"NOTIFY_SOCKET": "@" + name})
+        assert sock.recv(100) == b"READY=1"
+    finally:
+        sock.close()
+    assert notify("READY=1", environ={}) is False
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed here")
+def test_the_service_unit_passes_systemd_analyze_verify(tmp_path):
+    unit = (REPO / "contrib" / "runtimed.service").read_text()
+    assert "ExecStart=/opt/runtimed/bin/runtimed serve" in unit
+    # verify checks that ExecStart's program exists: point it at this test run's runtimed,
+    # the one change made to the unit.
+    runtimed = Path(sys.executable).parent / "runtimed"
+    assert runtimed.exists(), "the runtimed console script is installed beside the interpreter"
+    (tmp_path / "runtimed.service").write_text(unit.replace("/opt/runtimed/bin/runtimed", str(runtimed)))
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(tmp_path / "runtimed.service")], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == ""
+    for directive in (
+        "Type=notify",
+        "StateDirectory=runtimed",
+        "EnvironmentFile=",
+        "DynamicUser=yes",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+    ):
+        assert directive in unit
+
+
+# ------------------------------------------------------------------ signals
+
+
+async def test_sigterm_lets_an_in_flight_request_finish_and_closes_sessions(tmp_path):
+    root = tmp_path / "root"
+    # A simulated slow disk keeps the input request in flight while the signal arrives.
+    daemon = RuntimedProcess(
+        "--bind", "127.0.0.1:0", "--store", "fs", "--fs-root", str(root), "--bench-flush-delay-ms", "800"
+    ).start()
+    try:
+        worker = request_json("POST", daemon.base_url + "/v1/workers", TASK_REQUEST, timeout=10)[2]["worker"]["worker_id"]
+        async with aiohttp.ClientSession() as session:
+            sockets = [await session.ws_connect(f"{daemon.base_url}/v1/workers/{worker}/events/ws") for _ in range(2)]
+            for ws in sockets:
+                await ws.receive_json(timeout=5)
+
+
+            async def read_to_the_end(ws) -> list:
+                return [json.loads(message.data) async for message in ws]
+
+            # The observers keep reading, as real ones do: the close handshake needs them.
+            readers = [asyncio.create_task(read_to_the_end(ws)) for ws in sockets]
+            in_flight = asyncio.create_task(
+                session.post(f"{daemon.base_url}/v1/workers/{worker}/input", json={"kind": "user", "content": "finish me"})
+            )
+            await asyncio.sleep(0.3)
+            daemon.process.send_signal(signal.SIGTERM)
+            response = await asyncio.wait_for(in_flight, 10)
+            assert response.status == 200
+            assert (await response.json())["ack"]["transcript_sequence"] == 1
+            for ws, reader in zip(sockets, readers):
+                frames = await asyncio.wait_for(reader, 10)
+                assert frames[-1]["diagnostic"]["code"] == "runtime.upstream_closed"
+                assert ws.close_code == 1001
+        exit_code = await asyncio.to_thread(daemon.process.wait, 5)
+        assert exit_code == 0
+    finally:
+        daemon.close()
+    restored = await Runtime.open(FsStore(root))
+    assert [e.content for e in restored.transcript(restored.worker_ref(worker)).items] == ["finish me"]
+    await restored.close()
+
+
+async def test_a_second_sigint_exits_at_once(tmp_path):
+    daemon = RuntimedProcess(
+        "--bind", "127.0.0.1:0", "--store", "fs", "--fs-root", str(tmp_path / "root"), "--bench-flush-delay-ms", "4000"
+    ).start()
+    try:
+        worker = request_json("POST", daemon.base_url + "/v1/workers", TASK_REQUEST, timeout=10)[2]["worker"]["worker_id"]
+        async with aiohttp.ClientSession() as session:
+            in_flight = asyncio.create_task(
+                session.post(f"{daemon.base_url}/v1/workers/{worker}/input", json={"kind": "user", "content": "slow"})
+            )
+            await asyncio.sleep(0.3)
+            daemon.process.send_signal(signal.SIGINT)
+            await asyncio.sleep(0.3)
+            assert daemon.process.poll() is None  # the first one waits for the in-flight request
+            started = time.monotonic()
+            daemon.process.send_signal(signal.SIGINT)
+            exit_code = await asyncio.to_thread(daemon.process.wait, 5)
+            assert time.monotonic() - started < 2.5  # well before the 4 s flush could end
+            assert exit_code == 130
+            in_flight.cancel()
+        assert "second interrupt" in daemon.stderr
+    finally:
+        daemon.close()
+
+
+def test_sighup_reopens_the_log_file(tmp_path):
+    log_file = tmp_path / "runtimed.log"
+    with RuntimedProcess("--bind", "127.0.0.1:0", "--log-file", str(log_file)) as daemon:
+        request_json("GET", daemon.base_url + "/v1/runtime")
+        rotated = tmp_path / "runtimed.log.1"
+        log_file.rename(rotated)  # what logrotate does
+        daemon.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while not log_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        request_json("GET", daemon.base_url + "/v1/workers")
+        assert daemon.stop() == 0
+    assert "GET /v1/runtime 200" in rotated.read_text()
+    fresh = log_file.read_text()
+    assert "SIGHUP: reopened the log file" in fresh
+    assert "GET /v1/workers 200" in fresh
+    assert "GET /v1/runtime 200" not in fresh
+
+
+# -------------------------------------------------------------- Unix socket
+
+
+@pytest.fixture
+def short_tmp():
+    # Unix socket paths are limited to about 100 bytes; pytest's tmp_path can be longer.
+    directory = Path(f"/tmp/rtd-{os.getpid()}-{time.monotonic_ns()}")
+    directory.mkdir()
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def start_on_unix_socket(path: Path, *args: str, env=None) -> RuntimedProcess:
+    daemon = RuntimedProcess("--unix-socket", str(path), *args, env=env)
+    daemon.process = subprocess.Popen(
+        [sys.executable, "-m", "runtimed", "serve", "--unix-socket", str(path), *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ if env is None else env),
+    )
+    # Unix-only mode prints a unix: start-up line, which RuntimedProcess does not parse.
+    deadline = time.monotonic() + 10
+    line = ""
+    while time.monotonic() < deadline:
+        line = daemon.process.stderr.readline()
+        if line.startswith("runtimed listening on unix:") or not line:
+            break
+    assert line.startswith(f"runtimed listening on unix:{path} "), line
+    return daemon
+
+
+async def test_the_api_is_served_on_a_unix_socket_only_this_user_can_use(short_tmp):
+    path = short_tmp / "runtimed.sock"
+    daemon = start_on_unix_socket(path)
+    try:
+        mode = path.stat().st_mode
+        assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
+        async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(path))) as session:
+            async with session.post("http://localhost/v1/workers", json=TASK_REQUEST) as response:
+                assert response.status == 200
+                worker = (await response.json())["worker"]["worker_id"]
+            async with session.get(f"http://localhost/v1/workers/{worker}") as response:
+                assert (await response.json())["worker"]["status"] == "running"
+        if shutil.which("curl"):
+            result = subprocess.run(
+                ["curl", "-s", "--unix-socket", str(path), "http://localhost/v1/runtime"],
+                capture_output=True, text=True, timeout=10,
+            )  # fmt: skip
+            assert json.loads(result.stdout)["runtime"]["worker_count"] == 1
+        # With only a socket configured, nothing listens on TCP.
+        assert daemon.process.poll() is None
+        daemon.process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(daemon.process.wait, 5) == 0
+        assert not path.exists()  # removed on the way out
+    finally:
+        daemon.close()
+
+
+def test_a_stale_socket_file_is_replaced(short_tmp):
+    path = short_tmp / "runtimed.sock"
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))
+    stale.close()  # the file stays; nobody listens
+    daemon = start_on_unix_socket(path)
+    try:
+        daemon.process.send_signal(signal.SIGTERM)
+        assert daemon.process.wait(5) == 0
+    finally:
+        daemon.close()
+
+
+def test_a_socket_another_daemon_listens_on_is_refused(short_tmp):
+    path = short_tmp / "runtimed.sock"
+    first = start_on_unix_socket(path)
+    try:
+        result = run_runtimed("serve", "--unix-socket", str(path))
+        assert result.returncode == 1
+        assert result.stderr.splitlines()[-1] == f"runtimed: another process is listening on {path}"
+        assert first.process.poll() is None  # the first daemon is untouched
+    finally:
+        first.close()
+
+
+def test_tcp_and_a_unix_socket_together_when_bind_is_given(short_tmp):
+    path = short_tmp / "runtimed.sock"
+    with RuntimedProcess("--bind", "127.0.0.1:0", "--unix-socket", str(path)) as daemon:
+        assert request_json("GET", daemon.base_url + "/healthz")[0] == 200
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert f"runtimed listening on unix:{path} " in daemon.stderr
+        assert daemon.stop() == 0
+
+
+# ------------------------------------------------------------------ metrics
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample of the Prometheus text ``text``."""
+    label_text = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    pattern = "^" + re.escape(name) + (r"\{" + re.escape(label_text) + r"\}" if labels else "") + r" (\S+)$"
+    match = re.search(pattern, text, re.MULTILINE)
+    assert match is not None, f"no sample {name}{{{label_text}}} in:\n{text}"
+    return float(match.group(1))
+
+
+async def test_metrics_count_requests_workers_sessions_and_observations(client, runtime):
+    worker = (await create_worker(client))["worker_id"]
+    await client.post(f"/v1/workers/{worker}/input", json={"kind": "user", "content": "x"})
+    await client.get("/v1/workers/worker-0000ffff")
+    async with client.ws_connect(f"/v1/workers/{worker}/events/ws") as ws:
+        await ws.receive_json(timeout=5)
+        response = await client.get("/metrics")
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain; version=")
+        text = await response.text()
+    assert metric(text, "runtimed_http_requests_total", method="POST", route="/v1/workers", status="200") == 1
+    assert metric(text, "runtimed_http_requests_total", method="POST", route="/v1/workers/{worker_id}/input", status="200") == 1
+    assert metric(text, "runtimed_http_requests_total", method="GET", route="/v1/workers/{worker_id}", status="404") == 1
+    assert metric(text, "runtimed_http_request_duration_seconds_count", method="POST", route="/v1/workers") == 1
+    assert metric(text, "runtimed_workers", status="running") == 1
+    assert metric(text, "runtimed_workers", status="stopped") == 0
+    assert metric(text, "runtimed_websocket_sessions") == 1
+    assert metric(text, "runtimed_observation_events_published_total") == 1
+    assert metric(text, "runtimed_subscriber_overruns_total") == 0
+    assert metric(text, "runtimed_store_flushes_total") == 0  # the memory store never flushes
+
+
+async def test_metrics_count_fs_store_flushes_and_their_latency(tmp_path, aiohttp_client):
+    runtime = await Runtime.open(FsStore(tmp_path / "root"))
+    client = await aiohttp_client(create_app(runtime))
+    await create_worker(client)
+    text = await (await client.get("/metrics")).text()
+    flushes = metric(text, "runtimed_store_flushes_total")
+    assert flushes >= 2  # runtime_started, then the create
+    assert metric(text, "runtimed_store_flush_seconds_count") == flushes
+    assert metric(text, "runtimed_store_flush_seconds_bucket", le="+Inf") == flushes
+    assert metric(text, "runtimed_store_flush_seconds_sum") > 0
+    await runtime.close()
+
+
+async def test_metrics_need_the_token_unless_made_public(aiohttp_client):
+    runtime = await Runtime.open(MemoryStore())
+    private = await aiohttp_client(create_app(runtime, ServerConfig(local_token=Secret(TOKEN))))
+    assert (await private.get("/metrics")).status == 401
+    assert (await private.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})).status == 200
+    public = await aiohttp_client(create_app(runtime, ServerConfig(local_token=Secret(TOKEN), metrics_public=True)))
+    assert (await public.get("/metrics")).status == 200
+    assert (await public.get("/v1/runtime")).status == 401
+
+
+# --------------------------------------------------------------------- logs
+
+
+def test_json_logs_have_one_line_per_request_and_no_token(tmp_path):
+    env = {**os.environ, "RUNTIMED_TEST_TOKEN": TOKEN}
+    with RuntimedProcess(
+        "--bind", "127.0.0.1:0", "--log-format", "json", "--local-token-env", "RUNTIMED_TEST_TOKEN", env=env
+    ) as daemon:
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        request_json("POST", daemon.base_url + "/v1/workers", TASK_REQUEST, headers=headers)
+        request_json("GET", daemon.base_url + "/v1/runtime", headers={"Authorization": f"Bearer {TOKEN}x"})
+        request_json("POST", daemon.base_url + "/v1/workers/worker-00000001/stop", headers=headers)
+        assert daemon.stop() == 0
+    lines = [json.loads(line) for line in daemon.stderr.splitlines() if line.startswith("{")]
+    requests = [(l["method"], l["path"], l["status"]) for l in lines if l["logger"] == "runtimed.access"]
+    assert requests == [
+        ("POST", "/v1/workers", 200),
+        ("GET", "/v1/runtime", 401),
+        ("POST", "/v1/workers/worker-00000001/stop", 200),
+    ]
+    assert all(isinstance(l["duration_ms"], float) for l in lines if l["logger"] == "runtimed.access")
+    lifecycle = [l["message"] for l in lines if l["logger"] == "runtimed.runtime"]
+    assert "worker worker-00000001 created" in lifecycle
+    assert "worker worker-00000001 stopped: worker stopped" in lifecycle
+    assert TOKEN not in daemon.stderr
+
+
+def test_the_log_level_filters_lines():
+    with RuntimedProcess("--bind", "127.0.0.1:0", "--log-level", "warning") as daemon:
+        request_json("GET", daemon.base_url + "/v1/runtime")
+        assert daemon.stop() == 0
+    assert "runtimed.access" not in daemon.stderr
+    assert "runtimed listening on" in daemon.stderr  # the start-up line is not a log line
+
+
+# ---------------------------------------------------------------- readiness
+
+
+async def test_readyz_is_ready_with_a_loaded_writable_store_and_needs_no_token(tmp_path, aiohttp_client):
+    runtime = await Runtime.open(FsStore(tmp_path / "root"))
+    client = await aiohttp_client(create_app(runtime, ServerConfig(local_token=Secret(TOKEN))))
+    response = await client.get("/readyz")
+    assert (response.status, await response.json()) == (200, {"status": "ready"})
+    await runtime.close()
+
+
+@pytest.mark.skipif(shutil.which("chattr") is None, reason="chattr is not installed here")
+async def test_readyz_is_503_while_the_store_cannot_write_and_200_again_after(tmp_path, aiohttp_client):
+    runtime = await Runtime.open(FsStore(tmp_path / "root"))
+    client = await aiohttp_client(create_app(runtime))
+    (runtime_dir,) = (tmp_path / "root" / "runtimes").iterdir()
+    # The immutable flag refuses writes even to root, which the test suite runs as in CI.
+    made_immutable = subprocess.run(["chattr", "+i", str(runtime_dir)], capture_output=True, text=True)
+    if made_immutable.returncode != 0:
+        pytest.skip(f"this filesystem has no immutable flag: {made_immutable.stderr.strip()}")
+    try:
+        response = await client.get("/readyz")
+        assert response.status == 503
+        body = await response.json()
+        assert body["error"]["code"] == "not_ready"
+        assert str(runtime_dir) in body["error"]["message"]
+        response = await client.post("/v1/workers", json=TASK_REQUEST)
+        assert (response.status, (await response.json())["error"]["code"]) == (500, "store_io")
+    finally:
+        subprocess.run(["chattr", "-i", str(runtime_dir)], check=True)
+    assert (await client.get("/readyz")).status == 200
+    assert (await client.post("/v1/workers", json=TASK_REQUEST)).status == 200
+    await runtime.close()
+
+
+async def test_readyz_is_503_when_the_runtime_is_poisoned(aiohttp_client):
+    from .test_errors import BrokenStore
+
+    store = BrokenStore()
+    runtime = await Runtime.open(store)
+    client = await aiohttp_client(create_app(runtime))
+    store.failing = True
+    await client.post("/v1/workers", json=TASK_REQUEST)
+    response = await client.get("/readyz")
+    assert response.status == 503
+    assert (await response.json())["error"]["code"] == "not_ready"
