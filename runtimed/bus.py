@@ -183,9 +183,6 @@ class ObservationBus:
         backlog.append(observation)
         self._latest[worker_id] = observation.sequence
 
-    def retained(self, worker_id: str) -> list[Observation]:
-        return list(self._backlogs.get(worker_id, ()))
-
     def cursor_now(self, worker_id: str) -> int:
         """The worker's newest observation sequence (0 if it has none)."""
         return self._latest.get(worker_id, 0)

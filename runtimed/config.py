@@ -8,6 +8,7 @@ errors: the operator of this very daemon wrote the file, so a typo must stop it.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import os
@@ -110,8 +111,12 @@ class Config:
 # ----------------------------------------------------------------- addresses
 
 
+@functools.lru_cache(maxsize=1024)
 def is_loopback_host(host: str) -> bool:
-    """``localhost`` or a loopback IP address (any ``127.x.y.z``, ``::1``)."""
+    """``localhost`` or a loopback IP address (any ``127.x.y.z``, ``::1``).
+
+    Memoised (bounded): the Host check asks it on every request, and parsing an address costs
+    more than the rest of a small request's checks together."""
     if host.lower() == "localhost":
         return True
     try:

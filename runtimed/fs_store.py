@@ -27,13 +27,14 @@ fails with ``store_io``; if even that fails, ``StatePoisoned``.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
 import shutil
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +79,14 @@ def unhex_id(name: str) -> str | None:
         return bytes.fromhex(name[3:]).decode("utf-8")
     except ValueError:
         return None
+
+
+def _worker_number(worker_id: str) -> int:
+    """The sequence in ``worker-0000002a``; 0 for an id of another form."""
+    try:
+        return int(worker_id.removeprefix("worker-"), 16)
+    except ValueError:
+        return 0
 
 
 def _line(record: dict[str, Any]) -> bytes:
@@ -195,13 +204,24 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until every byte is written: a short write (a full disk) must not leave a
+    torn line behind an acknowledged request."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError(errno.EIO, "write made no progress")
+        view = view[written:]
+
+
 def replace_atomically(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a crash leaves the old file or the new, never half:
     temp file, fsync, rename, fsync of the directory."""
     temp = path.with_name(path.name + ".tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
-        os.write(fd, data)
+        _write_all(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -218,7 +238,13 @@ class _Batch:
     new_dirs: list[Path] = field(default_factory=list)
     snapshots: dict[Path, bytes] = field(default_factory=dict)  # path -> new content
     sizes: dict[Path, int] = field(default_factory=dict)  # appended files: size before
+    created_files: set[Path] = field(default_factory=set)  # appended files the batch creates
     previous: dict[Path, bytes | None] = field(default_factory=dict)  # replaced files: content before
+    # What the store will remember once the batch is durable (nothing, if it fails).
+    created_event: dict[str, int] = field(default_factory=dict)
+    snapshot_status: dict[str, WorkerStatus] = field(default_factory=dict)
+    last_event_id: int | None = None
+    runtime_status: RuntimeStatus | None = None
 
     def append(self, path: Path, record: dict[str, Any]) -> None:
         self.appends.setdefault(path, []).append(_line(record))
@@ -283,7 +309,14 @@ class FsStore(Store):
         if not runtimes.is_dir():
             raise StoreCorrupt("open", str(runtimes), "is a file where a directory should be")
         self._check_writable(runtimes)
-        entries = sorted(runtimes.iterdir())
+        entries = []
+        for entry in sorted(runtimes.iterdir()):
+            if entry.name.startswith("."):
+                # A write probe or a runtime directory half made when a first start was cut
+                # short: nothing was ever acknowledged from either.
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+                continue
+            entries.append(entry)
         if not entries:
             return None
         if len(entries) > 1:
@@ -328,12 +361,18 @@ class FsStore(Store):
         await loop.run_in_executor(self._io, self._create, runtime_id)
 
     def _create(self, runtime_id: str) -> None:
-        runtime_dir = self.root / "runtimes" / hex_id(runtime_id)
+        """Make the runtime's directory whole under a hidden name, then rename it into place:
+        a first start cut short leaves either nothing or a complete directory."""
+        runtimes = self.root / "runtimes"
+        runtime_dir = runtimes / hex_id(runtime_id)
+        building = runtimes / ("." + runtime_dir.name)
+        snapshot = _runtime_snapshot(runtime_id, RuntimeStatus.RUNNING, 0)
         try:
-            (runtime_dir / "workers").mkdir(parents=True)
-            _fsync_path(self.root / "runtimes")
-            snapshot = _runtime_snapshot(runtime_id, RuntimeStatus.RUNNING, 0)
-            replace_atomically(runtime_dir / "runtime.json", snapshot)
+            (building / "workers").mkdir(parents=True)
+            replace_atomically(building / "runtime.json", snapshot)
+            _fsync_path(building / "workers")
+            os.rename(building, runtime_dir)
+            _fsync_path(runtimes)
         except OSError as error:
             raise StoreIo("create runtime", str(runtime_dir), error.strerror or str(error)) from None
         self._runtime_dir = runtime_dir
@@ -391,10 +430,15 @@ class FsStore(Store):
             # Phase 2: the commit record.
             if batch.events:
                 events = self.runtime_dir / "events.jsonl"
+                created = not events.exists()
                 batch.sizes.setdefault(events, self._size(events))
+                if created:
+                    batch.created_files.add(events)
                 fd = self._files.append_fd(events)
-                os.write(fd, b"".join(batch.events))
+                _write_all(fd, b"".join(batch.events))
                 os.fsync(fd)
+                if created:
+                    _fsync_path(events.parent)
         except OSError as error:
             path = getattr(error, "filename", None) or str(self.runtime_dir)
             failure = StoreIo("write", str(path), error.strerror or str(error))
@@ -405,20 +449,24 @@ class FsStore(Store):
         self._after_commit(batch, changes)
 
     def _gather(self, batch: _Batch, changes: list[Change]) -> None:
+        """Encode the batch's records; the store's own bookkeeping changes only once the batch
+        is durable (``_after_commit``), so a failure leaves nothing to undo in memory."""
         runtime_dir = self.runtime_dir
+        runtime_status = self._runtime_status
         for change in changes:
             event_id = change.event.id if change.event is not None else None
             for state in change.workers:
                 worker_id = state.worker_ref.worker_id
                 directory = self.worker_dir(worker_id)
-                if worker_id not in self._created_event:
+                created = batch.created_event.get(worker_id, self._created_event.get(worker_id))
+                if created is None:
                     assert event_id is not None
-                    self._created_event[worker_id] = event_id
+                    created = batch.created_event[worker_id] = event_id
                     batch.new_dirs.append(directory)
-                elif self._snapshot_status.get(worker_id) is state.status:
+                elif batch.snapshot_status.get(worker_id, self._snapshot_status.get(worker_id)) is state.status:
                     continue  # input changes no snapshot field: the logs carry it
-                self._snapshot_status[worker_id] = state.status
-                batch.snapshots[directory / "worker.json"] = _worker_snapshot(state, self._created_event[worker_id])
+                batch.snapshot_status[worker_id] = state.status
+                batch.snapshots[directory / "worker.json"] = _worker_snapshot(state, created)
             for entry in change.transcript:
                 batch.append(
                     self.worker_dir(entry.worker_ref.worker_id) / "transcript.jsonl",
@@ -449,11 +497,11 @@ class FsStore(Store):
                 if event.worker_ref is not None:
                     record["worker_ref"] = _ref(event.worker_ref)
                 batch.events.append(_line(record))
-                self._last_event_id = event.id
-            if change.runtime_status is not self._runtime_status:
-                self._runtime_status = change.runtime_status
+                batch.last_event_id = event.id
+            if change.runtime_status is not runtime_status:
+                runtime_status = batch.runtime_status = change.runtime_status
                 batch.snapshots[runtime_dir / "runtime.json"] = _runtime_snapshot(
-                    self._runtime_id or "", change.runtime_status, self._last_event_id
+                    self._runtime_id or "", change.runtime_status, batch.last_event_id or self._last_event_id
                 )
 
     def _write_data(self, batch: _Batch) -> None:
@@ -462,8 +510,11 @@ class FsStore(Store):
             directory.mkdir()
             synced_dirs.add(directory.parent)
         for path, lines in batch.appends.items():
-            batch.sizes[path] = self._size(path)
-            os.write(self._files.append_fd(path), b"".join(lines))
+            size = batch.sizes[path] = self._size(path)
+            if size == 0 and not path.exists():
+                batch.created_files.add(path)
+                synced_dirs.add(path.parent)  # a new file's name is durable once its directory is
+            _write_all(self._files.append_fd(path), b"".join(lines))
         for path, data in batch.snapshots.items():
             batch.previous[path] = self._snapshots.get(path)
             temp = path.with_name(path.name + ".tmp")
@@ -495,6 +546,12 @@ class FsStore(Store):
 
     def _after_commit(self, batch: _Batch, changes: list[Change]) -> None:
         self._snapshots.update(batch.snapshots)
+        self._created_event.update(batch.created_event)
+        self._snapshot_status.update(batch.snapshot_status)
+        if batch.last_event_id is not None:
+            self._last_event_id = batch.last_event_id
+        if batch.runtime_status is not None:
+            self._runtime_status = batch.runtime_status
         for change in changes:
             for observation in change.observations:
                 worker_id = observation.worker_ref.worker_id
@@ -535,34 +592,17 @@ class FsStore(Store):
             for directory in batch.new_dirs:
                 for file in ("transcript.jsonl", "observations.jsonl"):
                     self._files.forget(directory / file)
-                shutil.rmtree(directory, ignore_errors=True)
+                if directory.exists():
+                    shutil.rmtree(directory)
+            for path in batch.created_files:
+                # Created by this batch, now empty again: remove it, as if never written.
+                self._files.forget(path)
+                path.unlink(missing_ok=True)
         except OSError as error:
             log.error("could not undo a failed flush (%s): %s", failure.message, error)
             raise StatePoisoned(
                 f"a store write failed ({failure.message}) and undoing it failed too ({error}); restart the daemon"
             ) from None
-        finally:
-            # The in-memory bookkeeping of the batch is void as well.
-            for directory in batch.new_dirs:
-                worker_id = unhex_id(directory.name) or ""
-                self._created_event.pop(worker_id, None)
-                self._snapshot_status.pop(worker_id, None)
-            for path in batch.snapshots:
-                previous = self._snapshots.get(path)
-                worker_id = unhex_id(path.parent.name)
-                if path.name == "worker.json" and previous is not None and worker_id is not None:
-                    self._snapshot_status[worker_id] = WorkerStatus(json.loads(previous)["status"])
-            self._reload_marks()
-
-    def _reload_marks(self) -> None:
-        """After an undo: what the store remembers of the runtime snapshot matches the disk."""
-        path = self.runtime_dir / "runtime.json"
-        snapshot = self._snapshots.get(path)
-        if snapshot is not None:
-            record = json.loads(snapshot)
-            self._runtime_status = RuntimeStatus(record["status"])
-        # _last_event_id may run ahead after an undo; it only labels runtime.json and the next
-        # successful change replaces it.
 
     async def close(self) -> None:
         if self._flusher is not None:
@@ -600,11 +640,22 @@ class _Restorer:
             raise self.corrupt(snapshot_path, f"names runtime {snapshot.get('runtime_id')!r}, not {self.runtime_id!r}")
         self.store._snapshots[snapshot_path] = snapshot_path.read_bytes()
 
-        events = [self._event(record, path) for record, path in self._read_log(self.dir / "events.jsonl")]
+        events_path = self.dir / "events.jsonl"
+        workers_dir = self.dir / "workers"
+        has_workers = workers_dir.is_dir() and any(workers_dir.iterdir())
+        if not events_path.exists() and (snapshot.get("last_event_id") or has_workers):
+            # Only a runtime whose first start was cut short has no event log yet; this one
+            # has workers or names events, so its log is lost, not unwritten.
+            raise StoreMissing("restore", str(events_path), "the runtime event log is missing")
+        events = [self._event(record, path) for record, path in self._read_log(events_path)]
         for index, event in enumerate(events):
             if event.id != index + 1:
                 raise self.corrupt(self.dir / "events.jsonl", f"event id {event.id} where {index + 1} was expected")
         last_event = len(events)
+        if isinstance(snapshot.get("last_event_id"), int) and snapshot["last_event_id"] > last_event:
+            raise self.corrupt(
+                events_path, f"ends at event {last_event}, but runtime.json was written at event {snapshot['last_event_id']}"
+            )
 
         diagnostics = self._diagnostics(last_event)
         workers, transcripts, observations = self._workers(events, last_event)
@@ -783,6 +834,10 @@ class _Restorer:
             if not directory.is_dir():
                 raise self.corrupt(directory, "is a file where a directory should be")
             if worker_id not in created:
+                if _worker_number(worker_id) <= max(map(_worker_number, created), default=0):
+                    # Only the newest workers can be an unacknowledged create; an older one
+                    # without its event means the log lost it.
+                    raise self.corrupt(directory, f"worker {worker_id} has no worker_created event, but later workers do")
                 # Created by a request whose worker_created event never reached the log.
                 shutil.rmtree(directory)
                 _fsync_path(workers_dir)
@@ -900,9 +955,3 @@ class _Restorer:
             observations.append(observation)
         return observations
 
-
-def iter_jsonl(path: Path) -> Iterable[dict[str, Any]]:
-    """The records of a store log, for tests and tools that inspect a root."""
-    with open(path, "rb") as file:
-        for line in file:
-            yield json.loads(line)

@@ -18,13 +18,6 @@ def _require_non_blank(value: str, what: str) -> str:
     return value
 
 
-def parse_worker_id(raw: str) -> str:
-    """Turn an untrusted worker id (a path segment) into a worker id, or raise ``InvalidWorkerId``."""
-    if not raw.strip():
-        raise InvalidWorkerId()
-    return raw
-
-
 def generate_runtime_id(backend: str) -> str:
     """A fresh ``runtime-<backend>-<16 hex>`` id (``mem`` or ``fs``)."""
     return f"runtime-{backend}-{secrets.token_hex(8)}"
@@ -44,8 +37,3 @@ class WorkerRef:
         _require_non_blank(self.runtime_id, "runtime_id")
         if not isinstance(self.worker_id, str) or not self.worker_id.strip():
             raise InvalidWorkerId()
-
-
-def require_runtime_id(value: str) -> str:
-    """Validate a configured runtime id; raises ``ValueError`` when blank."""
-    return _require_non_blank(value, "runtime_id")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import json
 import logging
 from collections import Counter, deque
 from collections.abc import Iterator, Mapping
@@ -99,13 +100,46 @@ class _Undo:
     workers: tuple[tuple[str, WorkerState | None, int], ...]  # (id, previous state, transcript length)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class _Inflight:
     """A change applied to memory and not yet durable; ``index`` orders changes."""
 
     index: int
     change: Change
     undo: _Undo
+
+
+class _DurableView:
+    """The runtime as of the last change the store has made durable: what reads answer from.
+
+    Mutations build on the newest state (changes not yet durable included, so concurrent
+    requests can share a flush); reads must not show what a failed flush or a crash could still
+    take back, or a poller could keep an event id that is later given to another event.
+    Transcript entries and the event and diagnostic logs are shared with the newest state and
+    read up to the lengths recorded here.
+    """
+
+    __slots__ = ("workers", "counts", "events", "diagnostics", "status")
+
+    def __init__(self) -> None:
+        self.workers: dict[str, WorkerState] = {}  # insertion order is creation order
+        self.counts: Counter[WorkerStatus] = Counter()
+        self.events = 0
+        self.diagnostics = 0
+        self.status = RuntimeStatus.STOPPED
+
+    def advance(self, change: Change) -> None:
+        if change.event is not None:
+            self.events = change.event.id
+        if change.diagnostics:
+            self.diagnostics = change.diagnostics[-1].id
+        self.status = change.runtime_status
+        for state in change.workers:
+            previous = self.workers.get(state.worker_ref.worker_id)
+            if previous is not None:
+                self.counts[previous.status] -= 1
+            self.counts[state.status] += 1
+            self.workers[state.worker_ref.worker_id] = state
 
 
 class Runtime:
@@ -128,6 +162,7 @@ class Runtime:
         # Changes applied to memory that the store has not yet made durable, oldest first.
         self._inflight: deque[_Inflight] = deque()
         self._change_numbers = itertools.count(1)
+        self._durable = _DurableView()
         self._poisoned = False
 
     @classmethod
@@ -143,6 +178,9 @@ class Runtime:
             # A restart is not an event: every read answers as it did before the restart.
             runtime = cls(store, options, restored.runtime_id)
             runtime._restore(restored)
+            if not restored.events:
+                # Created, but stopped before its first event was written: start it now.
+                await runtime._append_runtime_started()
             if restored.warnings:
                 await runtime._record_restore_warnings(restored.warnings)
         return runtime
@@ -156,6 +194,12 @@ class Runtime:
             self._workers[state.worker_ref.worker_id] = state
             self._status_counts[state.status] += 1
         self._transcripts = {wid: list(restored.transcripts.get(wid, ())) for wid in self._workers}
+        durable = self._durable
+        durable.workers = dict(self._workers)
+        durable.counts = Counter(self._status_counts)
+        durable.events = len(self._events)
+        durable.diagnostics = len(self._diagnostics)
+        durable.status = self._status
         self._bus.restore(restored.observation_sequence, restored.observations, restored.observations_trimmed)
 
     async def _record_restore_warnings(self, warnings: list[tuple[str, str]]) -> None:
@@ -182,51 +226,52 @@ class Runtime:
 
     @property
     def status(self) -> RuntimeStatus:
-        return self._status
+        return self._durable.status
 
     def worker_ref(self, worker_id: str) -> WorkerRef:
         """The ref of ``worker_id`` in this runtime (raises ``InvalidWorkerId`` when blank)."""
         return WorkerRef(self._runtime_id, worker_id)
 
     def summary(self) -> RuntimeSummary:
-        counts = self._status_counts
+        durable = self._durable
+        counts = durable.counts
         return RuntimeSummary(
             runtime_id=self._runtime_id,
             display_name=self._options.display_name,
             backend=self._store.backend,
-            status=self._status,
-            worker_count=len(self._workers),
+            status=durable.status,
+            worker_count=len(durable.workers),
             active_worker_count=counts[WorkerStatus.RUNNING],
             stopped_worker_count=counts[WorkerStatus.STOPPED],
             cancelled_worker_count=counts[WorkerStatus.CANCELLED],
-            diagnostic_count=len(self._diagnostics),
+            diagnostic_count=durable.diagnostics,
             limits=self._limits,
         )
 
     def list_workers(self) -> list[WorkerSummary]:
-        return [WorkerSummary.of(state) for state in self._workers.values()]
+        return [WorkerSummary.of(state) for state in self._durable.workers.values()]
 
     def worker_detail(self, ref: WorkerRef) -> WorkerDetail:
-        return WorkerDetail.of(self._worker(ref))
+        return WorkerDetail.of(self._read_worker(ref))
 
     def transcript(self, ref: WorkerRef, start: int = 0, limit: int | None = None) -> TranscriptProjection:
         """Transcript entries ``[start, start+limit)``; the cost grows with ``limit`` only."""
-        state = self._worker(ref)
+        state = self._read_worker(ref)
         maximum = self._limits.max_transcript_projection_items
         if limit is None:
             limit = min(256, maximum)
         if limit > maximum:
             raise LimitTooLarge(limit, maximum)
-        entries = self._transcripts[ref.worker_id]
-        items = entries[start : start + limit]
+        total = state.transcript_len  # entries past it are not durable yet
+        items = self._transcripts[ref.worker_id][start : min(start + limit, total)]
         end = start + len(items)
         return TranscriptProjection(
             worker_ref=state.worker_ref,
             start=start,
             limit=limit,
-            total_items=len(entries),
+            total_items=total,
             items=items,
-            next_start=end if end < len(entries) else None,
+            next_start=end if end < total else None,
         )
 
     def events(self, cursor: int = 1, limit: int | None = None) -> EventBatch:
@@ -237,18 +282,19 @@ class Runtime:
         if limit > maximum:
             raise LimitTooLarge(limit, maximum)
         cursor = max(cursor, 1)
+        durable = self._durable.events
         # Event ids are dense from 1, so id n sits at index n-1.
-        events = self._events[cursor - 1 : cursor - 1 + limit]
+        events = self._events[cursor - 1 : min(cursor - 1 + limit, durable)]
         next_cursor = events[-1].id + 1 if events else cursor
         return EventBatch(
             runtime_id=self._runtime_id,
             events=events,
             next_cursor=next_cursor,
-            has_more=next_cursor <= len(self._events),
+            has_more=next_cursor <= durable,
         )
 
     def diagnostics(self) -> list[RuntimeDiagnostic]:
-        return list(self._diagnostics)
+        return self._diagnostics[: self._durable.diagnostics]
 
     async def readiness(self) -> str | None:
         """Why the runtime cannot serve writes now, or ``None`` when it is ready."""
@@ -258,7 +304,7 @@ class Runtime:
 
     def stats(self) -> RuntimeStats:
         return RuntimeStats(
-            workers_by_status={status: self._status_counts[status] for status in WorkerStatus},
+            workers_by_status={status: self._durable.counts[status] for status in WorkerStatus},
             observations_published=self._bus.published,
             subscriber_overruns=self._bus.overruns,
             observers=self._bus.subscriber_count(),
@@ -270,7 +316,7 @@ class Runtime:
 
     def observation_cursor_now(self, ref: WorkerRef) -> int:
         """The sequence of the worker's newest observation (0 if none): "seen everything"."""
-        self._worker(ref)
+        self._read_worker(ref)
         return self._bus.cursor_now(ref.worker_id)
 
     @property
@@ -281,10 +327,10 @@ class Runtime:
     def observation_snapshot(self, ref: WorkerRef) -> WorkerSnapshot:
         """The worker now, with its newest transcript entries: at most the projection limit,
         and at most ``SNAPSHOT_CONTENT_BYTES`` of content, dropping the oldest first."""
-        state = self._worker(ref)
+        state = self._read_worker(ref)
         entries: list[TranscriptEntry] = []
         budget = SNAPSHOT_CONTENT_BYTES
-        for entry in reversed(self._transcripts[ref.worker_id]):
+        for entry in reversed(self._transcripts[ref.worker_id][: state.transcript_len]):
             if len(entries) >= self._limits.max_transcript_projection_items:
                 break
             budget -= len(entry.content.encode("utf-8", "surrogatepass"))
@@ -296,7 +342,7 @@ class Runtime:
 
     def replay_observations(self, ref: WorkerRef, after: int) -> list[Observation]:
         """Retained observations of the worker after sequence ``after``; raises ``CursorError``."""
-        self._worker(ref)
+        self._read_worker(ref)
         return self._bus.replay(ref.worker_id, after)
 
     def observation_resume_point(self, ref: WorkerRef, after: int) -> int:
@@ -309,7 +355,7 @@ class Runtime:
 
         Subscribe *before* replaying the backlog, or events published between the two are lost.
         """
-        self._worker(ref)
+        self._read_worker(ref)
         with self._bus.subscribe(ref.worker_id) as subscription:
             yield subscription
 
@@ -324,6 +370,11 @@ class Runtime:
             raise ValueError(f"observation event names are snake_case, not {event!r}")
         if event in RESERVED_OBSERVATIONS:
             raise ValueError(f"observation event {event!r} is published by the Runtime itself")
+        try:
+            # Observations go over the wire and into the store as JSON: refuse what is not.
+            json.dumps(data, allow_nan=False)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"observation data must be JSON: {error}") from None
         observation = self._bus.reserve(ref, event, dict(data) if data is not None else None)
         await self._commit(Change(event=None, runtime_status=self._status, observations=(observation,)))
         return observation
@@ -474,10 +525,18 @@ class Runtime:
             raise RuntimeStopped(self._runtime_id)
 
     def _worker(self, ref: WorkerRef) -> WorkerState:
+        """The newest state of a worker, for mutations to build on."""
+        return self._lookup(self._workers, ref)
+
+    def _read_worker(self, ref: WorkerRef) -> WorkerState:
+        """The durable state of a worker, for reads."""
+        return self._lookup(self._durable.workers, ref)
+
+    def _lookup(self, workers: Mapping[str, WorkerState], ref: WorkerRef) -> WorkerState:
         if ref.runtime_id != self._runtime_id:
             raise WrongRuntime(ref.runtime_id, self._runtime_id)
         try:
-            return self._workers[ref.worker_id]
+            return workers[ref.worker_id]
         except KeyError:
             raise WorkerNotFound(ref.worker_id, self._runtime_id) from None
 
@@ -517,6 +576,7 @@ class Runtime:
             # Changes become durable in order: every change before this one is durable too.
             while self._inflight and self._inflight[0].index <= item.index:
                 done = self._inflight.popleft()
+                self._durable.advance(done.change)
                 for observation in done.change.observations:
                     self._bus.publish(observation)
             return
@@ -536,6 +596,8 @@ class Runtime:
 
     def _rollback_from(self, item: "_Inflight") -> None:
         """Undo ``item`` and every change applied after it, newest first."""
+        if item not in self._inflight:
+            return  # undone already, with an earlier change it was built on
         while self._inflight and self._inflight[-1].index >= item.index:
             self._revert(self._inflight.pop().undo)
         if not self._inflight:

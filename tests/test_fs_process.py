@@ -58,6 +58,15 @@ def test_a_restarted_daemon_answers_every_read_as_before_and_continues_the_seque
         assert daemon.stop() == 0
 
 
+def whole_transcript(runtime: Runtime, ref) -> list:
+    entries: list = []
+    while True:
+        page = runtime.transcript(ref, len(entries), 256)
+        entries += page.items
+        if page.next_start is None:
+            return entries
+
+
 async def _drive(base_url: str, acked: dict[str, list[dict[str, Any]]], stop: asyncio.Event, seed: int) -> None:
     """Create a worker, then send it inputs, recording every acknowledged response, until the
     daemon goes away."""
@@ -108,11 +117,7 @@ async def test_no_acknowledged_record_is_lost_when_the_daemon_is_killed(tmp_path
                     break
                 cursor = batch.next_cursor
             for worker_id, acks in acked.items():
-                ref = runtime.worker_ref(worker_id)
-                entries = runtime.transcript(ref, 0, 256).items
-                transcript = list(entries)
-                while len(transcript) < runtime.worker_detail(ref).transcript_len:
-                    transcript += runtime.transcript(ref, len(transcript), 256).items
+                transcript = whole_transcript(runtime, runtime.worker_ref(worker_id))
                 for ack in acks:
                     entry = transcript[ack["transcript_sequence"] - 1]
                     assert (entry.content, entry.event_id) == (ack["content"], ack["event_id"])
@@ -120,7 +125,7 @@ async def test_no_acknowledged_record_is_lost_when_the_daemon_is_killed(tmp_path
             for worker in runtime.list_workers():
                 created = [e for e in events.values() if e.kind is EventKind.WORKER_CREATED and e.worker_ref == worker.worker_ref]
                 assert len(created) == 1
-                for entry in runtime.transcript(worker.worker_ref, 0, 256).items:
+                for entry in whole_transcript(runtime, worker.worker_ref):
                     event = events[entry.event_id]
                     assert (event.kind, event.worker_ref) == (EventKind.WORKER_INPUT_ACCEPTED, worker.worker_ref)
         finally:

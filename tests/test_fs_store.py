@@ -24,7 +24,7 @@ from runtimed.catalog import (
     WorkspaceRef,
 )
 from runtimed.errors import StoreCorrupt, StoreError, StoreIo, StoreMissing
-from runtimed.fs_store import FsStore, hex_id, iter_jsonl
+from runtimed.fs_store import FsStore, hex_id
 from runtimed.interaction import InputKind, WorkerInput
 from runtimed.management import RuntimeLimits, RuntimeOptions, RuntimeStatus
 from runtimed.runtime import Runtime
@@ -65,6 +65,10 @@ def reads(runtime: Runtime) -> tuple:
         runtime.events(1, 256),
         runtime.diagnostics(),
     )
+
+
+def iter_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_bytes().splitlines()]
 
 
 def runtime_dir(root: Path) -> Path:
@@ -379,4 +383,124 @@ async def test_a_failed_flush_fails_every_change_built_on_it(root):
     await runtime.close()
     restored = await open_runtime(root)
     assert restored.worker_detail(worker.worker_ref).transcript_len == len(succeeded)
+    await restored.close()
+
+
+# ----------------------------------------------- what a cut-short start leaves
+
+
+async def test_a_missing_event_log_is_refused_not_taken_for_an_empty_runtime(root):
+    runtime = await populated(root)
+    await runtime.close()
+    (runtime_dir(root) / "events.jsonl").rename(root / "events.jsonl.moved")
+    with pytest.raises(StoreMissing) as caught:
+        await open_runtime(root)
+    assert "events.jsonl" in caught.value.message and "missing" in caught.value.message
+    assert worker_dir(root, "worker-00000001").exists()  # nothing was deleted
+
+
+async def test_an_older_worker_without_its_created_event_is_corruption(root):
+    runtime = await populated(root)
+    await runtime.close()
+    events = runtime_dir(root) / "events.jsonl"
+    lines = events.read_bytes().splitlines(keepends=True)
+    (root / "spare").mkdir()
+    # Renumber: keep the log whole but make worker-00000001's creation vanish from it.
+    records = [json.loads(line) for line in lines]
+    records = [r for r in records if not (r["kind"] == "worker_created" and r["worker_ref"]["worker_id"] == "worker-00000001")]
+    records = [r for r in records if r.get("worker_ref", {}).get("worker_id") != "worker-00000001"]
+    for index, record in enumerate(records, start=1):
+        record["id"] = index
+    events.write_bytes(b"".join(json.dumps(r).encode() + b"\n" for r in records))
+    with pytest.raises(StoreCorrupt) as caught:
+        await open_runtime(root)
+    assert "worker-00000001 has no worker_created event, but later workers do" in caught.value.message
+
+
+async def test_a_first_start_cut_short_leaves_a_root_that_starts_cleanly(root):
+    runtimes = root / "runtimes"
+    runtimes.mkdir(parents=True)
+    (runtimes / ".write-probe").write_bytes(b"")
+    half = runtimes / ("." + hex_id("runtime-fs-0000000000000001"))
+    (half / "workers").mkdir(parents=True)
+    runtime = await open_runtime(root)
+    assert [e.kind.value for e in runtime.events().events] == ["runtime_started"]
+    assert sorted(p.name for p in runtimes.iterdir()) == [hex_id(runtime.runtime_id)]
+    await runtime.close()
+
+
+async def test_a_runtime_created_but_never_started_gets_its_first_event_on_open(root):
+    runtime = await open_runtime(root)
+    await runtime.close()
+    (runtime_dir(root) / "events.jsonl").unlink()  # as if the first event never reached the disk
+    restored = await open_runtime(root)
+    assert [(e.id, e.kind.value) for e in restored.events().events] == [(1, "runtime_started")]
+    await restored.close()
+
+
+async def test_a_file_created_by_a_flush_has_its_directory_fsynced(root, monkeypatch):
+    import runtimed.fs_store as fs_store
+
+    runtime = await open_runtime(root)
+    worker = await runtime.create_worker(TASK)
+    synced: list[Path] = []
+    real = fs_store._fsync_path
+    monkeypatch.setattr(fs_store, "_fsync_path", lambda path: (synced.append(Path(path)), real(path)))
+    await runtime.send_input(worker.worker_ref, user("first"))  # creates transcript.jsonl
+    assert worker_dir(root, worker.worker_id) in synced
+    await runtime.close()
+
+
+class SlowFaultyFsStore(FaultyFsStore):
+    """Fails its next flush while it is slow, so that more changes queue behind it; or fails
+    while appending to the event log, after the data is written."""
+
+    fail_events = False
+
+    def _write_data(self, batch):
+        super()._write_data(batch)
+        if self.fail_events:
+            self.fail_events = False
+            events = self.runtime_dir / "events.jsonl"
+            # As the event log append does: note the size, then half a line gets out and the
+            # disk gives out.
+            batch.sizes.setdefault(events, events.stat().st_size)
+            with open(events, "ab") as file:
+                file.write(b'{"id": 99, "ki')
+            raise OSError(errno.EIO, "Input/output error", str(events))
+
+
+async def test_changes_queued_behind_a_failing_flush_fail_too_and_the_disk_is_as_before(root):
+    store = SlowFaultyFsStore(root, flush_delay=0.05)
+    runtime = await Runtime.open(store)
+    worker = await runtime.create_worker(TASK)
+    files_before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    before = reads(runtime)
+    store.fail_next = True
+    first = asyncio.create_task(runtime.send_input(worker.worker_ref, user("in the failing flush")))
+    await asyncio.sleep(0.01)  # the flush is running (slowly); these queue behind it
+    queued = [asyncio.create_task(runtime.send_input(worker.worker_ref, user(f"queued {i}"))) for i in range(5)]
+    results = await asyncio.gather(first, *queued, return_exceptions=True)
+    assert all(isinstance(r, StoreIo) for r in results), results
+    assert reads(runtime) == before
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == files_before
+    ack = await runtime.send_input(worker.worker_ref, user("after"))
+    assert ack.transcript_sequence == 1
+    await runtime.close()
+
+
+async def test_a_failure_while_appending_to_the_event_log_is_undone(root):
+    store = SlowFaultyFsStore(root)
+    runtime = await Runtime.open(store)
+    worker = await runtime.create_worker(TASK)
+    files_before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    store.fail_events = True
+    with pytest.raises(StoreIo):
+        await runtime.send_input(worker.worker_ref, user("lost"))
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == files_before
+    await runtime.send_input(worker.worker_ref, user("kept"))
+    await runtime.close()
+    restored = await open_runtime(root)
+    assert [e.content for e in restored.transcript(worker.worker_ref).items] == ["kept"]
+    assert [d.code for d in restored.diagnostics() if d.severity.value == "warning"] == []
     await restored.close()

@@ -437,3 +437,110 @@ async def test_observe_refuses_bad_or_reserved_event_names(runtime, event):
     with pytest.raises(ValueError):
         await runtime.observe(worker.worker_ref, event)
     assert runtime.observation_sequence == 0
+
+
+class GatedStore(MemoryStore):
+    """A store whose commits stay pending until the test settles them, like a slow disk."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gated = False
+        self.pending: list[asyncio.Future[None]] = []
+        self.resumed = 0
+
+    def commit(self, change: Change) -> "asyncio.Future[None] | None":
+        if not self.gated:
+            return None
+        future = asyncio.get_running_loop().create_future()
+        self.pending.append(future)
+        return future
+
+    def resume(self) -> None:
+        self.resumed += 1
+
+    def fail_all(self) -> None:
+        for future in self.pending:
+            if not future.done():
+                future.set_exception(StoreIo("write", "/disk", "I/O error"))
+        self.pending.clear()
+
+    def succeed_all(self) -> None:
+        for future in self.pending:
+            if not future.done():
+                future.set_result(None)
+        self.pending.clear()
+
+
+async def test_reads_show_only_what_the_store_has_made_durable():
+    store = GatedStore()
+    runtime = await Runtime.open(store)
+    worker = await runtime.create_worker(TASK)
+    store.gated = True
+    created = asyncio.create_task(runtime.create_worker(TASK))
+    sent = asyncio.create_task(runtime.send_input(worker.worker_ref, user("pending")))
+    await asyncio.sleep(0)
+    # Both changes are in memory (and could share a flush) but not durable: reads do not see them.
+    assert [w.worker_id for w in runtime.list_workers()] == ["worker-00000001"]
+    assert runtime.summary().worker_count == 1
+    assert [e.id for e in runtime.events().events] == [1, 2]
+    assert runtime.transcript(worker.worker_ref).total_items == 0
+    assert runtime.observation_snapshot(worker.worker_ref).entries == []
+    with pytest.raises(WorkerNotFound):
+        runtime.worker_detail(runtime.worker_ref("worker-00000002"))
+    store.succeed_all()
+    await asyncio.gather(created, sent)
+    assert [w.worker_id for w in runtime.list_workers()] == ["worker-00000001", "worker-00000002"]
+    assert [e.id for e in runtime.events().events] == [1, 2, 3, 4]
+    assert [e.content for e in runtime.transcript(worker.worker_ref).items] == ["pending"]
+
+
+async def test_a_poller_never_keeps_an_event_id_that_a_failure_gives_to_another_event():
+    store = GatedStore()
+    runtime = await Runtime.open(store)
+    store.gated = True
+    failing = asyncio.create_task(runtime.create_worker(TASK))
+    await asyncio.sleep(0)
+    batch = runtime.events()
+    assert batch.next_cursor == 2  # event 2 is not durable, so not handed out
+    store.fail_all()
+    with pytest.raises(StoreIo):
+        await failing
+    store.gated = False
+    await runtime.stop()
+    assert [(e.id, e.kind) for e in runtime.events(batch.next_cursor).events] == [(2, EventKind.RUNTIME_STOPPED)]
+
+
+async def test_a_rollback_never_undoes_a_change_made_after_the_store_resumed():
+    store = GatedStore()
+    runtime = await Runtime.open(store)
+    store.gated = True
+    first = asyncio.create_task(runtime.create_worker(TASK))
+    second = asyncio.create_task(runtime.create_worker(TASK))
+    await asyncio.sleep(0)
+    first_write, second_write = store.pending
+    first.cancel()  # its caller went away; the outcome is still settled when the store answers
+    await asyncio.sleep(0)
+    first_write.set_exception(StoreIo("write", "/disk", "I/O error"))
+    await asyncio.sleep(0)  # the orphaned change settles: it and the one built on it are undone
+    assert store.resumed == 1
+    # Built after the resume, on the undone state, and still being written when the second
+    # caller hears of its own failure: that must not undo it.
+    third = asyncio.create_task(runtime.create_worker(TASK))
+    await asyncio.sleep(0)
+    second_write.set_exception(StoreIo("write", "/disk", "I/O error"))
+    with pytest.raises(StoreIo):
+        await second
+    store.succeed_all()
+    detail = await third
+    assert detail.worker_id == "worker-00000001"
+    assert [w.worker_id for w in runtime.list_workers()] == ["worker-00000001"]
+    assert runtime.worker_detail(detail.worker_ref).status is WorkerStatus.RUNNING
+
+
+@pytest.mark.parametrize("data", [{"line": b"bytes"}, {"value": float("nan")}, {"when": object()}])
+async def test_observe_refuses_data_that_is_not_json(runtime, data):
+    worker = await runtime.create_worker(TASK)
+    with pytest.raises(ValueError, match="observation data must be JSON"):
+        await runtime.observe(worker.worker_ref, "log", data)
+    assert runtime.observation_sequence == 0
+    await runtime.observe(worker.worker_ref, "log", {"stream": "stdout", "line": "fine"})  # the runtime goes on

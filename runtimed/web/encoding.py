@@ -1,17 +1,21 @@
 """How response bodies and WebSocket frames are written as JSON: in one place, so it can be
-measured and swapped as a whole."""
+measured and swapped as a whole.
+
+orjson, because it is an order of magnitude faster than the standard library on the shapes
+runtimed sends (a 100-entry transcript page: 8 µs against 130 µs; see bench/README.md).
+"""
 
 from __future__ import annotations
 
 import json
 
+import orjson
 
-def dumps(data: object) -> str:
-    """The JSON text of a response body: compact, and readable non-ASCII where it can be."""
-    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+def dumps(data: object) -> bytes:
+    """Compact UTF-8 JSON. A lone surrogate (valid in a JSON string a client sent, not in
+    UTF-8) cannot be written as UTF-8, so such a body is written with ``\\u`` escapes instead."""
     try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        # A lone surrogate (valid in a JSON string, not in UTF-8) came in; escape it going out.
-        text = json.dumps(data, separators=(",", ":"))
-    return text
+        return orjson.dumps(data)
+    except orjson.JSONEncodeError:
+        return json.dumps(data, separators=(",", ":")).encode("ascii")

@@ -110,7 +110,7 @@ def error_body(error: RuntimedError) -> dict[str, dict[str, str]]:
 
 def error_response(error: RuntimedError) -> web.Response:
     status = STATUS_BY_CODE.get(error.code, 500)
-    response = web.Response(status=status, text=dumps(error_body(error)), content_type="application/json")
+    response = web.Response(status=status, body=dumps(error_body(error)), content_type="application/json")
     if isinstance(error, MethodNotAllowed):
         response.headers["Allow"] = ", ".join(sorted(error.allowed))
     if isinstance(error, Unauthorized):

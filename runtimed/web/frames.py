@@ -10,9 +10,9 @@ from ..runtime import WorkerSnapshot
 from . import schemas
 from .encoding import dumps
 
-_event_frame = schemas.EventFrameSchema()
-_diagnostic_frame = schemas.DiagnosticFrameSchema()
-_snapshot_data = schemas.SnapshotDataSchema()
+_event_frame = schemas.compile_dumper(schemas.EventFrameSchema())
+_diagnostic_frame = schemas.compile_dumper(schemas.DiagnosticFrameSchema())
+_snapshot_data = schemas.compile_dumper(schemas.SnapshotDataSchema())
 
 
 def event_frame(cursor: str, event_id: str, worker_id: str, event: str, data: Any) -> str:
@@ -22,13 +22,13 @@ def event_frame(cursor: str, event_id: str, worker_id: str, event: str, data: An
         "worker_id": worker_id,
         "payload": {"event": event, "data": data},
     }
-    return dumps(_event_frame.dump({"kind": "event", "envelope": envelope}))
+    return dumps(_event_frame({"kind": "event", "envelope": envelope})).decode()
 
 
 def snapshot_frame(snapshot: WorkerSnapshot, start: int) -> str:
     """The first frame of a session: the worker now, under the cursor of the start point."""
     cursor = encode_cursor(start)
-    data = _snapshot_data.dump({"worker": snapshot.worker, "status": snapshot.worker.status, "entries": snapshot.entries})
+    data = _snapshot_data({"worker": snapshot.worker, "status": snapshot.worker.status, "entries": snapshot.entries})
     return event_frame(cursor, f"snapshot:{cursor}", snapshot.worker.worker_id, "snapshot", data)
 
 
@@ -36,7 +36,7 @@ def diagnostic_frame(code: str, message: str, resume_from: int | None = None) ->
     diagnostic: dict[str, Any] = {"code": code, "message": message}
     if resume_from is not None:
         diagnostic["resume_from"] = encode_cursor(resume_from)
-    return dumps(_diagnostic_frame.dump({"kind": "diagnostic", "diagnostic": diagnostic}))
+    return dumps(_diagnostic_frame({"kind": "diagnostic", "diagnostic": diagnostic})).decode()
 
 
 class FrameCache:
@@ -58,9 +58,3 @@ class FrameCache:
                 self._frames.popitem(last=False)
         return text
 
-
-def diagnostic_frame(code: str, message: str, resume_from: int | None = None) -> str:
-    diagnostic: dict[str, Any] = {"code": code, "message": message}
-    if resume_from is not None:
-        diagnostic["resume_from"] = encode_cursor(resume_from)
-    return dumps(_diagnostic_frame.dump({"kind": "diagnostic", "diagnostic": diagnostic}))

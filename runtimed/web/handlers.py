@@ -17,15 +17,16 @@ from .keys import RUNTIME, SERVER_CONFIG
 
 MAX_WARNINGS = 20
 
-_runtime_response = schemas.RuntimeResponseSchema()
-_workers_response = schemas.WorkersResponseSchema()
-_worker_response = schemas.WorkerResponseSchema()
-_input_ack_response = schemas.WorkerInteractionAckResponseSchema()
-_lifecycle_ack_response = schemas.WorkerLifecycleAckResponseSchema()
-_transcript_response = schemas.TranscriptResponseSchema()
-_events_response = schemas.EventBatchSchema()
-_diagnostics_response = schemas.DiagnosticsResponseSchema()
-_health_response = schemas.HealthResponseSchema()
+# Responses are dumped by functions compiled from their schemas (see ``compile_dumper``).
+_runtime_response = schemas.compile_dumper(schemas.RuntimeResponseSchema())
+_workers_response = schemas.compile_dumper(schemas.WorkersResponseSchema())
+_worker_response = schemas.compile_dumper(schemas.WorkerResponseSchema())
+_input_ack_response = schemas.compile_dumper(schemas.WorkerInteractionAckResponseSchema())
+_lifecycle_ack_response = schemas.compile_dumper(schemas.WorkerLifecycleAckResponseSchema())
+_transcript_response = schemas.compile_dumper(schemas.TranscriptResponseSchema())
+_events_response = schemas.compile_dumper(schemas.EventBatchSchema())
+_diagnostics_response = schemas.compile_dumper(schemas.DiagnosticsResponseSchema())
+_health_response = schemas.compile_dumper(schemas.HealthResponseSchema())
 
 _create_request = schemas.CreateWorkerRequestSchema()
 _input_request = schemas.WorkerInputSchema()
@@ -37,7 +38,7 @@ _events_query = schemas.EventsQuerySchema()
 
 
 def json_response(body: Any, warnings: list[str] = ()) -> web.Response:  # type: ignore[assignment]
-    response = web.Response(text=dumps(body), content_type="application/json")
+    response = web.Response(body=dumps(body), content_type="application/json")
     for path in warnings[:MAX_WARNINGS]:
         response.headers.add("Warning", f'299 runtimed "unknown field: {warning_text(path)}"')
     return response
@@ -131,29 +132,29 @@ def _json_type(value: Any) -> str:
 
 
 async def get_runtime(request: web.Request) -> web.Response:
-    return json_response(_runtime_response.dump({"runtime": request.app[RUNTIME].summary()}))
+    return json_response(_runtime_response({"runtime": request.app[RUNTIME].summary()}))
 
 
 async def list_workers(request: web.Request) -> web.Response:
-    return json_response(_workers_response.dump({"workers": request.app[RUNTIME].list_workers()}))
+    return json_response(_workers_response({"workers": request.app[RUNTIME].list_workers()}))
 
 
 async def create_worker(request: web.Request) -> web.Response:
     create, unknown = await load_body(request, _create_request)
     worker = await request.app[RUNTIME].create_worker(create)
-    return json_response(_worker_response.dump({"worker": worker}), unknown)
+    return json_response(_worker_response({"worker": worker}), unknown)
 
 
 async def get_worker(request: web.Request) -> web.Response:
     worker = request.app[RUNTIME].worker_detail(worker_ref(request))
-    return json_response(_worker_response.dump({"worker": worker}))
+    return json_response(_worker_response({"worker": worker}))
 
 
 async def send_input(request: web.Request) -> web.Response:
     ref = worker_ref(request)
     worker_input, unknown = await load_body(request, _input_request)
     ack = await request.app[RUNTIME].send_input(ref, worker_input)
-    return json_response(_input_ack_response.dump({"ack": ack}), unknown)
+    return json_response(_input_ack_response({"ack": ack}), unknown)
 
 
 async def _lifecycle_reason(request: web.Request) -> tuple[str | None, list[str]]:
@@ -170,46 +171,46 @@ async def stop_worker(request: web.Request) -> web.Response:
     ref = worker_ref(request)
     reason, unknown = await _lifecycle_reason(request)
     ack = await request.app[RUNTIME].stop_worker(ref, reason)
-    return json_response(_lifecycle_ack_response.dump({"ack": ack}), unknown)
+    return json_response(_lifecycle_ack_response({"ack": ack}), unknown)
 
 
 async def cancel_worker(request: web.Request) -> web.Response:
     ref = worker_ref(request)
     reason, unknown = await _lifecycle_reason(request)
     ack = await request.app[RUNTIME].cancel_worker(ref, reason)
-    return json_response(_lifecycle_ack_response.dump({"ack": ack}), unknown)
+    return json_response(_lifecycle_ack_response({"ack": ack}), unknown)
 
 
 async def get_transcript(request: web.Request) -> web.Response:
     ref = worker_ref(request)
     query, unknown = load_query(request, _transcript_query)
     transcript = request.app[RUNTIME].transcript(ref, query["start"], query["limit"])
-    return json_response(_transcript_response.dump({"transcript": transcript}), unknown)
+    return json_response(_transcript_response({"transcript": transcript}), unknown)
 
 
 async def get_events(request: web.Request) -> web.Response:
     query, unknown = load_query(request, _events_query)
     batch = request.app[RUNTIME].events(query["cursor"], query["limit"])
-    return json_response(_events_response.dump(batch), unknown)
+    return json_response(_events_response(batch), unknown)
 
 
 async def get_diagnostics(request: web.Request) -> web.Response:
-    return json_response(_diagnostics_response.dump({"diagnostics": request.app[RUNTIME].diagnostics()}))
+    return json_response(_diagnostics_response({"diagnostics": request.app[RUNTIME].diagnostics()}))
 
 
 async def stop_runtime(request: web.Request) -> web.Response:
     summary = await request.app[RUNTIME].stop()
-    return json_response(_runtime_response.dump({"runtime": summary}))
+    return json_response(_runtime_response({"runtime": summary}))
 
 
 async def start_runtime(request: web.Request) -> web.Response:
     summary = await request.app[RUNTIME].start()
-    return json_response(_runtime_response.dump({"runtime": summary}))
+    return json_response(_runtime_response({"runtime": summary}))
 
 
 async def healthz(request: web.Request) -> web.Response:
     """Liveness: the process answers."""
-    return json_response(_health_response.dump({"status": "ok"}))
+    return json_response(_health_response({"status": "ok"}))
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -217,4 +218,4 @@ async def readyz(request: web.Request) -> web.Response:
     problem = await request.app[RUNTIME].readiness()
     if problem is not None:
         raise NotReady(f"not ready: {problem}")
-    return json_response(_health_response.dump({"status": "ready"}))
+    return json_response(_health_response({"status": "ready"}))

@@ -1,0 +1,97 @@
+"""The dumpers compiled from the schemas dump exactly what marshmallow dumps."""
+
+from __future__ import annotations
+
+import pytest
+from marshmallow import fields
+
+from runtimed.bus import encode_cursor
+from runtimed.catalog import (
+    AssistantIntent,
+    BuiltinProfile,
+    CapabilityRequest,
+    ConfigBundleRef,
+    CreateWorkerRequest,
+    MountRef,
+    NamedProfile,
+    RoleIntent,
+    RuntimeDefaultProfile,
+    TaskIntent,
+    WorkspaceRef,
+)
+from runtimed.interaction import InputKind, WorkerInput
+from runtimed.runtime import Runtime
+from runtimed.store import MemoryStore
+from runtimed.web import schemas
+
+REQUESTS = [
+    CreateWorkerRequest(AssistantIntent(), RuntimeDefaultProfile()),
+    CreateWorkerRequest(AssistantIntent("help"), NamedProfile("careful")),
+    CreateWorkerRequest(TaskIntent("do it"), BuiltinProfile("builtin:coder"), requested_capabilities=(CapabilityRequest("read", "why"),)),
+    CreateWorkerRequest(
+        RoleIntent("critic", "review"),
+        RuntimeDefaultProfile(),
+        config_bundle=ConfigBundleRef("b"),
+        requested_capabilities=(CapabilityRequest("write"), CapabilityRequest("read", "r")),
+        workspace_refs=(WorkspaceRef("repo", "git:main"),),
+        mount_refs=(MountRef("data", "/srv"),),
+    ),
+]
+
+
+@pytest.fixture
+async def busy_runtime():
+    runtime = await Runtime.open(MemoryStore())
+    workers = [await runtime.create_worker(request) for request in REQUESTS]
+    for i, worker in enumerate(workers):
+        for j in range(i + 1):
+            await runtime.send_input(worker.worker_ref, WorkerInput(InputKind.USER if j % 2 else InputKind.SYSTEM, f"m{j} é"))
+    await runtime.stop_worker(workers[1].worker_ref, "done")
+    await runtime.cancel_worker(workers[2].worker_ref)
+    return runtime
+
+
+def assert_same(schema: schemas.BaseSchema, value) -> None:
+    assert schemas.compile_dumper(schema)(value) == schema.dump(value)
+
+
+async def test_every_response_shape_dumps_the_same(busy_runtime):
+    runtime = busy_runtime
+    workers = runtime.list_workers()
+    assert_same(schemas.RuntimeResponseSchema(), {"runtime": runtime.summary()})
+    assert_same(schemas.WorkersResponseSchema(), {"workers": workers})
+    assert_same(schemas.DiagnosticsResponseSchema(), {"diagnostics": runtime.diagnostics()})
+    assert_same(schemas.EventBatchSchema(), runtime.events())
+    assert_same(schemas.HealthResponseSchema(), {"status": "ok"})
+    assert_same(schemas.ErrorResponseSchema(), {"error": {"code": "x", "message": "y"}})
+    for worker in workers:
+        ref = worker.worker_ref
+        assert_same(schemas.WorkerResponseSchema(), {"worker": runtime.worker_detail(ref)})
+        for start, limit in ((0, 256), (1, 1), (9, 2)):
+            assert_same(schemas.TranscriptResponseSchema(), {"transcript": runtime.transcript(ref, start, limit)})
+        snapshot = runtime.observation_snapshot(ref)
+        assert_same(
+            schemas.SnapshotDataSchema(),
+            {"worker": snapshot.worker, "status": snapshot.worker.status, "entries": snapshot.entries},
+        )
+    running = workers[0].worker_ref
+    ack = await runtime.send_input(running, WorkerInput(InputKind.USER, "x"))
+    assert_same(schemas.WorkerInteractionAckResponseSchema(), {"ack": ack})
+    assert_same(schemas.WorkerLifecycleAckResponseSchema(), {"ack": await runtime.stop_worker(running)})
+
+
+@pytest.mark.parametrize("data", [None, {"text": "x"}, {}])
+def test_frames_dump_the_same(data):
+    payload = {"event": "text_delta"} if data is None else {"event": "text_delta", "data": data}
+    envelope = {"cursor": encode_cursor(3), "event_id": encode_cursor(3), "worker_id": "worker-00000001", "payload": payload}
+    assert_same(schemas.EventFrameSchema(), {"kind": "event", "envelope": envelope})
+    for diagnostic in ({"code": "c", "message": "m"}, {"code": "c", "message": "m", "resume_from": encode_cursor(1)}):
+        assert_same(schemas.DiagnosticFrameSchema(), {"kind": "diagnostic", "diagnostic": diagnostic})
+
+
+def test_a_field_type_the_compiler_does_not_know_is_refused():
+    class Odd(schemas.BaseSchema):
+        when = fields.DateTime()
+
+    with pytest.raises(TypeError, match="DateTime"):
+        schemas.compile_dumper(Odd())
