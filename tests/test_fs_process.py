@@ -15,7 +15,7 @@ from runtimed.fs_store import FsStore
 from runtimed.observation import EventKind
 from runtimed.runtime import Runtime
 
-from .process import RuntimedProcess, request_json
+from .process import RuntimedProcess, request_json, run_runtimed
 
 CREATE = {"intent": {"kind": "task", "objective": "x"}, "profile": {"kind": "runtime_default"}}
 READS = ["/v1/runtime", "/v1/workers", "/v1/events?limit=256", "/v1/diagnostics"]
@@ -169,3 +169,28 @@ async def test_a_websocket_resumes_across_a_restart_with_exactly_the_missed_even
         assert daemon.stop() == 0
     finally:
         daemon.close()
+
+
+def test_a_corrupt_root_stops_the_daemon_with_exit_1_naming_the_file(tmp_path):
+    root = tmp_path / "root"
+    with serve_fs(root) as daemon:
+        request_json("POST", daemon.base_url + "/v1/workers", CREATE)
+        assert daemon.stop() == 0
+    (events,) = root.glob("runtimes/*/events.jsonl")
+    lines = events.read_bytes().split(b"\n")
+    lines[0] = b"{garbage"
+    events.write_bytes(b"\n".join(lines))
+    result = run_runtimed("serve", "--bind", "127.0.0.1:0", "--store", "fs", "--fs-root", str(root))
+    assert result.returncode == 1
+    last = result.stderr.splitlines()[-1]
+    assert last == f"runtimed: restore {events}: line 1 is not a JSON object"
+    assert "Traceback" not in result.stderr
+
+
+def test_a_root_that_is_a_file_stops_the_daemon_with_exit_1(tmp_path):
+    root = tmp_path / "root"
+    root.write_text("not a directory")
+    result = run_runtimed("serve", "--bind", "127.0.0.1:0", "--store", "fs", "--fs-root", str(root))
+    assert result.returncode == 1
+    assert str(root) in result.stderr.splitlines()[-1]
+    assert "Traceback" not in result.stderr
