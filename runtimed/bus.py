@@ -88,6 +88,12 @@ class Subscription:
         self._wakeup = asyncio.Event()
         self._overrun = False
         self._closed = False
+        self._overrun_callbacks: list[Callable[[], None]] = []
+
+    def on_overrun(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (synchronously, from the publisher) when this subscription overruns:
+        a reader blocked elsewhere may want to know before its next ``get``."""
+        self._overrun_callbacks.append(callback)
 
     def _offer(self, observation: Observation) -> None:
         if self._overrun or self._closed:
@@ -98,6 +104,8 @@ class Subscription:
             self._queue.clear()
             if self._on_overrun is not None:
                 self._on_overrun()
+            for callback in self._overrun_callbacks:
+                callback()
         else:
             self._queue.append(observation)
         self._wakeup.set()

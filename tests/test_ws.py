@@ -477,3 +477,26 @@ async def test_shutdown_sends_upstream_closed_and_1001_to_every_session(aiohttp_
         # handshake needs their answer).
         _, *frames = await asyncio.gather(server.close(), *(last_frame_and_close(ws) for ws in sockets))
         assert [f["diagnostic"]["code"] for f in frames] == ["runtime.upstream_closed"] * 2
+
+
+async def test_a_stalled_subscriber_is_told_it_overran_without_waiting_for_its_next_read(aiohttp_client):
+    runtime, client = await make_client(aiohttp_client, RuntimeLimits(subscriber_queue=4), ws_heartbeat_seconds=0)
+    worker = (await create_worker(client))["worker_id"]
+    stalled = await client.ws_connect(ws_path(worker), max_msg_size=0)
+    await next_frame(stalled)
+    payload = "x" * (64 * 1024)
+    for _ in range(250):  # far more than the socket buffers hold: the server's send blocks
+        await input_(client, worker, payload)
+    # The session gave up on the blocked send as soon as the subscription overran: the
+    # subscription is released and the diagnostic is already behind the frames in flight.
+    assert runtime.stats().subscriber_overruns == 1
+    assert runtime.stats().observers == 0
+    last_cursor = None
+    while True:
+        frame = await next_frame(stalled, timeout=10)
+        if frame["kind"] == "diagnostic":
+            break
+        last_cursor = envelope(frame)["cursor"]
+    assert frame["diagnostic"]["code"] == "runtime.cursor_expired"
+    assert frame["diagnostic"]["resume_from"] == last_cursor  # nothing repeated on resume
+    await expect_close(stalled, 1000)

@@ -15,7 +15,7 @@ import logging
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from ..bus import CursorError, CursorMalformed, Overrun, decode_cursor
+from ..bus import CursorError, CursorMalformed, Observation, Overrun, decode_cursor
 from ..identity import WorkerRef
 from ..runtime import Runtime
 from .errors import UpgradeRequired
@@ -38,6 +38,9 @@ class ObservationSession:
         self.ws = ws
         self.frames = frames
         self.writer: asyncio.Task[None] | None = None
+        self.last_sent = 0  # the sequence of the last event frame handed to the socket
+        self._sending = False
+        self._tasks: set[asyncio.Task[None]] = set()
         self._ending = False
 
     async def run(self, raw_cursor: str | None) -> None:
@@ -82,30 +85,46 @@ class ObservationSession:
             except CursorError as error:
                 await self.end(error.code, error.message, resume_from=error.resume_from, from_writer=True)
                 return
-            last_sent = start
+            self.last_sent = start
+            subscription.on_overrun(self._overrun_while_sending)
             for observation in backlog:
-                await self._send(self.frames.frame(observation))
-                last_sent = observation.sequence
+                await self._send_event(observation)
             while True:
                 try:
                     observation = await subscription.get()
                 except Overrun:
-                    await self.end(
-                        "runtime.cursor_expired",
-                        "runtime observation backlog was overrun",
-                        resume_from=self.runtime.observation_resume_point(self.ref, last_sent),
-                        from_writer=True,
-                    )
+                    await self.end(*self._overrun_diagnostic(), from_writer=True)
                     return
                 if observation is None:
                     await self.end(
                         "runtime.upstream_closed", "runtime observation bus closed", WSCloseCode.GOING_AWAY, from_writer=True
                     )
                     return
-                if observation.sequence <= last_sent:
+                if observation.sequence <= self.last_sent:
                     continue  # already sent as part of the backlog
-                await self._send(self.frames.frame(observation))
-                last_sent = observation.sequence
+                await self._send_event(observation)
+
+    async def _send_event(self, observation: Observation) -> None:
+        # aiohttp hands the whole frame to the transport before it waits for the peer to drain
+        # it, so the frame counts as sent from here: a resume point must not repeat it.
+        self.last_sent = observation.sequence
+        self._sending = True
+        try:
+            await self._send(self.frames.frame(observation))
+        finally:
+            self._sending = False
+
+    def _overrun_diagnostic(self) -> tuple[str, str, int, int]:
+        resume_from = self.runtime.observation_resume_point(self.ref, self.last_sent)
+        return "runtime.cursor_expired", "runtime observation backlog was overrun", WSCloseCode.OK, resume_from
+
+    def _overrun_while_sending(self) -> None:
+        """The subscription overran. A writer waiting for a peer that stopped reading would
+        never get to say so: stop it, and try the diagnostic (with its bounded wait) at once."""
+        if self._sending and self.writer is not None and not self.writer.done():
+            self.writer.cancel()
+            self._tasks.add(task := asyncio.get_running_loop().create_task(self.end(*self._overrun_diagnostic())))
+            task.add_done_callback(self._tasks.discard)
 
     async def _send(self, text: str) -> None:
         # A peer that stops reading blocks this send; its subscription then overruns (the bus
