@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from .bus import Observation
 from .catalog import (
     AssistantIntent,
@@ -625,6 +627,7 @@ class _Restorer:
         self.dir = store.runtime_dir
         self.warnings: list[tuple[str, str]] = []
         self.trimmed: dict[str, int] = {}  # worker id -> newest observation sequence compacted away
+        self.refs: dict[str, WorkerRef] = {}
 
     def corrupt(self, path: Path, problem: str) -> StoreCorrupt:
         return StoreCorrupt("restore", str(path), problem)
@@ -724,7 +727,7 @@ class _Restorer:
         records = []
         for number, raw in enumerate(lines, start=1):
             try:
-                record = json.loads(raw)
+                record = orjson.loads(raw)  # several times faster than json: restore reads every line
             except ValueError:
                 record = None
             if not isinstance(record, dict):
@@ -795,7 +798,12 @@ class _Restorer:
             return None
         if not isinstance(record, dict) or record.get("runtime_id") != self.runtime_id:
             raise self.corrupt(path, f"names another runtime: {record!r}")
-        return WorkerRef(self.runtime_id, record["worker_id"])
+        # One ref object per worker, however many records name it.
+        worker_id = record["worker_id"]
+        ref = self.refs.get(worker_id)
+        if ref is None:
+            ref = self.refs[worker_id] = WorkerRef(self.runtime_id, worker_id)
+        return ref
 
     def _diagnostics(self, last_event: int) -> list[RuntimeDiagnostic]:
         path = self.dir / "diagnostics.jsonl"
