@@ -593,7 +593,15 @@ def report(acks: dict[str, Any] | None, restore: dict[str, Any] | None, settings
                     f"| {s['cpu_us']:.0f} ({s['loop_us']:.0f} + {s['cpu_us'] - s['loop_us']:.0f}) | {s['other']:.0f} | {s['errors']} "
                     f"| {', '.join(f'{v:,}' for v in s['rounds'])} |"
                 )
+        noisy = [f"{key} ({r.other_cpu_s / r.wall_s * 100:.0f} %)" for key, _, _ in cases
+                 for r in results[memory][key] if r.other_cpu_s > 0.25 * r.wall_s]
+        if noisy:
+            lines += ["", f"⚠ Interference: other processes used CPU during memory-store runs {', '.join(noisy)}; "
+                          "compare those rounds with care."]
         lines += [
+            "",
+            "Load: wrk, one thread (`-t1`), c connections; a Lua `request()` hands out the c workers "
+            "round-robin (or always the shared one).",
             "",
             "Daemon CPU is user + system time of the whole process per acknowledged input; \"other "
             "threads\" are the fs store's writer and fsync threads. \"Other CPU\" is what the machine "
