@@ -6,6 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUN_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: run test bench openapi venv clean
 
@@ -16,7 +17,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(BIN)/python bench/rest_bench.py
+	$(BIN)/python bench/rest_bench.py $(BENCH_ARGS)
 
 # The OpenAPI document, generated from the app's routes and schemas; tests fail when it is stale.
 openapi: $(STAMP)
