@@ -83,6 +83,16 @@ def unhex_id(name: str) -> str | None:
         return None
 
 
+def _loads(raw: bytes) -> Any:
+    """One log line. orjson first (several times faster: restore reads every line), then the
+    standard library for what orjson refuses but the store writes on purpose: the ``\\udXXX``
+    escape of a lone surrogate a client sent."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)
+
+
 def _worker_number(worker_id: str) -> int:
     """The sequence in ``worker-0000002a``; 0 for an id of another form."""
     try:
@@ -727,7 +737,7 @@ class _Restorer:
         records = []
         for number, raw in enumerate(lines, start=1):
             try:
-                record = orjson.loads(raw)  # several times faster than json: restore reads every line
+                record = _loads(raw)
             except ValueError:
                 record = None
             if not isinstance(record, dict):

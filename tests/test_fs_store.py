@@ -504,3 +504,13 @@ async def test_a_failure_while_appending_to_the_event_log_is_undone(root):
     assert [e.content for e in restored.transcript(worker.worker_ref).items] == ["kept"]
     assert [d.code for d in restored.diagnostics() if d.severity.value == "warning"] == []
     await restored.close()
+
+
+async def test_a_lone_surrogate_a_client_sent_survives_a_restart(root):
+    runtime = await open_runtime(root)
+    worker = await runtime.create_worker(TASK)
+    await runtime.send_input(worker.worker_ref, user("lone \ud800 surrogate"))
+    await runtime.close()
+    restored = await open_runtime(root)
+    assert [e.content for e in restored.transcript(worker.worker_ref).items] == ["lone \ud800 surrogate"]
+    await restored.close()
