@@ -21,7 +21,7 @@ bench: $(STAMP)
 
 # The OpenAPI document, generated from the app's routes and schemas; tests fail when it is stale.
 openapi: $(STAMP)
-	$(BIN)/python -m runtimed.web.openapi > docs/openapi.json.tmp
+	$(BIN)/python -m runtimed.web > docs/openapi.json.tmp
 	mv docs/openapi.json.tmp docs/openapi.json
 
 venv: $(STAMP)

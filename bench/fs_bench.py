@@ -350,9 +350,9 @@ async def build_root(root: Path, workers: int, entries: int, timeout_s: float) -
     """Fill ``root`` through the Runtime (so through the store's group commit): ``workers``
     workers, then ``entries`` inputs to each, many requests in flight at once."""
     sys.path.insert(0, str(REPO_DIR))
-    from runtimed.catalog import AssistantIntent, CreateWorkerRequest, RuntimeDefaultProfile
-    from runtimed.fs_store import FsStore
-    from runtimed.interaction import InputKind, WorkerInput
+    from runtimed.domain.catalog import AssistantIntent, CreateWorkerRequest, RuntimeDefaultProfile
+    from runtimed.store.fs import FsStore
+    from runtimed.domain.interaction import InputKind, WorkerInput
     from runtimed.runtime import Runtime
 
     started = time.perf_counter()
@@ -400,7 +400,7 @@ async def build_root(root: Path, workers: int, entries: int, timeout_s: float) -
 async def open_root(root: Path, profile_to: Path | None) -> dict[str, Any]:
     """Time ``Runtime.open(FsStore(root))`` (imports done before the clock starts)."""
     sys.path.insert(0, str(REPO_DIR))
-    from runtimed.fs_store import FsStore
+    from runtimed.store.fs import FsStore
     from runtimed.runtime import Runtime
 
     profiler = None

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from runtimed.config import ServerConfig
+from runtimed.daemon.config import ServerConfig
 from runtimed.runtime import Runtime
 from runtimed.store import MemoryStore
 from runtimed.web.app import create_app

@@ -25,6 +25,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 START_TIMEOUT = 10.0
@@ -36,7 +37,13 @@ START_LINE = re.compile(
 )
 
 
-def runtimed_command(*args: str) -> list[str]:
+SLOW_DISK = Path(__file__).with_name("slow_disk.py")
+
+
+def runtimed_command(*args: str, slow_flush_ms: float | None = None) -> list[str]:
+    """``python -m runtimed ARGS``; with ``slow_flush_ms``, every fs store flush sleeps that long."""
+    if slow_flush_ms is not None:
+        return [sys.executable, str(SLOW_DISK), f"{slow_flush_ms:g}", *args]
     return [sys.executable, "-m", "runtimed", *args]
 
 
@@ -57,8 +64,9 @@ def run_runtimed(
 class RuntimedProcess:
     """One ``runtimed serve`` child process; start it, talk to it, stop it with a signal."""
 
-    def __init__(self, *args: str, env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, *args: str, env: Mapping[str, str] | None = None, slow_flush_ms: float | None = None) -> None:
         self.args = args
+        self.slow_flush_ms = slow_flush_ms
         self.env = dict(os.environ if env is None else env)
         self.process: subprocess.Popen[str] | None = None
         self.base_url = ""
@@ -81,7 +89,7 @@ class RuntimedProcess:
     def start(self, timeout: float = START_TIMEOUT) -> RuntimedProcess:
         """Start the daemon and wait until it says where it listens; fail with its stderr otherwise."""
         self.process = subprocess.Popen(
-            runtimed_command("serve", *self.args),
+            runtimed_command("serve", *self.args, slow_flush_ms=self.slow_flush_ms),
             env=self.env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 import runtimed.cli
 from runtimed import __version__
-from runtimed.config import Config
+from runtimed.daemon.config import Config
 
 from .conftest import TASK_REQUEST
 from .process import RuntimedProcess, request_json, run_runtimed

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 import runtimed.cli
-from runtimed.config import FLAG_KEYS, KEYS, ConfigError, Secret, load_config
+from runtimed.daemon.config import FLAG_KEYS, KEYS, ConfigError, Secret, load_config
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
 

@@ -8,8 +8,8 @@ import logging
 
 import pytest
 
-from runtimed import errors as domain_errors
-from runtimed.errors import RuntimedError
+from runtimed.domain import errors as domain_errors
+from runtimed.domain.errors import RuntimedError
 from runtimed.runtime import Runtime
 from runtimed.web import errors as web_errors
 from runtimed.web import schemas
@@ -255,8 +255,16 @@ def _all_error_classes(base: type) -> list[type]:
 
 
 def test_every_error_code_has_a_status_and_every_status_a_code():
-    codes = {cls.code for cls in _all_error_classes(RuntimedError)}
+    classes = _all_error_classes(RuntimedError)
+    observation = set(_all_error_classes(domain_errors.ObservationError)) | {domain_errors.ObservationError}
+    codes = {cls.code for cls in classes if cls not in observation}
     assert codes == set(web_errors.STATUS_BY_CODE)
+    # Observation errors are diagnostic frames on the WebSocket, never HTTP answers.
+    assert {cls.code for cls in observation} - {RuntimedError.code} == {
+        "runtime.cursor_unknown_or_expired",
+        "runtime.cursor_malformed",
+        "runtime.cursor_expired",
+    }
     assert domain_errors.WrongRuntime.code == "wrong_runtime"
     assert web_errors.STATUS_BY_CODE["wrong_runtime"] == 400
     assert web_errors.STATUS_BY_CODE["wrong_runtime_cursor"] == 400

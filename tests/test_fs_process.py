@@ -11,8 +11,8 @@ from typing import Any
 
 import aiohttp
 
-from runtimed.fs_store import FsStore
-from runtimed.observation import EventKind
+from runtimed.store.fs import FsStore
+from runtimed.domain.observation import EventKind
 from runtimed.runtime import Runtime
 
 from .process import RuntimedProcess, request_json, run_runtimed

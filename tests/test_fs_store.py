@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import time
 import json
 import os
 from pathlib import Path
 
 import pytest
 
-from runtimed.catalog import (
+from runtimed.domain.catalog import (
     AssistantIntent,
     BuiltinProfile,
     CapabilityRequest,
@@ -23,10 +24,10 @@ from runtimed.catalog import (
     WorkerStatus,
     WorkspaceRef,
 )
-from runtimed.errors import StoreCorrupt, StoreError, StoreIo, StoreMissing
-from runtimed.fs_store import FsStore, hex_id
-from runtimed.interaction import InputKind, WorkerInput
-from runtimed.management import RuntimeLimits, RuntimeOptions, RuntimeStatus
+from runtimed.domain.errors import StoreCorrupt, StoreError, StoreIo, StoreMissing
+from runtimed.store.fs import FsStore, hex_id
+from runtimed.domain.interaction import InputKind, WorkerInput
+from runtimed.domain.management import RuntimeLimits, RuntimeOptions, RuntimeStatus
 from runtimed.runtime import Runtime
 from runtimed.web.app import create_app
 
@@ -151,7 +152,7 @@ async def test_observation_backlog_survives_a_restart_and_old_cursors_still_expi
     await runtime.close()
     restored = await open_runtime(root, observation_backlog=4)
     assert [o.data["content"] for o in restored.replay_observations(worker.worker_ref, 11)] == ["m11", "m12", "m13", "m14"]
-    from runtimed.bus import CursorExpired
+    from runtimed.domain.errors import CursorExpired
 
     with pytest.raises(CursorExpired) as caught:
         restored.replay_observations(worker.worker_ref, 3)
@@ -439,7 +440,7 @@ async def test_a_runtime_created_but_never_started_gets_its_first_event_on_open(
 
 
 async def test_a_file_created_by_a_flush_has_its_directory_fsynced(root, monkeypatch):
-    import runtimed.fs_store as fs_store
+    import runtimed.store.fs as fs_store
 
     runtime = await open_runtime(root)
     worker = await runtime.create_worker(TASK)
@@ -456,8 +457,10 @@ class SlowFaultyFsStore(FaultyFsStore):
     while appending to the event log, after the data is written."""
 
     fail_events = False
+    flush_delay = 0.05
 
     def _write_data(self, batch):
+        time.sleep(self.flush_delay)  # in the writer thread, as a slow disk would be
         super()._write_data(batch)
         if self.fail_events:
             self.fail_events = False
@@ -471,7 +474,7 @@ class SlowFaultyFsStore(FaultyFsStore):
 
 
 async def test_changes_queued_behind_a_failing_flush_fail_too_and_the_disk_is_as_before(root):
-    store = SlowFaultyFsStore(root, flush_delay=0.05)
+    store = SlowFaultyFsStore(root)
     runtime = await Runtime.open(store)
     worker = await runtime.create_worker(TASK)
     files_before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}

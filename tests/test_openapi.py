@@ -26,7 +26,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from runtimed.config import Secret, ServerConfig
+from runtimed.daemon.config import Secret, ServerConfig
 from runtimed.web.app import create_app
 from runtimed.web.openapi import build_openapi, render_openapi
 

@@ -18,11 +18,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from runtimed.config import Secret, ServerConfig
-from runtimed.fs_store import FsStore
+from runtimed.daemon.config import Secret, ServerConfig
+from runtimed.store.fs import FsStore
 from runtimed.runtime import Runtime
 from runtimed.store import MemoryStore
-from runtimed.systemd import notify
+from runtimed.daemon.systemd import notify
 from runtimed.web.app import create_app
 
 from .conftest import TASK_REQUEST, create_worker
@@ -104,7 +104,7 @@ async def test_sigterm_lets_an_in_flight_request_finish_and_closes_sessions(tmp_
     root = tmp_path / "root"
     # A simulated slow disk keeps the input request in flight while the signal arrives.
     daemon = RuntimedProcess(
-        "--bind", "127.0.0.1:0", "--store", "fs", "--fs-root", str(root), "--bench-flush-delay-ms", "800"
+        "--bind", "127.0.0.1:0", "--store", "fs", "--fs-root", str(root), slow_flush_ms=800
     ).start()
     try:
         worker = request_json("POST", daemon.base_url + "/v1/workers", TASK_REQUEST, timeout=10)[2]["worker"]["worker_id"]
@@ -142,7 +142,7 @@ async def test_sigterm_lets_an_in_flight_request_finish_and_closes_sessions(tmp_
 
 async def test_a_second_sigint_exits_at_once(tmp_path):
     daemon = RuntimedProcess(
-        "--bind", "127.0.0.1:0", "--store", "fs", "--fs-root", str(tmp_path / "root"), "--bench-flush-delay-ms", "4000"
+        "--bind", "127.0.0.1:0", "--store", "fs", "--fs-root", str(tmp_path / "root"), slow_flush_ms=4000
     ).start()
     try:
         worker = request_json("POST", daemon.base_url + "/v1/workers", TASK_REQUEST, timeout=10)[2]["worker"]["worker_id"]

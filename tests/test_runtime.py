@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from runtimed.catalog import (
+from runtimed.domain.catalog import (
     AssistantIntent,
     BuiltinProfile,
     CapabilityRequest,
@@ -17,7 +17,7 @@ from runtimed.catalog import (
     TaskIntent,
     WorkerStatus,
 )
-from runtimed.errors import (
+from runtimed.domain.errors import (
     InvalidRequest,
     InvalidWorkerId,
     LimitTooLarge,
@@ -26,10 +26,10 @@ from runtimed.errors import (
     WorkerNotFound,
     WrongRuntime,
 )
-from runtimed.identity import WorkerRef
-from runtimed.interaction import InputKind, WorkerInput
-from runtimed.management import RuntimeLimits, RuntimeOptions, RuntimeStatus
-from runtimed.observation import EventKind, Severity, TranscriptRole
+from runtimed.domain.identity import WorkerRef
+from runtimed.domain.interaction import InputKind, WorkerInput
+from runtimed.domain.management import RuntimeLimits, RuntimeOptions, RuntimeStatus
+from runtimed.domain.observation import EventKind, Severity, TranscriptRole
 from runtimed.runtime import Runtime
 from runtimed.store import Change, MemoryStore
 

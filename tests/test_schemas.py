@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from marshmallow import fields
 
-from runtimed.bus import encode_cursor
-from runtimed.catalog import (
+from runtimed.domain.observation import encode_cursor
+from runtimed.domain.catalog import (
     AssistantIntent,
     BuiltinProfile,
     CapabilityRequest,
@@ -19,7 +19,7 @@ from runtimed.catalog import (
     TaskIntent,
     WorkspaceRef,
 )
-from runtimed.interaction import InputKind, WorkerInput
+from runtimed.domain.interaction import InputKind, WorkerInput
 from runtimed.runtime import Runtime
 from runtimed.store import MemoryStore
 from runtimed.web import schemas

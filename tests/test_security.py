@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from runtimed.config import Secret, ServerConfig
+from runtimed.daemon.config import Secret, ServerConfig
 from runtimed.web.app import create_app
 from runtimed.web.security import host_name, token_matches
 

@@ -11,9 +11,9 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType
 
-from runtimed.bus import encode_cursor
-from runtimed.config import Secret, ServerConfig
-from runtimed.management import RuntimeLimits, RuntimeOptions
+from runtimed.domain.observation import encode_cursor
+from runtimed.daemon.config import Secret, ServerConfig
+from runtimed.domain.management import RuntimeLimits, RuntimeOptions
 from runtimed.runtime import Runtime
 from runtimed.store import MemoryStore
 from runtimed.web import schemas

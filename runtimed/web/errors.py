@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from ..errors import RuntimedError
+from ..domain.errors import RuntimedError
 from .encoding import dumps
 from .keys import SERVER_CONFIG
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
-from ..bus import Observation, encode_cursor
+from ..domain.observation import Observation, encode_cursor
 from ..runtime import WorkerSnapshot
 from . import schemas
 from .encoding import dumps

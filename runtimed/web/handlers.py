@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 from marshmallow import ValidationError
 
-from ..identity import WorkerRef
+from ..domain.identity import WorkerRef
 from . import schemas
 from .encoding import dumps
 from .errors import InvalidJson, InvalidQuery, NotReady, PayloadTooLarge

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..config import ServerConfig
+from ..daemon.config import ServerConfig
 from ..runtime import Runtime
 from .frames import FrameCache
 

@@ -486,25 +486,3 @@ async def get_openapi(request: web.Request) -> web.Response:
     it then. Building takes a few milliseconds, and the document is rarely fetched.
     """
     return json_response(build_openapi(request.app))
-
-
-async def _document() -> dict[str, Any]:
-    # Imported here: app.py imports this module for its route.
-    from ..runtime import Runtime
-    from ..store import MemoryStore
-    from .app import create_app
-
-    runtime = await Runtime.open(MemoryStore())
-    try:
-        return build_openapi(create_app(runtime))
-    finally:
-        await runtime.close()
-
-
-def main() -> None:
-    """Print the document of a default app (``make openapi`` writes it to docs/openapi.json)."""
-    sys.stdout.write(render_openapi(asyncio.run(_document())))
-
-
-if __name__ == "__main__":
-    main()

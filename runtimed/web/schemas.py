@@ -16,7 +16,7 @@ from typing import Any
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_dump, post_load
 
-from ..catalog import (
+from ..domain.catalog import (
     AssistantIntent,
     BuiltinProfile,
     CapabilityRequest,
@@ -30,10 +30,10 @@ from ..catalog import (
     WorkerStatus,
     WorkspaceRef,
 )
-from ..identity import WorkerRef
-from ..interaction import InputKind, WorkerInput
-from ..management import RuntimeStatus
-from ..observation import EventKind, Severity, TranscriptRole
+from ..domain.identity import WorkerRef
+from ..domain.interaction import InputKind, WorkerInput
+from ..domain.management import RuntimeStatus
+from ..domain.observation import EventKind, Severity, TranscriptRole
 
 
 class BaseSchema(Schema):

@@ -15,8 +15,9 @@ import logging
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from ..bus import CursorError, CursorMalformed, Observation, Overrun, decode_cursor
-from ..identity import WorkerRef
+from ..domain.errors import CursorError, CursorMalformed, Overrun
+from ..domain.observation import Observation, decode_cursor
+from ..domain.identity import WorkerRef
 from ..runtime import Runtime
 from .errors import UpgradeRequired
 from .frames import FrameCache, diagnostic_frame, snapshot_frame

@@ -9,73 +9,15 @@ resume from a cursor. The bus knows nothing of WebSockets or JSON.
 from __future__ import annotations
 
 import asyncio
-import re
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from .identity import WorkerRef
-
-_CURSOR = re.compile(r"wo_[0-9a-f]{16}")
-
-
-def encode_cursor(sequence: int) -> str:
-    """The cursor of observation sequence ``n``: ``wo_`` and ``n`` as 16 lowercase hex digits."""
-    return f"wo_{sequence:016x}"
-
-
-def decode_cursor(raw: str) -> int:
-    """The sequence a cursor names; ``CursorMalformed`` unless exactly ``wo_`` + 16 lowercase hex."""
-    if not _CURSOR.fullmatch(raw):
-        raise CursorMalformed(raw)
-    return int(raw[3:], 16)
-
-
-class CursorError(Exception):
-    """A cursor the bus cannot resume from. ``code`` is the observation diagnostic's code."""
-
-    code = "runtime.cursor_unknown_or_expired"
-
-    def __init__(self, message: str, resume_from: int | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.resume_from = resume_from
-
-
-class CursorMalformed(CursorError):
-    code = "runtime.cursor_malformed"
-
-    def __init__(self, raw: str) -> None:
-        super().__init__(f"malformed worker observation cursor: {raw}")
-
-
-class CursorUnknown(CursorError):
-    """A cursor beyond the newest sequence of the runtime: it was never handed out here."""
-
-
-class CursorExpired(CursorError):
-    """Events after the cursor have left the worker's retained backlog."""
-
-
-class Overrun(Exception):
-    """A subscription fell behind its bounded queue; events were dropped for it."""
-
-
-@dataclass(frozen=True, slots=True)
-class Observation:
-    """One observed worker event: ``event`` is its snake_case name, ``data`` its fields."""
-
-    sequence: int
-    worker_ref: WorkerRef
-    event: str
-    data: Mapping[str, Any] | None = None
-
-    @property
-    def cursor(self) -> str:
-        return encode_cursor(self.sequence)
-
+from ..domain.errors import CursorExpired, CursorUnknown, Overrun
+from ..domain.identity import WorkerRef
+from ..domain.observation import Observation, encode_cursor
 
 class Subscription:
     """A bounded queue of one worker's observations, fed by the bus without ever blocking."""

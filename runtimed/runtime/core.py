@@ -22,8 +22,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from .bus import Observation, ObservationBus, Subscription
-from .catalog import (
+from ..domain.observation import Observation
+from .bus import ObservationBus, Subscription
+from ..domain.catalog import (
     CreateWorkerRequest,
     TaskIntent,
     WorkerDetail,
@@ -32,7 +33,7 @@ from .catalog import (
     WorkerStatus,
     WorkerSummary,
 )
-from .errors import (
+from ..domain.errors import (
     InvalidRequest,
     LimitTooLarge,
     RuntimeStopped,
@@ -41,10 +42,10 @@ from .errors import (
     WorkerNotFound,
     WrongRuntime,
 )
-from .identity import WorkerRef, format_worker_id, generate_runtime_id
-from .interaction import WorkerInput, WorkerInteractionAck
-from .management import RuntimeOptions, RuntimeStatus, RuntimeSummary
-from .observation import (
+from ..domain.identity import WorkerRef, format_worker_id, generate_runtime_id
+from ..domain.interaction import WorkerInput, WorkerInteractionAck
+from ..domain.management import RuntimeOptions, RuntimeStatus, RuntimeSummary
+from ..domain.observation import (
     EventBatch,
     EventKind,
     RuntimeDiagnostic,
@@ -54,8 +55,8 @@ from .observation import (
     TranscriptProjection,
     TranscriptRole,
 )
-from .stats import LatencyHistogram
-from .store import Change, RestoredState, Store
+from ..domain.stats import LatencyHistogram
+from ..store.base import Change, RestoredState, Store
 
 log = logging.getLogger("runtimed.runtime")
 

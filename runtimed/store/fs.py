@@ -42,8 +42,8 @@ from typing import Any
 
 import orjson
 
-from .bus import Observation
-from .catalog import (
+from ..domain.observation import Observation
+from ..domain.catalog import (
     AssistantIntent,
     BuiltinProfile,
     CapabilityRequest,
@@ -58,11 +58,11 @@ from .catalog import (
     WorkerStatus,
     WorkspaceRef,
 )
-from .errors import StatePoisoned, StoreCorrupt, StoreError, StoreIo, StoreMissing
-from .identity import WorkerRef
-from .management import RuntimeStatus
-from .observation import EventKind, RuntimeDiagnostic, RuntimeEvent, Severity, TranscriptEntry, TranscriptRole
-from .store import Change, RestoredState, Store
+from ..domain.errors import StatePoisoned, StoreCorrupt, StoreError, StoreIo, StoreMissing
+from ..domain.identity import WorkerRef
+from ..domain.management import RuntimeStatus
+from ..domain.observation import EventKind, RuntimeDiagnostic, RuntimeEvent, Severity, TranscriptEntry, TranscriptRole
+from .base import Change, RestoredState, Store
 
 log = logging.getLogger("runtimed.store")
 
@@ -271,12 +271,10 @@ class FsStore(Store):
     backend = "fs_store"
     id_prefix = "fs"
 
-    def __init__(self, root: Path, observation_backlog: int = 1024, flush_delay: float = 0.0) -> None:
-        """``flush_delay`` adds a sleep to every flush: a benchmark's simulated slow disk."""
+    def __init__(self, root: Path, observation_backlog: int = 1024) -> None:
         super().__init__()
         self.root = Path(root)
         self._backlog = observation_backlog
-        self._flush_delay = flush_delay
         self._runtime_dir: Path | None = None
         self._runtime_id: str | None = None
         self._files = _Files()
@@ -435,8 +433,6 @@ class FsStore(Store):
         batch = _Batch()
         try:
             self._gather(batch, changes)
-            if self._flush_delay:
-                time.sleep(self._flush_delay)
             # Phase 1: everything but the event log, durable before the event log names it.
             self._write_data(batch)
             # Phase 2: the commit record.

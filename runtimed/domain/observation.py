@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
+from .errors import CursorMalformed
 from .identity import WorkerRef
 
 
@@ -75,3 +79,32 @@ class RuntimeDiagnostic:
     code: str
     message: str
     worker_ref: WorkerRef | None = None
+
+
+_CURSOR = re.compile(r"wo_[0-9a-f]{16}")
+
+
+def encode_cursor(sequence: int) -> str:
+    """The cursor of observation sequence ``n``: ``wo_`` and ``n`` as 16 lowercase hex digits."""
+    return f"wo_{sequence:016x}"
+
+
+def decode_cursor(raw: str) -> int:
+    """The sequence a cursor names; ``CursorMalformed`` unless exactly ``wo_`` + 16 lowercase hex."""
+    if not _CURSOR.fullmatch(raw):
+        raise CursorMalformed(raw)
+    return int(raw[3:], 16)
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One observed worker event: ``event`` is its snake_case name, ``data`` its fields."""
+
+    sequence: int
+    worker_ref: WorkerRef
+    event: str
+    data: Mapping[str, Any] | None = None
+
+    @property
+    def cursor(self) -> str:
+        return encode_cursor(self.sequence)

@@ -99,3 +99,43 @@ class StatePoisoned(RuntimedError):
 
     def __init__(self, message: str = "runtime state is unusable after a failed store write; restart the daemon") -> None:
         super().__init__(message)
+
+
+class ObservationError(RuntimedError):
+    """A failure of an observation session: its ``code`` is a diagnostic frame's code on the
+    observation WebSocket (``runtime.…``), never an HTTP status."""
+
+
+class CursorError(ObservationError):
+    """A cursor the bus cannot resume from. ``code`` is the observation diagnostic's code."""
+
+    code = "runtime.cursor_unknown_or_expired"
+
+    def __init__(self, message: str, resume_from: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.resume_from = resume_from
+
+
+class CursorMalformed(CursorError):
+    code = "runtime.cursor_malformed"
+
+    def __init__(self, raw: str) -> None:
+        super().__init__(f"malformed worker observation cursor: {raw}")
+
+
+class CursorUnknown(CursorError):
+    """A cursor beyond the newest sequence of the runtime: it was never handed out here."""
+
+
+class CursorExpired(CursorError):
+    """Events after the cursor have left the worker's retained backlog."""
+
+
+class Overrun(ObservationError):
+    """A subscription fell behind its bounded queue; events were dropped for it."""
+
+    code = "runtime.cursor_expired"
+
+    def __init__(self, message: str = "runtime observation backlog was overrun") -> None:
+        super().__init__(message)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .management import RuntimeLimits, RuntimeOptions
+from ..domain.management import RuntimeLimits, RuntimeOptions
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7420

@@ -5,8 +5,6 @@ Runtime's journal: every mutation reaches it as one ``Change`` — the single ru
 mutation appends (the commit record) plus everything that event changed — and ``commit``
 returns only once that change is as durable as the store makes it. At start, ``open`` hands
 back what an earlier process left, so a Runtime can continue where it was.
-
-``MemoryStore`` keeps nothing beyond the process: its commit returns at once.
 """
 
 from __future__ import annotations
@@ -15,11 +13,11 @@ import abc
 import asyncio
 from dataclasses import dataclass, field
 
-from .bus import Observation
-from .catalog import WorkerState
-from .management import RuntimeStatus
-from .stats import LatencyHistogram
-from .observation import RuntimeDiagnostic, RuntimeEvent, TranscriptEntry
+from ..domain.observation import Observation
+from ..domain.catalog import WorkerState
+from ..domain.management import RuntimeStatus
+from ..domain.stats import LatencyHistogram
+from ..domain.observation import RuntimeDiagnostic, RuntimeEvent, TranscriptEntry
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,16 +100,3 @@ class Store(abc.ABC):
 
     async def close(self) -> None:
         """Finish pending writes and release files; the default has none."""
-
-
-class MemoryStore(Store):
-    """Keeps nothing beyond the Runtime's own in-memory state: a new process starts empty."""
-
-    backend = "memory"
-    id_prefix = "mem"
-
-    async def open(self, runtime_id: str | None) -> RestoredState | None:
-        return None
-
-    def commit(self, change: Change) -> None:
-        return None

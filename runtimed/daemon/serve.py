@@ -1,0 +1,163 @@
+"""``serve``: build config -> store -> Runtime -> app, run it, and shut it down in order.
+
+Start-up: signal handlers first (so a signal during restore still ends in an orderly stop),
+then the store is restored into a Runtime, then the sites listen and systemd hears ``READY=1``.
+Shutdown, the one place its order is written down: stop accepting, close the WebSocket
+sessions, let in-flight requests finish (``SHUTDOWN_SECONDS`` at most), close the Runtime,
+which flushes and closes the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import stat
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from ..runtime import Runtime
+from ..store import FsStore, MemoryStore, Store
+from ..web.app import create_app
+from .config import Config, format_host_port
+from .logs import ReopenableFileHandler
+from .systemd import notify
+
+log = logging.getLogger("runtimed")
+
+#: How long in-flight requests may take to finish once a shutdown begins.
+SHUTDOWN_SECONDS = 10.0
+
+
+class StartError(Exception):
+    """The daemon could not start (a socket, a file): the message is the one line to print."""
+
+
+def build_store(config: Config) -> Store:
+    """The store ``config`` asks for, not yet opened."""
+    if config.store.kind == "fs":
+        assert config.store.root is not None  # the config requires it
+        return FsStore(config.store.root, config.limits.observation_backlog)
+    return MemoryStore()
+
+
+class Signals:
+    """SIGTERM/SIGINT ask for an orderly stop; a second SIGINT exits at once; SIGHUP reopens
+    the log file. Installed before anything else, so a signal that arrives while the store is
+    restored or the socket bound still ends in an orderly shutdown."""
+
+    def __init__(self, log_file: ReopenableFileHandler | None) -> None:
+        self.stop = asyncio.Event()
+        self._log_file = log_file
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_signal_handler(signal.SIGTERM, self._terminate, signal.SIGTERM)
+        self._loop.add_signal_handler(signal.SIGINT, self._terminate, signal.SIGINT)
+        self._loop.add_signal_handler(signal.SIGHUP, self._reopen_log)
+
+    def _terminate(self, signum: int) -> None:
+        if self.stop.is_set():
+            if signum == signal.SIGINT:
+                log.warning("second interrupt: exiting now, without a graceful shutdown")
+                logging.shutdown()
+                os._exit(128 + signal.SIGINT)
+            return
+        log.info("%s: shutting down", signal.Signals(signum).name)
+        notify("STOPPING=1", "STATUS=shutting down")
+        self.stop.set()
+
+    def _reopen_log(self) -> None:
+        if self._log_file is None:
+            log.info("SIGHUP: logging to stderr, no log file to reopen")
+            return
+        self._log_file.reopen()
+        log.info("SIGHUP: reopened the log file")
+
+    def remove(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            self._loop.remove_signal_handler(signum)
+
+
+async def run(config: Config, store: Store, log_file: ReopenableFileHandler | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down in order: stop accepting, close the
+    WebSocket sessions, let in-flight requests finish (10 s at most), then flush the store."""
+    signals = Signals(log_file)
+    try:
+        runtime = await Runtime.open(store, config.runtime)
+        try:
+            await serve_app(runtime, config, signals.stop)
+        finally:
+            await runtime.close()
+    finally:
+        signals.remove()
+
+
+async def serve_app(runtime: Runtime, config: Config, stop: asyncio.Event) -> None:
+    server = config.server
+    if server.listen_tcp and not server.is_loopback:
+        log.warning(
+            "listening on %s, which is not loopback: the bearer token travels in clear text "
+            "unless a TLS-terminating proxy is in front",
+            server.bind,
+        )
+    app = create_app(runtime, server)
+    # One log line per request comes from the app's own middleware, so aiohttp's is off.
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS)
+    await runner.setup()
+    unix_socket = None
+    try:
+        addresses = []
+        if server.listen_tcp:
+            site = web.TCPSite(runner, server.host, server.port)
+            try:
+                await site.start()
+            except OSError as error:
+                reason = os.strerror(error.errno) if error.errno else str(error)
+                raise StartError(f"cannot listen on {server.bind}: {reason}") from None
+            host, port = runner.addresses[0][:2]
+            addresses.append(f"http://{format_host_port(host, port)}")
+        if server.unix_socket is not None:
+            await start_unix_site(runner, server.unix_socket)
+            unix_socket = server.unix_socket
+            addresses.append(f"unix:{server.unix_socket}")
+        where = f"(runtime {runtime.runtime_id}, store {runtime.summary().backend})"
+        for address in addresses:
+            print(f"runtimed listening on {address} {where}", file=sys.stderr, flush=True)
+        notify("READY=1", f"STATUS=listening on {' and '.join(addresses)}")
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+        if unix_socket is not None:
+            unix_socket.unlink(missing_ok=True)
+
+
+async def start_unix_site(runner: web.AppRunner, path: Path) -> None:
+    """Listen on a Unix socket only this user may connect to (mode 0600). A stale socket file
+    (nobody listening) is replaced; a live one belongs to another daemon and is refused."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISSOCK(mode):
+            raise StartError(f"{path} exists and is not a socket; refusing to replace it")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(path))
+            except (ConnectionRefusedError, FileNotFoundError):
+                log.info("replacing stale socket %s", path)
+                path.unlink(missing_ok=True)
+            else:
+                raise StartError(f"another process is listening on {path}")
+    # Created with mode 0600 from the start: no moment where others could connect.
+    previous = os.umask(0o177)
+    try:
+        await web.UnixSite(runner, str(path)).start()
+    except OSError as error:
+        raise StartError(f"cannot listen on unix:{path}: {error.strerror or error}") from None
+    finally:
+        os.umask(previous)
+    os.chmod(path, 0o600)
