@@ -8,13 +8,17 @@ STAMP := $(VENV)/.installed
 RUN_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: run test bench openapi venv clean
+.PHONY: run test test-fast bench openapi venv clean
 
 run: $(STAMP)
 	$(BIN)/runtimed serve $(RUN_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The inner loop: every test that does not start a process, in seconds.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not process" $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/rest_bench.py $(BENCH_ARGS)

@@ -1,7 +1,13 @@
-"""Shared fixtures: a real Runtime over the memory store, and the real aiohttp app around it."""
+"""Shared fixtures: a real Runtime over the memory store, and the real aiohttp app around it.
+
+Tests that start processes (a real ``runtimed serve``, a benchmark, ``systemd-analyze``) are
+marked ``@pytest.mark.process``; ``make test-fast`` runs the others. An unmarked test that
+starts a process fails, so the mark stays true.
+"""
 
 from __future__ import annotations
 
+import subprocess
 from typing import Any
 
 import pytest
@@ -10,13 +16,6 @@ from runtimed.daemon.config import ServerConfig
 from runtimed.runtime import Runtime
 from runtimed.store import MemoryStore
 from runtimed.web.app import create_app
-
-TASK_REQUEST: dict[str, Any] = {
-    "intent": {"kind": "task", "objective": "write the release notes"},
-    "profile": {"kind": "builtin", "value": "builtin:coder"},
-    "requested_capabilities": [{"name": "read"}],
-}
-
 
 @pytest.fixture
 async def runtime() -> Runtime:
@@ -36,8 +35,13 @@ async def client(aiohttp_client, runtime, server_config):
     return await aiohttp_client(create_app(runtime, server_config))
 
 
-async def create_worker(client, body: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Create a worker through the API and return its WorkerDetail."""
-    response = await client.post("/v1/workers", json=body or TASK_REQUEST)
-    assert response.status == 200, await response.text()
-    return (await response.json())["worker"]
+@pytest.fixture(autouse=True)
+def _processes_only_in_marked_tests(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    if request.node.get_closest_marker("process") is not None:
+        return
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError(f"{request.node.nodeid} starts a process: mark it @pytest.mark.process")
+
+    # asyncio's subprocesses go through Popen too.
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)

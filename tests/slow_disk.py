@@ -17,6 +17,10 @@ from runtimed.daemon.config import Config
 from runtimed.store import Change, FsStore, Store
 
 
+#: Written to stderr as each flush begins.
+FLUSH_STARTED = "slow disk: flush started"
+
+
 class SlowFsStore(FsStore):
     """An fs store whose every flush sleeps ``flush_delay`` seconds before it writes."""
 
@@ -25,6 +29,8 @@ class SlowFsStore(FsStore):
         self.flush_delay = flush_delay
 
     def _write_batch(self, changes: list[Change]) -> None:
+        # Tests wait for this line to know a request is in flight, instead of sleeping.
+        print(FLUSH_STARTED, file=sys.stderr, flush=True)
         time.sleep(self.flush_delay)  # in the store's writer thread, as a slow fsync would be
         super()._write_batch(changes)
 

@@ -9,7 +9,7 @@ import pytest
 
 from runtimed.web import schemas
 
-from .conftest import TASK_REQUEST, create_worker
+from .helpers import TASK_REQUEST, create_worker
 
 
 def assert_shape(schema: schemas.BaseSchema, body: Any) -> None:

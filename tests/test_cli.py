@@ -18,7 +18,7 @@ import runtimed.cli
 from runtimed import __version__
 from runtimed.daemon.config import Config
 
-from .conftest import TASK_REQUEST
+from .helpers import TASK_REQUEST
 from .process import RuntimedProcess, request_json, run_runtimed
 
 SERVE_FLAGS = (
@@ -68,6 +68,7 @@ def invoke(*args: str, env: dict[str, str | None] | None = None):
     return CliRunner().invoke(runtimed.cli.main, list(args), prog_name="runtimed", env=env)
 
 
+@pytest.mark.process
 def test_version_prints_the_version_and_exits_0():
     result = run_runtimed("--version")
 
@@ -219,6 +220,7 @@ def test_a_blank_runtime_id_exits_2_naming_the_flag(accepted_configs):
 # ------------------------------------------------------------ real processes, real sockets
 
 
+@pytest.mark.process
 def test_a_port_already_in_use_exits_1_with_one_line_naming_the_address():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as occupant:
         occupant.bind(("127.0.0.1", 0))
@@ -237,6 +239,7 @@ def test_a_port_already_in_use_exits_1_with_one_line_naming_the_address():
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.process
 def test_the_process_helper_fails_with_the_stderr_of_a_daemon_that_never_starts():
     daemon = RuntimedProcess("--bind", "nonsense")
 
@@ -249,6 +252,7 @@ def test_the_process_helper_fails_with_the_stderr_of_a_daemon_that_never_starts(
     assert daemon.process is not None and daemon.process.returncode == 2
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_serve_names_its_port_serves_a_worker_and_exits_0_on_a_signal(signum, tmp_path):
     config_file = tmp_path / "runtimed.toml"
@@ -341,6 +345,7 @@ def test_with_a_token_configured_healthz_answers_without_it(token_daemon):
     assert (status, body) == (200, {"status": "ok"})
 
 
+@pytest.mark.process
 def test_the_token_appears_nowhere_in_the_daemon_log():
     with token_daemon_process() as daemon:
         url = daemon.base_url + "/v1/runtime"
@@ -359,6 +364,7 @@ def test_the_token_appears_nowhere_in_the_daemon_log():
     assert TOKEN not in log
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_right_after_the_start_up_line_still_exits_zero(signum):
     for _ in range(3):

@@ -15,8 +15,8 @@ from runtimed.web import errors as web_errors
 from runtimed.web import schemas
 from runtimed.web.app import create_app
 
-from .conftest import TASK_REQUEST, create_worker
-from .test_runtime import FailingStore, failed
+from .helpers import TASK_REQUEST, create_worker
+from .helpers import FailingStore, failed
 
 W = "worker-00000001"  # created by the fixture below
 MISSING = "worker-0000ffff"

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from runtimed.store.fs import FsStore
 from runtimed.domain.observation import EventKind
@@ -18,6 +19,8 @@ from runtimed.runtime import Runtime
 from .process import RuntimedProcess, request_json, run_runtimed
 
 CREATE = {"intent": {"kind": "task", "objective": "x"}, "profile": {"kind": "runtime_default"}}
+pytestmark = pytest.mark.process
+
 READS = ["/v1/runtime", "/v1/workers", "/v1/events?limit=256", "/v1/diagnostics"]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import threading
 import time
 import json
 import os
@@ -30,6 +31,8 @@ from runtimed.domain.interaction import InputKind, WorkerInput
 from runtimed.domain.management import RuntimeLimits, RuntimeOptions, RuntimeStatus
 from runtimed.runtime import Runtime
 from runtimed.web.app import create_app
+
+from .helpers import wait_until
 
 TASK = CreateWorkerRequest(
     intent=TaskIntent("ship it"),
@@ -459,7 +462,12 @@ class SlowFaultyFsStore(FaultyFsStore):
     fail_events = False
     flush_delay = 0.05
 
+    def __init__(self, root):
+        super().__init__(root)
+        self.flush_started = threading.Event()
+
     def _write_data(self, batch):
+        self.flush_started.set()
         time.sleep(self.flush_delay)  # in the writer thread, as a slow disk would be
         super()._write_data(batch)
         if self.fail_events:
@@ -480,8 +488,9 @@ async def test_changes_queued_behind_a_failing_flush_fail_too_and_the_disk_is_as
     files_before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
     before = reads(runtime)
     store.fail_next = True
+    store.flush_started.clear()
     first = asyncio.create_task(runtime.send_input(worker.worker_ref, user("in the failing flush")))
-    await asyncio.sleep(0.01)  # the flush is running (slowly); these queue behind it
+    await wait_until(store.flush_started.is_set, what="the failing flush")  # these queue behind it
     queued = [asyncio.create_task(runtime.send_input(worker.worker_ref, user(f"queued {i}"))) for i in range(5)]
     results = await asyncio.gather(first, *queued, return_exceptions=True)
     assert all(isinstance(r, StoreIo) for r in results), results

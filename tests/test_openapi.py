@@ -30,7 +30,7 @@ from runtimed.daemon.config import Secret, ServerConfig
 from runtimed.web.app import create_app
 from runtimed.web.openapi import build_openapi, render_openapi
 
-from .conftest import TASK_REQUEST, create_worker
+from .helpers import TASK_REQUEST, create_worker
 from .process import RuntimedProcess, request_json
 
 COMMITTED = Path(__file__).resolve().parent.parent / "docs" / "openapi.json"
@@ -304,6 +304,7 @@ def http_session() -> Iterator[requests.Session]:
 # Not `schemathesis.pytest.from_fixture(...).parametrize()`: with pytest 9.2 it fails on the
 # node id it rewrites (`Function._nodeid` is gone). Hypothesis drives each operation's strategy
 # instead, the documented way to use schemathesis in other tests.
+@pytest.mark.process
 @pytest.mark.parametrize(("method", "path"), committed_operations())
 def test_fuzzed_requests_get_documented_answers_from_a_real_daemon(method, path, daemon, live_schema, http_session):
     # Whatever fuzzing an earlier operation did (stopping the runtime, say), start from a running

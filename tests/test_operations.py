@@ -25,8 +25,9 @@ from runtimed.store import MemoryStore
 from runtimed.daemon.systemd import notify
 from runtimed.web.app import create_app
 
-from .conftest import TASK_REQUEST, create_worker
+from .helpers import TASK_REQUEST, create_worker, wait_until
 from .process import RuntimedProcess, request_json, run_runtimed
+from .slow_disk import FLUSH_STARTED
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "tok-operations-never-logged"
@@ -45,6 +46,7 @@ def notify_socket(tmp_path):
     sock.close()
 
 
+@pytest.mark.process
 def test_the_daemon_tells_systemd_when_it_is_ready_and_when_it_stops(notify_socket):
     sock, path = notify_socket
     with RuntimedProcess("--bind", "127.0.0.1:0", env={**os.environ, "NOTIFY_SOCKET": path}) as daemon:
@@ -69,6 +71,7 @@ def test_notify_speaks_to_abstract_sockets_and_is_silent_without_one():
     assert notify("READY=1", environ={}) is False
 
 
+@pytest.mark.process
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed here")
 def test_the_service_unit_passes_systemd_analyze_verify(tmp_path):
     unit = (REPO / "contrib" / "runtimed.service").read_text()
@@ -100,6 +103,7 @@ def test_the_service_unit_passes_systemd_analyze_verify(tmp_path):
 # ------------------------------------------------------------------ signals
 
 
+@pytest.mark.process
 async def test_sigterm_lets_an_in_flight_request_finish_and_closes_sessions(tmp_path):
     root = tmp_path / "root"
     # A simulated slow disk keeps the input request in flight while the signal arrives.
@@ -119,10 +123,11 @@ async def test_sigterm_lets_an_in_flight_request_finish_and_closes_sessions(tmp_
 
             # The observers keep reading, as real ones do: the close handshake needs them.
             readers = [asyncio.create_task(read_to_the_end(ws)) for ws in sockets]
+            flushes = daemon.stderr.count(FLUSH_STARTED)
             in_flight = asyncio.create_task(
                 session.post(f"{daemon.base_url}/v1/workers/{worker}/input", json={"kind": "user", "content": "finish me"})
             )
-            await asyncio.sleep(0.3)
+            await wait_until(lambda: daemon.stderr.count(FLUSH_STARTED) > flushes, what="the input's flush")
             daemon.process.send_signal(signal.SIGTERM)
             response = await asyncio.wait_for(in_flight, 10)
             assert response.status == 200
@@ -140,31 +145,35 @@ async def test_sigterm_lets_an_in_flight_request_finish_and_closes_sessions(tmp_
     await restored.close()
 
 
+@pytest.mark.process
 async def test_a_second_sigint_exits_at_once(tmp_path):
-    daemon = RuntimedProcess(
-        "--bind", "127.0.0.1:0", "--store", "fs", "--fs-root", str(tmp_path / "root"), slow_flush_ms=4000
-    ).start()
+    root = tmp_path / "root"
+    daemon = RuntimedProcess("--bind", "127.0.0.1:0", "--store", "fs", "--fs-root", str(root), slow_flush_ms=4000).start()
     try:
         worker = request_json("POST", daemon.base_url + "/v1/workers", TASK_REQUEST, timeout=10)[2]["worker"]["worker_id"]
         async with aiohttp.ClientSession() as session:
+            flushes = daemon.stderr.count(FLUSH_STARTED)
             in_flight = asyncio.create_task(
                 session.post(f"{daemon.base_url}/v1/workers/{worker}/input", json={"kind": "user", "content": "slow"})
             )
-            await asyncio.sleep(0.3)
+            await wait_until(lambda: daemon.stderr.count(FLUSH_STARTED) > flushes, what="the input's flush")
             daemon.process.send_signal(signal.SIGINT)
-            await asyncio.sleep(0.3)
+            await wait_until(lambda: "SIGINT: shutting down" in daemon.stderr, what="the first SIGINT")
             assert daemon.process.poll() is None  # the first one waits for the in-flight request
-            started = time.monotonic()
             daemon.process.send_signal(signal.SIGINT)
             exit_code = await asyncio.to_thread(daemon.process.wait, 5)
-            assert time.monotonic() - started < 2.5  # well before the 4 s flush could end
             assert exit_code == 130
             in_flight.cancel()
         assert "second interrupt" in daemon.stderr
     finally:
         daemon.close()
+    # It exited without waiting for the slow flush: the input never reached the disk.
+    restored = await Runtime.open(FsStore(root))
+    assert restored.transcript(restored.worker_ref(worker)).total_items == 0
+    await restored.close()
 
 
+@pytest.mark.process
 def test_sighup_reopens_the_log_file(tmp_path):
     log_file = tmp_path / "runtimed.log"
     with RuntimedProcess("--bind", "127.0.0.1:0", "--log-file", str(log_file)) as daemon:
@@ -217,6 +226,7 @@ def start_on_unix_socket(path: Path, *args: str, env=None) -> RuntimedProcess:
     return daemon
 
 
+@pytest.mark.process
 async def test_the_api_is_served_on_a_unix_socket_only_this_user_can_use(short_tmp):
     path = short_tmp / "runtimed.sock"
     daemon = start_on_unix_socket(path)
@@ -244,6 +254,7 @@ async def test_the_api_is_served_on_a_unix_socket_only_this_user_can_use(short_t
         daemon.close()
 
 
+@pytest.mark.process
 def test_a_stale_socket_file_is_replaced(short_tmp):
     path = short_tmp / "runtimed.sock"
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -257,6 +268,7 @@ def test_a_stale_socket_file_is_replaced(short_tmp):
         daemon.close()
 
 
+@pytest.mark.process
 def test_a_socket_another_daemon_listens_on_is_refused(short_tmp):
     path = short_tmp / "runtimed.sock"
     first = start_on_unix_socket(path)
@@ -269,6 +281,7 @@ def test_a_socket_another_daemon_listens_on_is_refused(short_tmp):
         first.close()
 
 
+@pytest.mark.process
 def test_tcp_and_a_unix_socket_together_when_bind_is_given(short_tmp):
     path = short_tmp / "runtimed.sock"
     with RuntimedProcess("--bind", "127.0.0.1:0", "--unix-socket", str(path)) as daemon:
@@ -338,6 +351,7 @@ async def test_metrics_need_the_token_unless_made_public(aiohttp_client):
 # --------------------------------------------------------------------- logs
 
 
+@pytest.mark.process
 def test_json_logs_have_one_line_per_request_and_no_token(tmp_path):
     env = {**os.environ, "RUNTIMED_TEST_TOKEN": TOKEN}
     with RuntimedProcess(
@@ -362,6 +376,7 @@ def test_json_logs_have_one_line_per_request_and_no_token(tmp_path):
     assert TOKEN not in daemon.stderr
 
 
+@pytest.mark.process
 def test_the_log_level_filters_lines():
     with RuntimedProcess("--bind", "127.0.0.1:0", "--log-level", "warning") as daemon:
         request_json("GET", daemon.base_url + "/v1/runtime")
@@ -381,6 +396,7 @@ async def test_readyz_is_ready_with_a_loaded_writable_store_and_needs_no_token(t
     await runtime.close()
 
 
+@pytest.mark.process
 @pytest.mark.skipif(shutil.which("chattr") is None, reason="chattr is not installed here")
 async def test_readyz_is_503_while_the_store_cannot_write_and_200_again_after(tmp_path, aiohttp_client):
     runtime = await Runtime.open(FsStore(tmp_path / "root"))

@@ -33,6 +33,8 @@ from runtimed.domain.observation import EventKind, Severity, TranscriptRole
 from runtimed.runtime import Runtime
 from runtimed.store import Change, MemoryStore
 
+from .helpers import FailingStore, failed
+
 TASK = CreateWorkerRequest(
     intent=TaskIntent("ship it"),
     profile=BuiltinProfile("builtin:coder"),
@@ -364,27 +366,6 @@ async def test_runtime_start_reopens_a_stopped_runtime_leaving_workers_as_they_a
 
 
 # ------------------------------------------------------------ failing stores
-
-
-class FailingStore(MemoryStore):
-    """A store whose commits fail while ``failing`` is set, as a full disk would."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.failing = False
-        self.committed: list[Change] = []
-
-    def commit(self, change: Change) -> "asyncio.Future[None] | None":
-        if self.failing:
-            return failed(StoreIo("append", "/tmp/events.jsonl", "No space left on device"))
-        self.committed.append(change)
-        return None
-
-
-def failed(error: BaseException) -> "asyncio.Future[None]":
-    future = asyncio.get_running_loop().create_future()
-    future.set_exception(error)
-    return future
 
 
 async def test_failed_commit_leaves_memory_as_it_was_and_the_next_call_works():

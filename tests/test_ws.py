@@ -19,7 +19,7 @@ from runtimed.store import MemoryStore
 from runtimed.web import schemas
 from runtimed.web.app import create_app
 
-from .conftest import create_worker
+from .helpers import create_worker
 
 _event_frame = schemas.EventFrameSchema()
 _diagnostic_frame = schemas.DiagnosticFrameSchema()
