@@ -12,9 +12,11 @@ import pytest
 from click.testing import CliRunner
 
 import runtimed.cli
-from runtimed.daemon.config import FLAG_KEYS, KEYS, ConfigError, Secret, load_config
+from runtimed.daemon.config import FLAG_KEYS, SECTIONS, ConfigError, Secret, Section, load_config
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
+#: The known keys of each section, in order.
+KEYS = {name: list(section.declared_fields) for name, section in SECTIONS.items() if isinstance(section, Section)}
 
 
 def write_config(tmp_path: Path, text: str) -> Path:
