@@ -8,12 +8,13 @@ Runtime and the web app. Problems at start are one line on stderr and an exit st
 from __future__ import annotations
 
 import asyncio
+from enum import Enum
 from pathlib import Path
 
 import click
 
 from . import __version__
-from .daemon.config import LOG_FORMATS, LOG_LEVELS, ConfigError, load_config
+from .daemon.config import ConfigError, LogFormat, LogLevel, StoreKind, load_config
 from .daemon.logs import configure_logging
 from .daemon.serve import StartError, build_store, run
 from .domain.errors import RuntimedError
@@ -35,6 +36,11 @@ class StartFailure(_OneLineFailure):
     exit_code = 1
 
 
+def _choice(enum: type[Enum]) -> click.Choice:
+    """A flag taking one of a config ``Enum``'s values (the config loads the member)."""
+    return click.Choice([member.value for member in enum])
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="runtimed")
 def main() -> None:
@@ -44,7 +50,7 @@ def main() -> None:
 @main.command()
 @click.option("--config", "config_path", metavar="FILE", help="TOML config file (see config.example.toml).")
 @click.option("--bind", metavar="HOST:PORT", help="Address to listen on [default: 127.0.0.1:7420]; port 0 picks one.")
-@click.option("--store", type=click.Choice(["memory", "fs"]), help="Where state is kept [default: memory].")
+@click.option("--store", type=_choice(StoreKind), help="Where state is kept [default: memory].")
 @click.option("--fs-root", metavar="DIR", help="Root directory of the fs store.")
 @click.option("--runtime-id", metavar="ID", help="Runtime id [default: generated].")
 @click.option("--display-name", metavar="NAME", help="Display name shown in the runtime summary.")
@@ -52,8 +58,8 @@ def main() -> None:
 @click.option("--max-transcript-projection-items", type=click.IntRange(min=1), metavar="N", help="Largest transcript page [default: 256].")
 @click.option("--max-event-batch-items", type=click.IntRange(min=1), metavar="N", help="Largest event poll batch [default: 256].")
 @click.option("--unix-socket", metavar="PATH", help="Also serve on this Unix socket (mode 0600); alone unless --bind is given.")
-@click.option("--log-level", type=click.Choice(LOG_LEVELS), help="Least severe log level written [default: info].")
-@click.option("--log-format", type=click.Choice(LOG_FORMATS), help="Log lines as text or JSON [default: text].")
+@click.option("--log-level", type=_choice(LogLevel), help="Least severe log level written [default: info].")
+@click.option("--log-format", type=_choice(LogFormat), help="Log lines as text or JSON [default: text].")
 @click.option("--log-file", metavar="FILE", help="Log to FILE instead of stderr; SIGHUP reopens it.")
 def serve(config_path: str | None, **flags: object) -> None:
     """Serve the REST API and observation WebSocket until SIGTERM or SIGINT."""

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 import runtimed.cli
 from runtimed import __version__
-from runtimed.daemon.config import Config
+from runtimed.daemon.config import Config, LogConfig, LogFormat, LogLevel, StoreKind
 
 from .helpers import TASK_REQUEST
 from .process import RuntimedProcess, request_json, run_runtimed
@@ -197,6 +197,30 @@ def test_an_unknown_store_kind_is_a_usage_error(accepted_configs):
     assert result.exit_code == 2
     assert "Invalid value for '--store'" in result.stderr
     assert accepted_configs == []
+
+
+@pytest.mark.parametrize("flag", ["--log-level", "--log-format"])
+def test_an_unknown_log_level_or_format_is_a_usage_error(flag, accepted_configs):
+    result = invoke("serve", flag, "loud")
+
+    assert result.exit_code == 2
+    assert f"Invalid value for '{flag}'" in result.stderr
+    assert accepted_configs == []
+
+
+def test_serve_hands_the_closed_sets_on_as_enum_members(tmp_path, accepted_configs, monkeypatch):
+    logging_configs: list[LogConfig] = []
+    monkeypatch.setattr(runtimed.cli, "configure_logging", lambda config: logging_configs.append(config))
+
+    result = invoke(
+        "serve", "--store", "fs", "--fs-root", str(tmp_path / "root"), "--log-level", "debug", "--log-format", "json"
+    )
+
+    assert result.exit_code == 0, result.output
+    [config] = accepted_configs
+    assert config.store.kind is StoreKind.FS
+    assert logging_configs == [LogConfig(LogLevel.DEBUG, LogFormat.JSON, None)]
+    assert (config.log.level, config.log.format) == (LogLevel.DEBUG, LogFormat.JSON)
 
 
 @pytest.mark.parametrize("flag", ["--max-transcript-projection-items", "--max-event-batch-items"])

@@ -10,11 +10,32 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from marshmallow import ValidationError, validates_schema
 
 import runtimed.cli
-from runtimed.daemon.config import FLAG_KEYS, KEYS, ConfigError, Secret, load_config
+from runtimed.daemon.config import (
+    FLAG_KEYS,
+    SECTIONS,
+    Choice,
+    ConfigError,
+    Integer,
+    LogConfig,
+    LogFormat,
+    LogLevel,
+    NamedTables,
+    Secret,
+    Section,
+    StoreKind,
+    String,
+    StringList,
+    load_config,
+    not_blank,
+    read_toml,
+)
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
+#: The known keys of each section, in order.
+KEYS = {name: list(section.declared_fields) for name, section in SECTIONS.items() if isinstance(section, Section)}
 
 
 def write_config(tmp_path: Path, text: str) -> Path:
@@ -200,6 +221,31 @@ def test_a_non_loopback_bind_with_a_token_is_accepted():
     assert (config.server.host, config.server.is_loopback) == ("0.0.0.0", False)
 
 
+def test_the_closed_sets_are_enum_members_by_default_from_the_file_and_from_flags(tmp_path):
+    path = write_config(tmp_path, '[store]\nkind = "fs"\nroot = "/srv"\n[log]\nlevel = "warning"\nformat = "json"\n')
+
+    default = load_config(environ={})
+    from_file = load_config(path, environ={})
+    from_flags = load_config(path, {"--store": "memory", "--log-level": "debug", "--log-format": "text"}, environ={})
+
+    assert (default.store.kind, default.log) == (StoreKind.MEMORY, LogConfig(LogLevel.INFO, LogFormat.TEXT, None))
+    assert from_file.store.kind is StoreKind.FS
+    assert (from_file.log.level, from_file.log.format) == (LogLevel.WARNING, LogFormat.JSON)
+    assert from_flags.store.kind is StoreKind.MEMORY
+    assert (from_flags.log.level, from_flags.log.format) == (LogLevel.DEBUG, LogFormat.TEXT)
+    for config in (default, from_file, from_flags):
+        assert type(config.store.kind) is StoreKind
+        assert (type(config.log.level), type(config.log.format)) == (LogLevel, LogFormat)
+
+
+def test_a_flag_may_be_given_an_enum_member():
+    overrides = {"--store": StoreKind.FS, "--fs-root": "/srv", "--log-level": LogLevel.ERROR}
+
+    config = load_config(None, overrides, environ={})
+
+    assert (config.store.kind, config.log.level) == (StoreKind.FS, LogLevel.ERROR)
+
+
 # -------------------------------------------------------------------- bad values
 
 
@@ -306,6 +352,54 @@ def test_an_unknown_store_kind_names_the_file_and_key(tmp_path):
     assert config_error(path) == f"{path}: [store] kind must be \"memory\" or \"fs\", not 'disk'"
 
 
+@pytest.mark.parametrize(
+    ("key", "flag", "choices"),
+    [("level", "--log-level", "'debug', 'info', 'warning', 'error'"), ("format", "--log-format", "'text', 'json'")],
+)
+def test_an_unknown_log_level_or_format_names_the_key_or_flag_and_the_choices(tmp_path, key, flag, choices):
+    path = write_config(tmp_path, f'[log]\n{key} = "loud"\n')
+
+    assert config_error(path) == f"{path}: [log] {key} must be one of {choices}, not 'loud'"
+    assert config_error(None, {flag: "loud"}) == f"{flag} must be one of {choices}, not 'loud'"
+
+
+@pytest.mark.parametrize(("section", "key"), [("server", "unix_socket"), ("store", "root"), ("log", "file")])
+@pytest.mark.parametrize("value", ['""', '"   "'])
+def test_a_blank_path_names_the_file_and_key(tmp_path, section, key, value):
+    path = write_config(tmp_path, f"[{section}]\n{key} = {value}\n")
+
+    assert config_error(path) == f"{path}: [{section}] {key} must not be empty"
+
+
+@pytest.mark.parametrize("flag", ["--fs-root", "--unix-socket", "--log-file"])
+def test_a_blank_path_flag_names_the_flag(flag):
+    assert config_error(None, {flag: ""}) == f"{flag} must not be empty"
+
+
+@pytest.mark.parametrize(("value", "shown"), [("1", "an integer"), ('"yes"', "a string")])
+def test_a_switch_that_is_not_true_or_false_names_the_file_and_key(tmp_path, value, shown):
+    path = write_config(tmp_path, f"[server]\nmetrics_public = {value}\n")
+
+    assert config_error(path) == f"{path}: [server] metrics_public must be true or false, not {shown}"
+
+
+@pytest.mark.parametrize(
+    ("text", "complaint"),
+    [
+        ('[store]\nroot = ""\nkindd = "fs"\n', "[store] root must not be empty"),
+        ('[store]\nkindd = "fs"\nroot = ""\n', "unknown key [store] kindd (known: kind, root)"),
+        (
+            "[server]\nmetrics_public = 1\nmax_request_body_bytes = 0\n",
+            "[server] metrics_public must be true or false, not an integer",
+        ),
+    ],
+)
+def test_of_several_problems_in_a_section_the_first_in_the_file_is_named(tmp_path, text, complaint):
+    path = write_config(tmp_path, text)
+
+    assert config_error(path) == f"{path}: {complaint}"
+
+
 def test_an_unknown_section_names_the_file_and_section(tmp_path):
     path = write_config(tmp_path, '[serve]\nbind = "127.0.0.1:7420"\n')
 
@@ -358,6 +452,58 @@ def test_a_file_that_is_not_toml_is_named_with_the_line(tmp_path):
 
     assert message.startswith(f"{path}: not valid TOML: ")
     assert "line 2" in message
+
+
+class ProfileSection(Section):
+    """A stand-in for a later section of named tables (``[profiles.<name>]``)."""
+
+    command = String(validate=not_blank)
+    args = StringList()
+
+
+class RangeSection(Section):
+    """A stand-in for a later section with a check across its keys."""
+
+    low = Integer()
+    high = Integer()
+
+    @validates_schema
+    def _low_not_above_high(self, data: dict[str, Any], **_: Any) -> None:
+        if data.get("low", 0) > data.get("high", 0):
+            raise ValidationError("low must not be above high")
+
+
+MORE_SECTIONS = {"profiles": NamedTables(ProfileSection()), "range": RangeSection()}
+
+
+def test_a_section_of_named_tables_loads_each_table_by_name(tmp_path):
+    path = write_config(
+        tmp_path, '[profiles.fast]\ncommand = "echo"\n[profiles.slow]\ncommand = "chat"\nargs = ["-v"]\n'
+    )
+
+    assert read_toml(path, MORE_SECTIONS) == {
+        "profiles": {"fast": {"command": "echo"}, "slow": {"command": "chat", "args": ("-v",)}}
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "complaint"),
+    [
+        ("[profiles.fast]\ncommand = 5\n", "[profiles.fast] command must be a string, not an integer"),
+        ('[profiles.fast]\ncommnd = "echo"\n', "unknown key [profiles.fast] commnd (known: command, args)"),
+        ("[profiles]\nfast = 5\n", "[profiles.fast] must be a table, not an integer"),
+        ("profiles = 5\n", "[profiles] must be a table, not an integer"),
+        ("[range]\nlow = 2\nhigh = 1\n", "[range] low must not be above high"),
+        ("[server]\n", "unknown section [server] (known: profiles, range)"),
+    ],
+)
+def test_a_problem_in_a_named_table_or_across_keys_names_the_file_and_the_table(tmp_path, text, complaint):
+    path = write_config(tmp_path, text)
+
+    with pytest.raises(ConfigError) as error:
+        read_toml(path, MORE_SECTIONS)
+
+    assert str(error.value) == f"{path}: {complaint}"
 
 
 # ----------------------------------------------------------------------- the token
@@ -455,6 +601,34 @@ def test_every_known_key_is_documented_in_its_section_of_the_example(section, ke
 
     assert documentation is not None, f"[{section}] {key} is not in {EXAMPLE.name}"
     assert documentation.strip(), f"[{section}] {key} has no comment above it in {EXAMPLE.name}"
+
+
+#: (section, key, Enum) of every key whose values are a closed set.
+CHOICES = [
+    (name, key, field.enum)
+    for name, section in SECTIONS.items()
+    if isinstance(section, Section)
+    for key, field in section.fields.items()
+    if isinstance(field, Choice)
+]
+
+
+def test_the_closed_sets_are_the_store_kind_and_the_log_level_and_format():
+    assert [(name, key, enum) for name, key, enum in CHOICES] == [
+        ("store", "kind", StoreKind),
+        ("log", "level", LogLevel),
+        ("log", "format", LogFormat),
+    ]
+
+
+@pytest.mark.parametrize(("section", "key", "enum"), CHOICES, ids=[f"{s}.{k}" for s, k, _ in CHOICES])
+def test_every_value_of_a_closed_set_is_documented_beside_its_key_in_the_example(section, key, enum):
+    documentation = example_documentation(section, key) or ""
+
+    for member in enum:
+        assert re.search(rf"\b{re.escape(member.value)}\b", documentation), (
+            f"[{section}] {key} = {member.value!r} is not documented in {EXAMPLE.name}"
+        )
 
 
 def test_every_key_in_the_example_is_known():

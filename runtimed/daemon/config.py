@@ -4,6 +4,9 @@ A value comes from a command-line flag, else the TOML file, else the built-in de
 problem raises ``ConfigError`` with a message naming where the bad value came from (the flag,
 or the file and ``[section] key``), so the CLI can print one line and exit 2. Unknown keys are
 errors: the operator of this very daemon wrote the file, so a typo must stop it.
+
+Each ``[section]`` of the file is a marshmallow schema (``SECTIONS``); a flag's value is checked
+by the same field as the key it overrides (``FLAG_KEYS``), so the two cannot disagree.
 """
 
 from __future__ import annotations
@@ -15,8 +18,11 @@ import os
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, cast
+
+from marshmallow import RAISE, Schema, ValidationError, fields, missing, validate
 
 from ..domain.management import RuntimeLimits, RuntimeOptions
 
@@ -78,20 +84,39 @@ class ServerConfig:
         return format_host_port(self.host, self.port)
 
 
+class StoreKind(str, Enum):
+    """Where state is kept: in the process only, or durably under ``[store] root``."""
+
+    MEMORY = "memory"
+    FS = "fs"
+
+
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
-    kind: str = "memory"
+    kind: StoreKind = StoreKind.MEMORY
     root: Path | None = None
 
 
-LOG_LEVELS = ("debug", "info", "warning", "error")
-LOG_FORMATS = ("text", "json")
+class LogLevel(str, Enum):
+    """The least severe level written. The members' names are the ``logging`` module's level names."""
+
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class LogFormat(str, Enum):
+    """One readable line per record, or one JSON object."""
+
+    TEXT = "text"
+    JSON = "json"
 
 
 @dataclass(frozen=True, slots=True)
 class LogConfig:
-    level: str = "info"
-    format: str = "text"
+    level: LogLevel = LogLevel.INFO
+    format: LogFormat = LogFormat.TEXT
     #: Log to this file instead of stderr (SIGHUP reopens it, for logrotate).
     file: Path | None = None
 
@@ -151,69 +176,7 @@ def parse_bind(text: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
-# ---------------------------------------------------------------- TOML keys
-
-Check = Callable[[Any], str | None]  # returns a complaint, or None when the value is fine
-
-
-def _string(value: Any) -> str | None:
-    return None if isinstance(value, str) else f"must be a string, not {_type_name(value)}"
-
-
-def _non_blank(value: Any) -> str | None:
-    return _string(value) or (None if value.strip() else "must not be empty")
-
-
-def _positive_int(value: Any) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        return f"must be an integer, not {_type_name(value)}"
-    return None if value >= 1 else f"must be at least 1, not {value}"
-
-
-def _non_negative_number(value: Any) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return f"must be a number, not {_type_name(value)}"
-    return None if math.isfinite(value) and value >= 0 else f"must be a finite number, 0 or more, not {value}"
-
-
-def _string_list(value: Any) -> str | None:
-    if not isinstance(value, list):
-        return f"must be a list of strings, not {_type_name(value)}"
-    for index, item in enumerate(value):
-        if not isinstance(item, str):
-            return f"must be a list of strings; item {index} is {_type_name(item)}"
-    return None
-
-
-def _store_kind(value: Any) -> str | None:
-    return _string(value) or (None if value in ("memory", "fs") else f'must be "memory" or "fs", not {value!r}')
-
-
-def _bind(value: Any) -> str | None:
-    if complaint := _string(value):
-        return complaint
-    try:
-        parse_bind(value)
-    except ValueError as error:
-        return str(error)
-    return None
-
-
-def _boolean(value: Any) -> str | None:
-    return None if isinstance(value, bool) else f"must be true or false, not {_type_name(value)}"
-
-
-def _one_of(*choices: str) -> Check:
-    def check(value: Any) -> str | None:
-        if complaint := _string(value):
-            return complaint
-        return None if value in choices else f"must be one of {', '.join(map(repr, choices))}, not {value!r}"
-
-    return check
-
-
-def _env_name(value: Any) -> str | None:
-    return _non_blank(value) or (None if "=" not in value else "must be an environment variable name")
+# ------------------------------------------------------------- TOML values
 
 
 def _type_name(value: Any) -> str:
@@ -227,26 +190,216 @@ def _type_name(value: Any) -> str:
     }.get(type(value), type(value).__name__)
 
 
-KEYS: dict[str, dict[str, Check]] = {
-    "server": {
-        "bind": _bind,
-        "local_token_env": _env_name,
-        "max_request_body_bytes": _positive_int,
-        "allowed_origins": _string_list,
-        "allowed_hosts": _string_list,
-        "ws_heartbeat_seconds": _non_negative_number,
-        "unix_socket": _non_blank,
-        "metrics_public": _boolean,
-    },
-    "runtime": {"runtime_id": _non_blank, "display_name": _string},
-    "limits": {
-        "max_transcript_projection_items": _positive_int,
-        "max_event_batch_items": _positive_int,
-        "observation_backlog": _positive_int,
-        "subscriber_queue": _positive_int,
-    },
-    "store": {"kind": _store_kind, "root": _non_blank},
-    "log": {"level": _one_of(*LOG_LEVELS), "format": _one_of(*LOG_FORMATS), "file": _non_blank},
+def not_blank(value: str) -> None:
+    if not value.strip():
+        raise ValidationError("must not be empty")
+
+
+def env_name(value: str) -> None:
+    if "=" in value:
+        raise ValidationError("must be an environment variable name")
+
+
+def finite_and_not_negative(value: float) -> None:
+    if not (math.isfinite(value) and value >= 0):
+        raise ValidationError(f"must be a finite number, 0 or more, not {value}")
+
+
+at_least_1 = validate.Range(min=1, error="must be at least {min}, not {input}")
+
+
+class TomlValue(fields.Field):
+    """A field that takes exactly one kind of TOML value, and says what it got instead.
+
+    marshmallow's own fields coerce (``"10"`` loads as 10, ``true`` passes for a number) and their
+    messages do not name the type found. A config file is checked strictly, so the fields here
+    check the TOML type first, then hand the value to the marshmallow field they extend, then to
+    their validators, and finally ``convert`` it to what the dataclass holds. Messages complete the
+    sentence "``[section] key`` ..." (or "``--flag`` ...").
+    """
+
+    #: The Python types ``tomllib`` reads the accepted TOML values as (``bool`` only if named).
+    toml_types: ClassVar[tuple[type, ...]] = ()
+    #: The accepted values, as a message names them.
+    expected: ClassVar[str] = ""
+    # marshmallow merges the messages of every class in the MRO (it is not a ClassVar to mypy).
+    default_error_messages = {"wrong_type": "must be {expected}, not {type}"}  # noqa: RUF012
+
+    def _deserialize(self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any) -> Any:
+        if not isinstance(value, self.toml_types) or (isinstance(value, bool) and bool not in self.toml_types):
+            raise self.make_error("wrong_type", expected=self.expected, type=_type_name(value))
+        return self._load_value(value, attr, data, **kwargs)
+
+    def _load_value(self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any) -> Any:
+        """Load a value of the right type: the marshmallow field this one extends, if any."""
+        return super()._deserialize(value, attr, data, **kwargs)
+
+    def deserialize(
+        self, value: Any, attr: str | None = None, data: Mapping[str, Any] | None = None, **kwargs: Any
+    ) -> Any:
+        # Validators see the value as written, so that a message shows what the operator wrote.
+        loaded = super().deserialize(value, attr, data, **kwargs)
+        return loaded if loaded is missing else self.convert(loaded)
+
+    def convert(self, value: Any) -> Any:
+        """What the config holds for a valid value."""
+        return value
+
+
+class String(TomlValue, fields.String):
+    toml_types = (str,)
+    expected = "a string"
+
+
+class FilePath(String):
+    """A path to a file or directory: a string that is not blank, held as a ``Path``."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(validate=not_blank, **kwargs)
+
+    def convert(self, value: str) -> Path:
+        return Path(value)
+
+
+class Bind(String):
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6), held as ``(host, port)``."""
+
+    def _load_value(self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any) -> Any:
+        try:
+            return parse_bind(super()._load_value(value, attr, data, **kwargs))
+        except ValueError as error:
+            raise ValidationError(str(error)) from None
+
+
+class Integer(TomlValue, fields.Integer):
+    toml_types = (int,)
+    expected = "an integer"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(strict=True, **kwargs)
+
+
+class Seconds(TomlValue):
+    """A duration in seconds, an integer or a float, held as a float."""
+
+    toml_types = (int, float)
+    expected = "a number"
+
+    def convert(self, value: float) -> float:
+        return float(value)
+
+
+class Boolean(TomlValue, fields.Boolean):
+    toml_types = (bool,)
+    expected = "true or false"
+
+
+class StringList(TomlValue, fields.List):
+    """An array of strings, held as a tuple."""
+
+    toml_types = (list,)
+    expected = "a list of strings"
+    default_error_messages = {"item": "must be a list of strings; item {index} is {type}"}  # noqa: RUF012
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(String(), **kwargs)
+
+    def _load_value(self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any) -> Any:
+        try:
+            return tuple(super()._load_value(value, attr, data, **kwargs))
+        except ValidationError as error:
+            # fields.List reports its items' errors by index; a String item can only be of the wrong type.
+            index = min(cast(dict[int, Any], error.messages))
+            raise self.make_error("item", index=index, type=_type_name(value[index])) from None
+
+
+class Choice(TomlValue):
+    """One value of a closed set, written as the ``Enum`` member's value and held as the member."""
+
+    toml_types = (str,)
+    expected = "a string"
+    default_error_messages = {"unknown": "must be one of {choices}, not {input!r}"}  # noqa: RUF012
+
+    def __init__(self, enum: type[Enum], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.enum = enum
+
+    def _load_value(self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any) -> Any:
+        try:
+            return self.enum(value)
+        except ValueError:
+            choices = ", ".join(repr(member.value) for member in self.enum)
+            raise self.make_error("unknown", input=value, choices=choices) from None
+
+
+# -------------------------------------------------------------- TOML sections
+
+
+class Section(Schema):
+    """The keys of one ``[section]``: each a field named as the dataclass attribute it sets.
+
+    Every key is optional: a key the file leaves out is left out of what the schema loads, so a
+    flag or the dataclass's default fills it in. Keys the schema does not know are errors.
+    """
+
+    class Meta:
+        unknown = RAISE
+
+
+class ServerSection(Section):
+    bind = Bind()
+    local_token_env = String(validate=[not_blank, env_name])
+    max_request_body_bytes = Integer(validate=at_least_1)
+    allowed_origins = StringList()
+    allowed_hosts = StringList()
+    ws_heartbeat_seconds = Seconds(validate=finite_and_not_negative)
+    unix_socket = FilePath()
+    metrics_public = Boolean()
+
+
+class RuntimeSection(Section):
+    runtime_id = String(validate=not_blank)
+    display_name = String()
+
+
+class LimitsSection(Section):
+    """The fields of ``RuntimeLimits``."""
+
+    max_transcript_projection_items = Integer(validate=at_least_1)
+    max_event_batch_items = Integer(validate=at_least_1)
+    observation_backlog = Integer(validate=at_least_1)
+    subscriber_queue = Integer(validate=at_least_1)
+
+
+class StoreSection(Section):
+    kind = Choice(StoreKind, error_messages={"unknown": 'must be "memory" or "fs", not {input!r}'})
+    root = FilePath()
+
+
+class LogSection(Section):
+    level = Choice(LogLevel)
+    format = Choice(LogFormat)
+    file = FilePath()
+
+
+@dataclass(frozen=True, slots=True)
+class NamedTables:
+    """A section made of named tables, such as ``[profiles.<name>]``, each holding the keys of ``section``.
+
+    It loads as ``{name: values}``; messages name a key as ``[profiles.<name>] key``."""
+
+    section: Section
+
+
+#: Every section of the file, in the order ``config.example.toml`` documents them. A new key is a
+#: field on its section plus the dataclass attribute it sets; a new section is a schema here, its
+#: dataclass, and the line of ``load_config`` that builds it.
+SECTIONS: dict[str, Section | NamedTables] = {
+    "server": ServerSection(),
+    "runtime": RuntimeSection(),
+    "limits": LimitsSection(),
+    "store": StoreSection(),
+    "log": LogSection(),
 }
 
 #: Command-line flag -> (section, key) it overrides, for ``load_config``'s ``overrides``.
@@ -266,8 +419,41 @@ FLAG_KEYS: dict[str, tuple[str, str]] = {
 }
 
 
-def read_toml(path: Path) -> dict[str, Any]:
-    """Read and check a config file: only known sections and keys, each of the right type."""
+def _complaint(messages: Any) -> str:
+    """The first of a field's messages (a list of them, or a dict of lists for a container)."""
+    while not isinstance(messages, str):
+        messages = next(iter(messages.values())) if isinstance(messages, dict) else messages[0]
+    return messages
+
+
+def _expect_table(path: Path, header: str, value: Any) -> None:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: [{header}] must be a table, not {_type_name(value)}")
+
+
+def _load_table(path: Path, header: str, section: Section, table: dict[str, Any]) -> dict[str, Any]:
+    """The values of the keys ``table`` holds, as ``section`` loads them; the first problem, in
+    the file's order, is the ``ConfigError``."""
+    try:
+        loaded: dict[str, Any] = section.load(table)
+    except ValidationError as error:
+        errors = error.messages if isinstance(error.messages, dict) else {"_schema": error.messages}
+        for key in table:
+            if key not in section.fields:
+                known = ", ".join(section.declared_fields)
+                raise ConfigError(f"{path}: unknown key [{header}] {key} (known: {known})") from None
+            if key in errors:
+                raise ConfigError(f"{path}: [{header}] {key} {_complaint(errors[key])}") from None
+        raise ConfigError(f"{path}: [{header}] {_complaint(errors)}") from None  # a whole-section check
+    return loaded
+
+
+def read_toml(path: Path, sections: Mapping[str, Section | NamedTables] | None = None) -> dict[str, Any]:
+    """Read and check a config file: only known sections and keys, each of the right type.
+
+    Returns each section's values as its fields load them (``bind`` as ``(host, port)``, a path as
+    a ``Path``, a closed set as its ``Enum`` member); ``sections`` defaults to ``SECTIONS``."""
+    sections = SECTIONS if sections is None else sections
     try:
         with path.open("rb") as file:
             data = tomllib.load(file)
@@ -277,18 +463,32 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read config file: {error}") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: not valid TOML: {error}") from None
-    for section, table in data.items():
-        if section not in KEYS:
-            raise ConfigError(f"{path}: unknown section [{section}] (known: {', '.join(KEYS)})")
-        if not isinstance(table, dict):
-            raise ConfigError(f"{path}: [{section}] must be a table, not {_type_name(table)}")
-        for key, value in table.items():
-            check = KEYS[section].get(key)
-            if check is None:
-                raise ConfigError(f"{path}: unknown key [{section}] {key} (known: {', '.join(KEYS[section])})")
-            if complaint := check(value):
-                raise ConfigError(f"{path}: [{section}] {key} {complaint}")
-    return data
+    loaded: dict[str, Any] = {}
+    for name, table in data.items():
+        section = sections.get(name)
+        if section is None:
+            raise ConfigError(f"{path}: unknown section [{name}] (known: {', '.join(sections)})")
+        _expect_table(path, name, table)
+        if isinstance(section, NamedTables):
+            loaded[name] = {}
+            for table_name, named_table in table.items():
+                header = f"{name}.{table_name}"
+                _expect_table(path, header, named_table)
+                loaded[name][table_name] = _load_table(path, header, section.section, named_table)
+        else:
+            loaded[name] = _load_table(path, name, section, table)
+    return loaded
+
+
+def _flag_value(flag: str, value: Any) -> Any:
+    """A flag's value, checked and loaded by the field of the key it overrides."""
+    section_name, key = FLAG_KEYS[flag]
+    section = SECTIONS[section_name]
+    assert isinstance(section, Section), f"{flag} overrides a key of a section of named tables"
+    try:
+        return section.fields[key].deserialize(value)
+    except ValidationError as error:
+        raise ConfigError(f"{flag} {_complaint(error.messages)}") from None
 
 
 def load_config(
@@ -298,30 +498,38 @@ def load_config(
 ) -> Config:
     """Build the config: ``overrides`` (flag -> value, ``None`` = not given) > file > defaults."""
     environ = os.environ if environ is None else environ
-    values: dict[tuple[str, str], Any] = {}
+    values: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
     sources: dict[tuple[str, str], str] = {}
     if path is not None:
         for section, table in read_toml(path).items():
-            for key, value in table.items():
-                values[(section, key)] = value
-                sources[(section, key)] = f"{path}: [{section}] {key}"
+            values[section].update(table)
+            sources.update({(section, key): f"{path}: [{section}] {key}" for key in table})
     for flag, value in (overrides or {}).items():
         if value is None:
             continue
         section, key = FLAG_KEYS[flag]
-        if complaint := KEYS[section][key](value):
-            raise ConfigError(f"{flag} {complaint}")
-        values[(section, key)] = value
+        values[section][key] = _flag_value(flag, value)
         sources[(section, key)] = flag
-
-    def get(section: str, key: str, default: Any = None) -> Any:
-        return values.get((section, key), default)
 
     def where(section: str, key: str) -> str:
         return sources.get((section, key), f"[{section}] {key}")
 
-    host, port = parse_bind(get("server", "bind", format_host_port(DEFAULT_HOST, DEFAULT_PORT)))
-    token_env = get("server", "local_token_env")
+    server = _server_config(values["server"], where, environ)
+    runtime = RuntimeOptions(**values["runtime"], limits=RuntimeLimits(**values["limits"]))
+    store = StoreConfig(**values["store"])
+    if store.kind is StoreKind.FS and store.root is None:
+        raise ConfigError(f"{where('store', 'kind')}: the fs store needs a root ([store] root or --fs-root)")
+    return Config(server=server, runtime=runtime, store=store, log=LogConfig(**values["log"]))
+
+
+def _server_config(
+    values: Mapping[str, Any], where: Callable[[str, str], str], environ: Mapping[str, str]
+) -> ServerConfig:
+    """The ``[server]`` section, its token read from ``environ``; a non-loopback bind needs one."""
+    values = dict(values)
+    bind_given = "bind" in values
+    host, port = values.pop("bind", (DEFAULT_HOST, DEFAULT_PORT))
+    token_env = values.get("local_token_env")
     token = None
     if token_env is not None:
         raw = environ.get(token_env, "")
@@ -329,45 +537,16 @@ def load_config(
             raise ConfigError(f"{where('server', 'local_token_env')} names {token_env}, which is unset or empty")
         if any(c.isspace() or ord(c) < 32 for c in raw):
             raise ConfigError(
-                f"{where('server', 'local_token_env')}: the token in {token_env} contains whitespace or control characters"
+                f"{where('server', 'local_token_env')}: the token in {token_env} "
+                "contains whitespace or control characters"
             )
         token = Secret(raw)
-    server = ServerConfig(
-        host=host,
-        port=port,
-        local_token_env=token_env,
-        local_token=token,
-        max_request_body_bytes=get("server", "max_request_body_bytes", DEFAULT_MAX_REQUEST_BODY_BYTES),
-        allowed_origins=tuple(get("server", "allowed_origins", ())),
-        allowed_hosts=tuple(get("server", "allowed_hosts", ())),
-        ws_heartbeat_seconds=float(get("server", "ws_heartbeat_seconds", DEFAULT_WS_HEARTBEAT_SECONDS)),
-        unix_socket=Path(unix_socket) if (unix_socket := get("server", "unix_socket")) is not None else None,
-        listen_tcp=unix_socket is None or ("server", "bind") in values,
-        metrics_public=get("server", "metrics_public", False),
-    )
+    # With a Unix socket, TCP is off unless a bind was given explicitly.
+    listen_tcp = values.get("unix_socket") is None or bind_given
+    server = ServerConfig(host=host, port=port, local_token=token, listen_tcp=listen_tcp, **values)
     if server.listen_tcp and not server.is_loopback and server.local_token is None:
         raise ConfigError(
             f"{where('server', 'bind')}: binding {server.bind}, which is not a loopback address, "
             "requires a token ([server] local_token_env or --local-token-env)"
         )
-    limit_defaults = RuntimeLimits()
-    limits = RuntimeLimits(
-        **{name: get("limits", name, getattr(limit_defaults, name)) for name in KEYS["limits"]}
-    )
-    runtime = RuntimeOptions(
-        runtime_id=get("runtime", "runtime_id"),
-        display_name=get("runtime", "display_name"),
-        limits=limits,
-    )
-    kind = get("store", "kind", "memory")
-    root = get("store", "root")
-    if kind == "fs" and root is None:
-        raise ConfigError(f"{where('store', 'kind')}: the fs store needs a root ([store] root or --fs-root)")
-    store = StoreConfig(kind=kind, root=Path(root) if root is not None else None)
-    log_file = get("log", "file")
-    log = LogConfig(
-        level=get("log", "level", "info"),
-        format=get("log", "format", "text"),
-        file=Path(log_file) if log_file is not None else None,
-    )
-    return Config(server=server, runtime=runtime, store=store, log=log)
+    return server

@@ -9,7 +9,7 @@ import logging
 import sys
 from datetime import datetime, timezone
 
-from .config import LogConfig
+from .config import LogConfig, LogFormat
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 #: Extra fields a log call may attach (``extra={...}``) that JSON lines carry as their own keys.
@@ -52,10 +52,10 @@ def configure_logging(config: LogConfig) -> ReopenableFileHandler | None:
         handler = file_handler = ReopenableFileHandler(config.file, encoding="utf-8")
     else:
         handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if config.format == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if config.format is LogFormat.JSON else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(config.level.upper())
+    root.setLevel(config.level.name)
     return file_handler

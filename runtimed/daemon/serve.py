@@ -23,7 +23,7 @@ from aiohttp import web
 from ..runtime import Runtime
 from ..store import FsStore, MemoryStore, Store
 from ..web.app import create_app
-from .config import Config, format_host_port
+from .config import Config, StoreKind, format_host_port
 from .logs import ReopenableFileHandler
 from .systemd import notify
 
@@ -39,7 +39,7 @@ class StartError(Exception):
 
 def build_store(config: Config) -> Store:
     """The store ``config`` asks for, not yet opened."""
-    if config.store.kind == "fs":
+    if config.store.kind is StoreKind.FS:
         assert config.store.root is not None  # the config requires it
         return FsStore(config.store.root, config.limits.observation_backlog)
     return MemoryStore()
