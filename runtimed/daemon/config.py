@@ -11,7 +11,6 @@ by the same field as the key it overrides (``FLAG_KEYS``), so the two cannot dis
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import math
 import os
@@ -25,63 +24,21 @@ from typing import Any, ClassVar, cast
 from marshmallow import RAISE, Schema, ValidationError, fields, missing, validate
 
 from ..domain.management import RuntimeLimits, RuntimeOptions
+from ..web.settings import (
+    DEFAULT_HOST,
+    DEFAULT_MAX_REQUEST_BODY_BYTES,
+    DEFAULT_PORT,
+    DEFAULT_WS_HEARTBEAT_SECONDS,
+    Secret,
+    ServerConfig,
+    format_host_port,
+    is_loopback_host,
+)
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 7420
-DEFAULT_MAX_REQUEST_BODY_BYTES = 1024 * 1024
-DEFAULT_WS_HEARTBEAT_SECONDS = 30.0
 
 
 class ConfigError(Exception):
     """A configuration that runtimed refuses to start with; the message is the whole story."""
-
-
-class Secret:
-    """A value that must never be printed: its ``repr`` and ``str`` are redacted."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('<redacted>')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-
-@dataclass(frozen=True, slots=True)
-class ServerConfig:
-    host: str = DEFAULT_HOST
-    port: int = DEFAULT_PORT
-    local_token_env: str | None = None
-    local_token: Secret | None = None
-    max_request_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES
-    allowed_origins: tuple[str, ...] = ()
-    allowed_hosts: tuple[str, ...] = ()
-    ws_heartbeat_seconds: float = DEFAULT_WS_HEARTBEAT_SECONDS
-    #: A Unix socket to serve on (mode 0600), and whether to serve on ``host:port`` as well:
-    #: with a socket configured, TCP is off unless ``bind`` is given explicitly.
-    unix_socket: Path | None = None
-    listen_tcp: bool = True
-    metrics_public: bool = False
-
-    @property
-    def is_loopback(self) -> bool:
-        return is_loopback_host(self.host)
-
-    @property
-    def bind(self) -> str:
-        return format_host_port(self.host, self.port)
 
 
 class StoreKind(str, Enum):
@@ -134,24 +91,6 @@ class Config:
 
 
 # ----------------------------------------------------------------- addresses
-
-
-@functools.lru_cache(maxsize=1024)
-def is_loopback_host(host: str) -> bool:
-    """``localhost`` or a loopback IP address (any ``127.x.y.z``, ``::1``).
-
-    Memoised (bounded): the Host check asks it on every request, and parsing an address costs
-    more than the rest of a small request's checks together."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def format_host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def parse_bind(text: str) -> tuple[str, int]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..daemon.config import ServerConfig
+from .settings import ServerConfig
 from ..runtime import Runtime
 from . import handlers, openapi, ws
 from .errors import error_middleware

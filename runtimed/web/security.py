@@ -13,7 +13,7 @@ import hmac
 
 from aiohttp import web
 
-from ..daemon.config import ServerConfig, is_loopback_host
+from .settings import ServerConfig, is_loopback_host
 from .errors import Handler, HostNotAllowed, OriginNotAllowed, Unauthorized
 from .keys import SERVER_CONFIG
 
