@@ -18,6 +18,7 @@ from .daemon.logs import configure_logging
 from .daemon.serve import StartError, build_store, run
 from .domain.errors import RuntimedError
 
+
 class _OneLineFailure(click.ClickException):
     def show(self, file: object = None) -> None:
         click.echo(self.format_message(), err=True)
@@ -49,9 +50,18 @@ def main() -> None:
 @click.option("--runtime-id", metavar="ID", help="Runtime id [default: generated].")
 @click.option("--display-name", metavar="NAME", help="Display name shown in the runtime summary.")
 @click.option("--local-token-env", metavar="VAR", help="Environment variable that holds the bearer token.")
-@click.option("--max-transcript-projection-items", type=click.IntRange(min=1), metavar="N", help="Largest transcript page [default: 256].")
-@click.option("--max-event-batch-items", type=click.IntRange(min=1), metavar="N", help="Largest event poll batch [default: 256].")
-@click.option("--unix-socket", metavar="PATH", help="Also serve on this Unix socket (mode 0600); alone unless --bind is given.")
+@click.option(
+    "--max-transcript-projection-items",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Largest transcript page [default: 256].",
+)
+@click.option(
+    "--max-event-batch-items", type=click.IntRange(min=1), metavar="N", help="Largest event poll batch [default: 256]."
+)
+@click.option(
+    "--unix-socket", metavar="PATH", help="Also serve on this Unix socket (mode 0600); alone unless --bind is given."
+)
 @click.option("--log-level", type=click.Choice(LOG_LEVELS), help="Least severe log level written [default: info].")
 @click.option("--log-format", type=click.Choice(LOG_FORMATS), help="Log lines as text or JSON [default: text].")
 @click.option("--log-file", metavar="FILE", help="Log to FILE instead of stderr; SIGHUP reopens it.")

@@ -19,10 +19,10 @@ import aiohttp
 import pytest
 
 from runtimed.daemon.config import Secret, ServerConfig
-from runtimed.store.fs import FsStore
+from runtimed.daemon.systemd import notify
 from runtimed.runtime import Runtime
 from runtimed.store import MemoryStore
-from runtimed.daemon.systemd import notify
+from runtimed.store.fs import FsStore
 from runtimed.web.app import create_app
 
 from .conftest import TASK_REQUEST, create_worker
@@ -107,12 +107,12 @@ async def test_sigterm_lets_an_in_flight_request_finish_and_closes_sessions(tmp_
         "--bind", "127.0.0.1:0", "--store", "fs", "--fs-root", str(root), slow_flush_ms=800
     ).start()
     try:
-        worker = request_json("POST", daemon.base_url + "/v1/workers", TASK_REQUEST, timeout=10)[2]["worker"]["worker_id"]
+        _, _, created = request_json("POST", daemon.base_url + "/v1/workers", TASK_REQUEST, timeout=10)
+        worker = created["worker"]["worker_id"]
         async with aiohttp.ClientSession() as session:
             sockets = [await session.ws_connect(f"{daemon.base_url}/v1/workers/{worker}/events/ws") for _ in range(2)]
             for ws in sockets:
                 await ws.receive_json(timeout=5)
-
 
             async def read_to_the_end(ws) -> list:
                 return [json.loads(message.data) async for message in ws]
@@ -120,14 +120,16 @@ async def test_sigterm_lets_an_in_flight_request_finish_and_closes_sessions(tmp_
             # The observers keep reading, as real ones do: the close handshake needs them.
             readers = [asyncio.create_task(read_to_the_end(ws)) for ws in sockets]
             in_flight = asyncio.create_task(
-                session.post(f"{daemon.base_url}/v1/workers/{worker}/input", json={"kind": "user", "content": "finish me"})
+                session.post(
+                    f"{daemon.base_url}/v1/workers/{worker}/input", json={"kind": "user", "content": "finish me"}
+                )
             )
             await asyncio.sleep(0.3)
             daemon.process.send_signal(signal.SIGTERM)
             response = await asyncio.wait_for(in_flight, 10)
             assert response.status == 200
             assert (await response.json())["ack"]["transcript_sequence"] == 1
-            for ws, reader in zip(sockets, readers):
+            for ws, reader in zip(sockets, readers, strict=True):
                 frames = await asyncio.wait_for(reader, 10)
                 assert frames[-1]["diagnostic"]["code"] == "runtime.upstream_closed"
                 assert ws.close_code == 1001
@@ -145,7 +147,8 @@ async def test_a_second_sigint_exits_at_once(tmp_path):
         "--bind", "127.0.0.1:0", "--store", "fs", "--fs-root", str(tmp_path / "root"), slow_flush_ms=4000
     ).start()
     try:
-        worker = request_json("POST", daemon.base_url + "/v1/workers", TASK_REQUEST, timeout=10)[2]["worker"]["worker_id"]
+        _, _, created = request_json("POST", daemon.base_url + "/v1/workers", TASK_REQUEST, timeout=10)
+        worker = created["worker"]["worker_id"]
         async with aiohttp.ClientSession() as session:
             in_flight = asyncio.create_task(
                 session.post(f"{daemon.base_url}/v1/workers/{worker}/input", json={"kind": "user", "content": "slow"})
@@ -301,8 +304,13 @@ async def test_metrics_count_requests_workers_sessions_and_observations(client, 
         assert response.headers["Content-Type"].startswith("text/plain; version=")
         text = await response.text()
     assert metric(text, "runtimed_http_requests_total", method="POST", route="/v1/workers", status="200") == 1
-    assert metric(text, "runtimed_http_requests_total", method="POST", route="/v1/workers/{worker_id}/input", status="200") == 1
-    assert metric(text, "runtimed_http_requests_total", method="GET", route="/v1/workers/{worker_id}", status="404") == 1
+    assert (
+        metric(text, "runtimed_http_requests_total", method="POST", route="/v1/workers/{worker_id}/input", status="200")
+        == 1
+    )
+    assert (
+        metric(text, "runtimed_http_requests_total", method="GET", route="/v1/workers/{worker_id}", status="404") == 1
+    )
     assert metric(text, "runtimed_http_request_duration_seconds_count", method="POST", route="/v1/workers") == 1
     assert metric(text, "runtimed_workers", status="running") == 1
     assert metric(text, "runtimed_workers", status="stopped") == 0
@@ -349,14 +357,14 @@ def test_json_logs_have_one_line_per_request_and_no_token(tmp_path):
         request_json("POST", daemon.base_url + "/v1/workers/worker-00000001/stop", headers=headers)
         assert daemon.stop() == 0
     lines = [json.loads(line) for line in daemon.stderr.splitlines() if line.startswith("{")]
-    requests = [(l["method"], l["path"], l["status"]) for l in lines if l["logger"] == "runtimed.access"]
+    requests = [(rec["method"], rec["path"], rec["status"]) for rec in lines if rec["logger"] == "runtimed.access"]
     assert requests == [
         ("POST", "/v1/workers", 200),
         ("GET", "/v1/runtime", 401),
         ("POST", "/v1/workers/worker-00000001/stop", 200),
     ]
-    assert all(isinstance(l["duration_ms"], float) for l in lines if l["logger"] == "runtimed.access")
-    lifecycle = [l["message"] for l in lines if l["logger"] == "runtimed.runtime"]
+    assert all(isinstance(rec["duration_ms"], float) for rec in lines if rec["logger"] == "runtimed.access")
+    lifecycle = [rec["message"] for rec in lines if rec["logger"] == "runtimed.runtime"]
     assert "worker worker-00000001 created" in lifecycle
     assert "worker worker-00000001 stopped: worker stopped" in lifecycle
     assert TOKEN not in daemon.stderr

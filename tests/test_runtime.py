@@ -83,9 +83,7 @@ async def test_create_returns_running_detail_with_ref_of_this_runtime(runtime):
 
 
 async def test_worker_without_bundle_or_capabilities_gets_both_info_diagnostics(runtime):
-    detail = await runtime.create_worker(
-        CreateWorkerRequest(intent=AssistantIntent(), profile=RuntimeDefaultProfile())
-    )
+    detail = await runtime.create_worker(CreateWorkerRequest(intent=AssistantIntent(), profile=RuntimeDefaultProfile()))
     diagnostics = runtime.diagnostics()
     assert [(d.id, d.severity, d.code, d.worker_ref) for d in diagnostics] == [
         (1, Severity.INFO, "runtime.local_default_resources", detail.worker_ref),
@@ -374,14 +372,14 @@ class FailingStore(MemoryStore):
         self.failing = False
         self.committed: list[Change] = []
 
-    def commit(self, change: Change) -> "asyncio.Future[None] | None":
+    def commit(self, change: Change) -> asyncio.Future[None] | None:
         if self.failing:
             return failed(StoreIo("append", "/tmp/events.jsonl", "No space left on device"))
         self.committed.append(change)
         return None
 
 
-def failed(error: BaseException) -> "asyncio.Future[None]":
+def failed(error: BaseException) -> asyncio.Future[None]:
     future = asyncio.get_running_loop().create_future()
     future.set_exception(error)
     return future
@@ -448,7 +446,7 @@ class GatedStore(MemoryStore):
         self.pending: list[asyncio.Future[None]] = []
         self.resumed = 0
 
-    def commit(self, change: Change) -> "asyncio.Future[None] | None":
+    def commit(self, change: Change) -> asyncio.Future[None] | None:
         if not self.gated:
             return None
         future = asyncio.get_running_loop().create_future()

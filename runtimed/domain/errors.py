@@ -97,7 +97,9 @@ class StoreCorrupt(StoreError):
 class StatePoisoned(RuntimedError):
     code = "state_poisoned"
 
-    def __init__(self, message: str = "runtime state is unusable after a failed store write; restart the daemon") -> None:
+    def __init__(
+        self, message: str = "runtime state is unusable after a failed store write; restart the daemon"
+    ) -> None:
         super().__init__(message)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from collections.abc import Set as AbstractSet
 
 from aiohttp import web
 
@@ -51,7 +52,7 @@ class NotFound(RuntimedError):
 class MethodNotAllowed(RuntimedError):
     code = "method_not_allowed"
 
-    def __init__(self, message: str, allowed: frozenset[str]) -> None:
+    def __init__(self, message: str, allowed: AbstractSet[str]) -> None:
         super().__init__(message)
         self.allowed = allowed
 
@@ -126,6 +127,7 @@ def _from_http_exception(request: web.Request, exc: web.HTTPException) -> Runtim
     if isinstance(exc, web.HTTPRequestEntityTooLarge):
         return PayloadTooLarge(request.app[SERVER_CONFIG].max_request_body_bytes)
     return None
+
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
