@@ -86,6 +86,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "invalid_request": 400,
     "limit_too_large": 400,
     "wrong_runtime": 400,
+    # In the contract, but never raised: an observation cursor (`wo_` + a sequence) names no runtime.
     "wrong_runtime_cursor": 400,
     "unauthorized": 401,
     "origin_not_allowed": 403,
