@@ -56,17 +56,19 @@ def test_the_daemon_tells_systemd_when_it_is_ready_and_when_it_stops(notify_sock
     assert stopping == ["STOPPING=1", "STATUS=shutting down"]
 
 
-def test_notify_speaks_to_abstract_sockets_and_is_silent_without_one():
+def test_notify_speaks_to_abstract_sockets_and_is_silent_without_one(monkeypatch):
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     name = f"runtimed-test-{os.getpid()}"
     sock.bind("\0" + name)
     sock.settimeout(5)
     try:
-        assert notify("READY=1", environ={"NOTIFY_SOCKET": "@" + name})
+        monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
+        assert notify("READY=1")
         assert sock.recv(100) == b"READY=1"
     finally:
         sock.close()
-    assert notify("READY=1", environ={}) is False
+    monkeypatch.delenv("NOTIFY_SOCKET")
+    assert notify("READY=1") is False
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed here")

@@ -69,14 +69,6 @@ class Subscription:
             self._wakeup.clear()
             await self._wakeup.wait()
 
-    def drain(self) -> list[Observation]:
-        """Everything queued now, without waiting; raises ``Overrun`` if it fell behind."""
-        if self._overrun:
-            raise Overrun()
-        items = list(self._queue)
-        self._queue.clear()
-        return items
-
 
 class ObservationBus:
     """Sequences, retains and fans out worker observations."""

@@ -43,7 +43,7 @@ from ..domain.errors import (
 )
 from ..domain.identity import WorkerRef, format_worker_id, generate_runtime_id
 from ..domain.interaction import WorkerInput, WorkerInteractionAck
-from ..domain.management import RuntimeLimits, RuntimeOptions, RuntimeStatus, RuntimeSummary
+from ..domain.management import RuntimeOptions, RuntimeStatus, RuntimeSummary
 from ..domain.observation import (
     EventBatch,
     EventKind,
@@ -222,14 +222,6 @@ class Runtime:
     @property
     def runtime_id(self) -> str:
         return self._runtime_id
-
-    @property
-    def limits(self) -> RuntimeLimits:
-        return self._limits
-
-    @property
-    def status(self) -> RuntimeStatus:
-        return self._durable.status
 
     def worker_ref(self, worker_id: str) -> WorkerRef:
         """The ref of ``worker_id`` in this runtime (raises ``InvalidWorkerId`` when blank)."""
