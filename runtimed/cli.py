@@ -1,6 +1,6 @@
 """The command line: the click group. ``runtimed serve`` hands a loaded config to ``daemon.serve``.
 
-Thin by design: every decision about values lives in ``config``; every behaviour in the
+Thin by design: every decision about values lives in ``daemon.config``; every behaviour in the
 Runtime and the web app. Problems at start are one line on stderr and an exit status:
 2 for usage and configuration, 1 for a failure while starting or running.
 """

@@ -241,7 +241,7 @@ async def test_cursor_older_than_the_backlog_is_expired_with_a_resume_point_that
     worker = (await create_worker(client))["worker_id"]
     other = (await create_worker(client))["worker_id"]
     for i in range(5):
-        await input_(client, worker, f"w{i}")  # worker: sequences 1..5, retained 3..5
+        await input_(client, worker, f"w{i}")  # worker: transcript entries 1..5, the last 3 retained
         await input_(client, other, f"o{i}")
     async with client.ws_connect(ws_path(worker, encode_cursor(1))) as ws:
         await next_frame(ws)

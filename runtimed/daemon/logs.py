@@ -1,6 +1,6 @@
 """Logging set-up: text or JSON lines, to stderr (what journald wants) or to a file that
 SIGHUP reopens (what logrotate wants). Nothing here ever sees a token: request lines carry
-method, path, status and duration only."""
+method, path, route, status and duration only."""
 
 from __future__ import annotations
 

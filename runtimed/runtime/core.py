@@ -3,8 +3,9 @@
 The Runtime is the only object the web layer calls. It knows nothing of HTTP: it takes and
 returns domain values and raises ``RuntimedError`` subclasses.
 
-Every mutation follows one path (``_commit``): check, build a ``Change`` around the single
-runtime event it appends, apply it to memory, then wait for the store to make it durable.
+Every mutation follows one path (``_commit``): check, build a ``Change`` (around the one
+runtime event a mutation of the contract appends; published observations and restore warnings
+append none), apply it to memory, then wait for the store to make it durable.
 Applying and building happen without an ``await`` in between, so concurrent mutations never
 interleave half-way; if the store fails, the change is undone and the caller gets the error.
 """
@@ -584,7 +585,9 @@ class Runtime:
         raise error
 
     def _settle_quietly(self, item: _Inflight, pending: asyncio.Future[None]) -> None:
-        with contextlib.suppress(BaseException):  # the caller is gone; the error was logged by the store
+        # The caller is gone: the change is kept or undone all the same; only its error has
+        # nobody left to hear it.
+        with contextlib.suppress(BaseException):
             self._settle(item, pending)
 
     def _rollback_from(self, item: _Inflight) -> None:

@@ -1,4 +1,4 @@
-"""The aiohttp application factory. The CLI and the tests build the app the same way:
+"""The aiohttp application factory. The daemon and the tests build the app the same way:
 ``create_app(runtime, server_config)`` with objects that are already built."""
 
 from __future__ import annotations

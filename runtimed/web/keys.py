@@ -17,5 +17,5 @@ RUNTIME = web.AppKey("runtime", Runtime)
 SERVER_CONFIG = web.AppKey("server_config", ServerConfig)
 #: Open observation sessions (``ws.ObservationSession``), closed on shutdown.
 WS_SESSIONS: web.AppKey[set[ObservationSession]] = web.AppKey("ws_sessions", set)
-#: Encoded event frames shared by every session (``ws.FrameCache``).
+#: Encoded event frames shared by every session (``frames.FrameCache``).
 WS_FRAMES = web.AppKey("ws_frames", FrameCache)

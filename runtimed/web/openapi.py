@@ -5,8 +5,8 @@ marshmallow schemas the handlers load and dump with (apispec and its Marshmallow
 operations below; a route the table does not describe is an error, so the document cannot
 silently fall behind the routes. Error responses come from the codes each route can give,
 grouped by the one ``code -> status`` table of ``errors.py``. ``GET /v1/openapi.json`` serves
-the document, and ``python -m runtimed.web.openapi`` prints it for ``make openapi``, which
-writes the committed ``docs/openapi.json`` (a test fails when that file is stale).
+the document, and ``python -m runtimed.web`` prints it for ``make openapi``, which writes the
+committed ``docs/openapi.json`` (a test fails when that file is stale).
 """
 
 from __future__ import annotations
