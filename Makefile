@@ -1,5 +1,6 @@
 # The two commands a newcomer needs: `make run` and `make test`.
 # Each one sets up a local virtual environment (.venv) on first use.
+# `make test` runs `make lint` (ruff and mypy, configured in pyproject.toml), then the tests.
 
 PYTHON ?= python3
 VENV := .venv
@@ -8,17 +9,28 @@ STAMP := $(VENV)/.installed
 RUN_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: run test test-fast bench openapi venv clean
+.PHONY: run test test-fast lint format bench openapi venv clean
 
 run: $(STAMP)
 	$(BIN)/runtimed serve $(RUN_ARGS)
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The inner loop: every test that does not start a process, in seconds.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not process" $(PYTEST_ARGS)
+
+# What ruff looks at (and leaves out) is set in pyproject.toml, so the paths here stay `.`.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy runtimed
+
+# Fix what ruff can fix by itself, and format.
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 bench: $(STAMP)
 	$(BIN)/python bench/rest_bench.py $(BENCH_ARGS)
@@ -38,4 +50,4 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,6 +1,6 @@
 """The command line: the click group. ``runtimed serve`` hands a loaded config to ``daemon.serve``.
 
-Thin by design: every decision about values lives in ``config``; every behaviour in the
+Thin by design: every decision about values lives in ``daemon.config``; every behaviour in the
 Runtime and the web app. Problems at start are one line on stderr and an exit status:
 2 for usage and configuration, 1 for a failure while starting or running.
 """
@@ -19,6 +19,7 @@ from .daemon.logs import configure_logging
 from .daemon.serve import StartError, build_store, run
 from .domain.errors import RuntimedError
 
+
 class _OneLineFailure(click.ClickException):
     def show(self, file: object = None) -> None:
         click.echo(self.format_message(), err=True)
@@ -36,7 +37,7 @@ class StartFailure(_OneLineFailure):
     exit_code = 1
 
 
-def _choice(enum: type[Enum]) -> click.Choice:
+def _choice(enum: type[Enum]) -> click.Choice[str]:
     """A flag taking one of a config ``Enum``'s values (the config loads the member)."""
     return click.Choice([member.value for member in enum])
 
@@ -55,9 +56,18 @@ def main() -> None:
 @click.option("--runtime-id", metavar="ID", help="Runtime id [default: generated].")
 @click.option("--display-name", metavar="NAME", help="Display name shown in the runtime summary.")
 @click.option("--local-token-env", metavar="VAR", help="Environment variable that holds the bearer token.")
-@click.option("--max-transcript-projection-items", type=click.IntRange(min=1), metavar="N", help="Largest transcript page [default: 256].")
-@click.option("--max-event-batch-items", type=click.IntRange(min=1), metavar="N", help="Largest event poll batch [default: 256].")
-@click.option("--unix-socket", metavar="PATH", help="Also serve on this Unix socket (mode 0600); alone unless --bind is given.")
+@click.option(
+    "--max-transcript-projection-items",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Largest transcript page [default: 256].",
+)
+@click.option(
+    "--max-event-batch-items", type=click.IntRange(min=1), metavar="N", help="Largest event poll batch [default: 256]."
+)
+@click.option(
+    "--unix-socket", metavar="PATH", help="Also serve on this Unix socket (mode 0600); alone unless --bind is given."
+)
 @click.option("--log-level", type=_choice(LogLevel), help="Least severe log level written [default: info].")
 @click.option("--log-format", type=_choice(LogFormat), help="Log lines as text or JSON [default: text].")
 @click.option("--log-file", metavar="FILE", help="Log to FILE instead of stderr; SIGHUP reopens it.")

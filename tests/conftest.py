@@ -17,6 +17,7 @@ from runtimed.runtime import Runtime
 from runtimed.store import MemoryStore
 from runtimed.web.app import create_app
 
+
 @pytest.fixture
 async def runtime() -> Runtime:
     runtime = await Runtime.open(MemoryStore())

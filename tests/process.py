@@ -14,6 +14,7 @@ Use it as a context manager, which always kills the process on the way out:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -104,10 +105,8 @@ class RuntimedProcess:
             exit_code = self.process.poll()
             if exit_code is None and self._started.is_set():
                 # stderr closed without the line: the daemon is exiting; let it say with what.
-                try:
+                with contextlib.suppress(subprocess.TimeoutExpired):
                     exit_code = self.process.wait(STOP_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    pass
             self.close()
             raise AssertionError(
                 f"runtimed serve {' '.join(self.args)} did not print its start-up line within {timeout} s "

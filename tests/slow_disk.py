@@ -16,7 +16,6 @@ from runtimed.daemon import serve
 from runtimed.daemon.config import Config
 from runtimed.store import Change, FsStore, Store
 
-
 #: Written to stderr as each flush begins.
 FLUSH_STARTED = "slow disk: flush started"
 

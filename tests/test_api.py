@@ -279,7 +279,14 @@ async def test_content_type_is_not_required(client):
 
 @pytest.mark.parametrize(
     "content",
-    ["héllo wörld", "日本語のテキスト", "emoji 🎉🧪", "tab\tnewline\nquote\"backslash\\", "\u0000nul", "lone \ud83d surrogate"],
+    [
+        "héllo wörld",
+        "日本語のテキスト",
+        "emoji 🎉🧪",
+        'tab\tnewline\nquote"backslash\\',
+        "\u0000nul",
+        "lone \ud83d surrogate",
+    ],
 )
 async def test_unicode_content_is_kept_exactly(client, content):
     wid = (await create_worker(client))["worker_id"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from runtimed.domain.errors import CursorExpired, CursorMalformed, CursorUnknown, Overrun
+from runtimed.domain.identity import WorkerRef
 from runtimed.domain.observation import decode_cursor, encode_cursor
 from runtimed.runtime.bus import ObservationBus
-from runtimed.domain.identity import WorkerRef
 
 A = WorkerRef("runtime-t", "worker-a")
 B = WorkerRef("runtime-t", "worker-b")

@@ -41,9 +41,7 @@ SERVE_FLAGS = (
 
 TOKEN_ENV = "RUNTIMED_TEST_TOKEN"
 TOKEN = "tok-5f3a9c1e-never-logged"
-UNAUTHORIZED_BODY = {
-    "error": {"code": "unauthorized", "message": "missing or invalid local Runtime bearer token"}
-}
+UNAUTHORIZED_BODY = {"error": {"code": "unauthorized", "message": "missing or invalid local Runtime bearer token"}}
 
 
 # ------------------------------------------------------------------ in-process (CliRunner)

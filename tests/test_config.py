@@ -76,7 +76,7 @@ def test_without_file_or_flags_every_value_is_the_default():
 
 
 def test_flags_that_are_not_given_leave_the_defaults():
-    overrides = {flag: None for flag in FLAG_KEYS}
+    overrides = dict.fromkeys(FLAG_KEYS)
 
     assert load_config(None, overrides, environ={}) == load_config(environ={})
 
@@ -300,7 +300,8 @@ def test_a_body_limit_below_1_names_the_file_and_key(tmp_path, value):
 def test_a_negative_nan_or_infinite_heartbeat_names_the_file_and_key(tmp_path, value, shown):
     path = write_config(tmp_path, f"[server]\nws_heartbeat_seconds = {value}\n")
 
-    assert config_error(path) == f"{path}: [server] ws_heartbeat_seconds must be a finite number, 0 or more, not {shown}"
+    expected = f"{path}: [server] ws_heartbeat_seconds must be a finite number, 0 or more, not {shown}"
+    assert config_error(path) == expected
 
 
 @pytest.mark.parametrize(
@@ -349,7 +350,7 @@ def test_the_fs_store_with_a_root_from_the_flag_is_accepted(tmp_path):
 def test_an_unknown_store_kind_names_the_file_and_key(tmp_path):
     path = write_config(tmp_path, '[store]\nkind = "disk"\n')
 
-    assert config_error(path) == f"{path}: [store] kind must be \"memory\" or \"fs\", not 'disk'"
+    assert config_error(path) == f'{path}: [store] kind must be "memory" or "fs", not \'disk\''
 
 
 @pytest.mark.parametrize(

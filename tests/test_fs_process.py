@@ -12,9 +12,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from runtimed.store.fs import FsStore
 from runtimed.domain.observation import EventKind
 from runtimed.runtime import Runtime
+from runtimed.store.fs import FsStore
 
 from .process import RuntimedProcess, request_json, run_runtimed
 
@@ -43,7 +43,9 @@ def all_reads(base_url: str) -> dict[str, Any]:
 def test_a_restarted_daemon_answers_every_read_as_before_and_continues_the_sequences(tmp_path):
     root = tmp_path / "root"
     with serve_fs(root) as daemon:
-        ids = [request_json("POST", daemon.base_url + "/v1/workers", CREATE)[2]["worker"]["worker_id"] for _ in range(3)]
+        ids = [
+            request_json("POST", daemon.base_url + "/v1/workers", CREATE)[2]["worker"]["worker_id"] for _ in range(3)
+        ]
         for i, worker in enumerate(ids):
             request_json("POST", f"{daemon.base_url}/v1/workers/{worker}/input", {"kind": "user", "content": f"m{i}"})
         request_json("POST", f"{daemon.base_url}/v1/workers/{ids[1]}/stop", {"reason": "done"})
@@ -86,7 +88,7 @@ async def _drive(base_url: str, acked: dict[str, list[dict[str, Any]]], stop: as
                 ) as response:
                     ack = (await response.json())["ack"]
                 acked[worker].append({"content": content, **ack})
-        except (aiohttp.ClientError, asyncio.TimeoutError, json.JSONDecodeError):
+        except (TimeoutError, aiohttp.ClientError, json.JSONDecodeError):
             return  # killed mid-request: that one was never acknowledged
 
 
@@ -126,7 +128,11 @@ async def test_no_acknowledged_record_is_lost_when_the_daemon_is_killed(tmp_path
                     assert (entry.content, entry.event_id) == (ack["content"], ack["event_id"])
                 total_acked += len(acks)
             for worker in runtime.list_workers():
-                created = [e for e in events.values() if e.kind is EventKind.WORKER_CREATED and e.worker_ref == worker.worker_ref]
+                created = [
+                    e
+                    for e in events.values()
+                    if e.kind is EventKind.WORKER_CREATED and e.worker_ref == worker.worker_ref
+                ]
                 assert len(created) == 1
                 for entry in whole_transcript(runtime, worker.worker_ref):
                     event = events[entry.event_id]
@@ -145,7 +151,9 @@ async def test_a_websocket_resumes_across_a_restart_with_exactly_the_missed_even
         async with aiohttp.ClientSession() as session:
             async with session.ws_connect(ws_url) as ws:
                 await ws.receive_json(timeout=5)  # snapshot
-                request_json("POST", f"{daemon.base_url}/v1/workers/{worker}/input", {"kind": "user", "content": "seen"})
+                request_json(
+                    "POST", f"{daemon.base_url}/v1/workers/{worker}/input", {"kind": "user", "content": "seen"}
+                )
                 seen = await ws.receive_json(timeout=5)
             last_cursor = seen["envelope"]["cursor"]
             request_json("POST", f"{daemon.base_url}/v1/workers/{worker}/input", {"kind": "user", "content": "missed"})
@@ -154,7 +162,9 @@ async def test_a_websocket_resumes_across_a_restart_with_exactly_the_missed_even
             daemon.close()
 
             daemon = serve_fs(root).start()
-            async with session.ws_connect(f"{daemon.base_url}/v1/workers/{worker}/events/ws?cursor={last_cursor}") as ws:
+            async with session.ws_connect(
+                f"{daemon.base_url}/v1/workers/{worker}/events/ws?cursor={last_cursor}"
+            ) as ws:
                 snapshot = await ws.receive_json(timeout=5)
                 assert snapshot["envelope"]["cursor"] == last_cursor
                 missed = [(await ws.receive_json(timeout=5))["envelope"]["payload"] for _ in range(2)]
@@ -166,7 +176,7 @@ async def test_a_websocket_resumes_across_a_restart_with_exactly_the_missed_even
                 request_json("POST", daemon.base_url + "/v1/workers", CREATE)  # another worker's
                 try:
                     extra = await ws.receive_json(timeout=0.3)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     extra = None
                 assert extra is None
         assert daemon.stop() == 0

@@ -19,10 +19,10 @@ import aiohttp
 import pytest
 
 from runtimed.daemon.config import Secret, ServerConfig
-from runtimed.store.fs import FsStore
+from runtimed.daemon.systemd import notify
 from runtimed.runtime import Runtime
 from runtimed.store import MemoryStore
-from runtimed.daemon.systemd import notify
+from runtimed.store.fs import FsStore
 from runtimed.web.app import create_app
 
 from .helpers import TASK_REQUEST, create_worker, wait_until
@@ -58,17 +58,19 @@ def test_the_daemon_tells_systemd_when_it_is_ready_and_when_it_stops(notify_sock
     assert stopping == ["STOPPING=1", "STATUS=shutting down"]
 
 
-def test_notify_speaks_to_abstract_sockets_and_is_silent_without_one():
+def test_notify_speaks_to_abstract_sockets_and_is_silent_without_one(monkeypatch):
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     name = f"runtimed-test-{os.getpid()}"
     sock.bind("\0" + name)
     sock.settimeout(5)
     try:
-        assert notify("READY=1", environ={"NOTIFY_SOCKET": "@" + name})
+        monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
+        assert notify("READY=1")
         assert sock.recv(100) == b"READY=1"
     finally:
         sock.close()
-    assert notify("READY=1", environ={}) is False
+    monkeypatch.delenv("NOTIFY_SOCKET")
+    assert notify("READY=1") is False
 
 
 @pytest.mark.process
@@ -111,12 +113,12 @@ async def test_sigterm_lets_an_in_flight_request_finish_and_closes_sessions(tmp_
         "--bind", "127.0.0.1:0", "--store", "fs", "--fs-root", str(root), slow_flush_ms=800
     ).start()
     try:
-        worker = request_json("POST", daemon.base_url + "/v1/workers", TASK_REQUEST, timeout=10)[2]["worker"]["worker_id"]
+        _, _, created = request_json("POST", daemon.base_url + "/v1/workers", TASK_REQUEST, timeout=10)
+        worker = created["worker"]["worker_id"]
         async with aiohttp.ClientSession() as session:
             sockets = [await session.ws_connect(f"{daemon.base_url}/v1/workers/{worker}/events/ws") for _ in range(2)]
             for ws in sockets:
                 await ws.receive_json(timeout=5)
-
 
             async def read_to_the_end(ws) -> list:
                 return [json.loads(message.data) async for message in ws]
@@ -125,14 +127,16 @@ async def test_sigterm_lets_an_in_flight_request_finish_and_closes_sessions(tmp_
             readers = [asyncio.create_task(read_to_the_end(ws)) for ws in sockets]
             flushes = daemon.stderr.count(FLUSH_STARTED)
             in_flight = asyncio.create_task(
-                session.post(f"{daemon.base_url}/v1/workers/{worker}/input", json={"kind": "user", "content": "finish me"})
+                session.post(
+                    f"{daemon.base_url}/v1/workers/{worker}/input", json={"kind": "user", "content": "finish me"}
+                )
             )
             await wait_until(lambda: daemon.stderr.count(FLUSH_STARTED) > flushes, what="the input's flush")
             daemon.process.send_signal(signal.SIGTERM)
             response = await asyncio.wait_for(in_flight, 10)
             assert response.status == 200
             assert (await response.json())["ack"]["transcript_sequence"] == 1
-            for ws, reader in zip(sockets, readers):
+            for ws, reader in zip(sockets, readers, strict=True):
                 frames = await asyncio.wait_for(reader, 10)
                 assert frames[-1]["diagnostic"]["code"] == "runtime.upstream_closed"
                 assert ws.close_code == 1001
@@ -148,9 +152,12 @@ async def test_sigterm_lets_an_in_flight_request_finish_and_closes_sessions(tmp_
 @pytest.mark.process
 async def test_a_second_sigint_exits_at_once(tmp_path):
     root = tmp_path / "root"
-    daemon = RuntimedProcess("--bind", "127.0.0.1:0", "--store", "fs", "--fs-root", str(root), slow_flush_ms=4000).start()
+    daemon = RuntimedProcess(
+        "--bind", "127.0.0.1:0", "--store", "fs", "--fs-root", str(root), slow_flush_ms=4000
+    ).start()
     try:
-        worker = request_json("POST", daemon.base_url + "/v1/workers", TASK_REQUEST, timeout=10)[2]["worker"]["worker_id"]
+        _, _, created = request_json("POST", daemon.base_url + "/v1/workers", TASK_REQUEST, timeout=10)
+        worker = created["worker"]["worker_id"]
         async with aiohttp.ClientSession() as session:
             flushes = daemon.stderr.count(FLUSH_STARTED)
             in_flight = asyncio.create_task(
@@ -314,8 +321,13 @@ async def test_metrics_count_requests_workers_sessions_and_observations(client, 
         assert response.headers["Content-Type"].startswith("text/plain; version=")
         text = await response.text()
     assert metric(text, "runtimed_http_requests_total", method="POST", route="/v1/workers", status="200") == 1
-    assert metric(text, "runtimed_http_requests_total", method="POST", route="/v1/workers/{worker_id}/input", status="200") == 1
-    assert metric(text, "runtimed_http_requests_total", method="GET", route="/v1/workers/{worker_id}", status="404") == 1
+    assert (
+        metric(text, "runtimed_http_requests_total", method="POST", route="/v1/workers/{worker_id}/input", status="200")
+        == 1
+    )
+    assert (
+        metric(text, "runtimed_http_requests_total", method="GET", route="/v1/workers/{worker_id}", status="404") == 1
+    )
     assert metric(text, "runtimed_http_request_duration_seconds_count", method="POST", route="/v1/workers") == 1
     assert metric(text, "runtimed_workers", status="running") == 1
     assert metric(text, "runtimed_workers", status="stopped") == 0
@@ -363,14 +375,14 @@ def test_json_logs_have_one_line_per_request_and_no_token(tmp_path):
         request_json("POST", daemon.base_url + "/v1/workers/worker-00000001/stop", headers=headers)
         assert daemon.stop() == 0
     lines = [json.loads(line) for line in daemon.stderr.splitlines() if line.startswith("{")]
-    requests = [(l["method"], l["path"], l["status"]) for l in lines if l["logger"] == "runtimed.access"]
+    requests = [(rec["method"], rec["path"], rec["status"]) for rec in lines if rec["logger"] == "runtimed.access"]
     assert requests == [
         ("POST", "/v1/workers", 200),
         ("GET", "/v1/runtime", 401),
         ("POST", "/v1/workers/worker-00000001/stop", 200),
     ]
-    assert all(isinstance(l["duration_ms"], float) for l in lines if l["logger"] == "runtimed.access")
-    lifecycle = [l["message"] for l in lines if l["logger"] == "runtimed.runtime"]
+    assert all(isinstance(rec["duration_ms"], float) for rec in lines if rec["logger"] == "runtimed.access")
+    lifecycle = [rec["message"] for rec in lines if rec["logger"] == "runtimed.runtime"]
     assert "worker worker-00000001 created" in lifecycle
     assert "worker worker-00000001 stopped: worker stopped" in lifecycle
     assert TOKEN not in daemon.stderr

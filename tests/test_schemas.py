@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from marshmallow import fields
 
-from runtimed.domain.observation import encode_cursor
 from runtimed.domain.catalog import (
     AssistantIntent,
     BuiltinProfile,
@@ -20,6 +19,7 @@ from runtimed.domain.catalog import (
     WorkspaceRef,
 )
 from runtimed.domain.interaction import InputKind, WorkerInput
+from runtimed.domain.observation import encode_cursor
 from runtimed.runtime import Runtime
 from runtimed.store import MemoryStore
 from runtimed.web import schemas
@@ -27,7 +27,9 @@ from runtimed.web import schemas
 REQUESTS = [
     CreateWorkerRequest(AssistantIntent(), RuntimeDefaultProfile()),
     CreateWorkerRequest(AssistantIntent("help"), NamedProfile("careful")),
-    CreateWorkerRequest(TaskIntent("do it"), BuiltinProfile("builtin:coder"), requested_capabilities=(CapabilityRequest("read", "why"),)),
+    CreateWorkerRequest(
+        TaskIntent("do it"), BuiltinProfile("builtin:coder"), requested_capabilities=(CapabilityRequest("read", "why"),)
+    ),
     CreateWorkerRequest(
         RoleIntent("critic", "review"),
         RuntimeDefaultProfile(),
@@ -45,7 +47,9 @@ async def busy_runtime():
     workers = [await runtime.create_worker(request) for request in REQUESTS]
     for i, worker in enumerate(workers):
         for j in range(i + 1):
-            await runtime.send_input(worker.worker_ref, WorkerInput(InputKind.USER if j % 2 else InputKind.SYSTEM, f"m{j} é"))
+            await runtime.send_input(
+                worker.worker_ref, WorkerInput(InputKind.USER if j % 2 else InputKind.SYSTEM, f"m{j} é")
+            )
     await runtime.stop_worker(workers[1].worker_ref, "done")
     await runtime.cancel_worker(workers[2].worker_ref)
     return runtime
@@ -83,7 +87,12 @@ async def test_every_response_shape_dumps_the_same(busy_runtime):
 @pytest.mark.parametrize("data", [None, {"text": "x"}, {}])
 def test_frames_dump_the_same(data):
     payload = {"event": "text_delta"} if data is None else {"event": "text_delta", "data": data}
-    envelope = {"cursor": encode_cursor(3), "event_id": encode_cursor(3), "worker_id": "worker-00000001", "payload": payload}
+    envelope = {
+        "cursor": encode_cursor(3),
+        "event_id": encode_cursor(3),
+        "worker_id": "worker-00000001",
+        "payload": payload,
+    }
     assert_same(schemas.EventFrameSchema(), {"kind": "event", "envelope": envelope})
     for diagnostic in ({"code": "c", "message": "m"}, {"code": "c", "message": "m", "resume_from": encode_cursor(1)}):
         assert_same(schemas.DiagnosticFrameSchema(), {"kind": "diagnostic", "diagnostic": diagnostic})

@@ -46,7 +46,9 @@ async def test_a_configured_origin_is_allowed(aiohttp_client, runtime):
 # -------------------------------------------------------------------- hosts
 
 
-@pytest.mark.parametrize("host", ["evil.example", "evil.example:7420", "127.0.0.1.evil.example", "localhost.evil", "[::2]:80", "10.0.0.1"])
+@pytest.mark.parametrize(
+    "host", ["evil.example", "evil.example:7420", "127.0.0.1.evil.example", "localhost.evil", "[::2]:80", "10.0.0.1"]
+)
 async def test_a_foreign_host_is_refused_while_bound_to_loopback(client, host):
     response = await client.get("/healthz", headers={"Host": host})
     assert response.status == 403

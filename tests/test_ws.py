@@ -11,9 +11,9 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType
 
-from runtimed.domain.observation import encode_cursor
 from runtimed.daemon.config import Secret, ServerConfig
 from runtimed.domain.management import RuntimeLimits, RuntimeOptions
+from runtimed.domain.observation import encode_cursor
 from runtimed.runtime import Runtime
 from runtimed.store import MemoryStore
 from runtimed.web import schemas
@@ -138,7 +138,10 @@ async def test_runtime_stop_tells_observers_of_running_workers(client, runtime):
         await next_frame(ws)
         await client.post("/v1/runtime/stop")
         status = envelope(await next_frame(ws))
-        assert status["payload"] == {"event": "worker_status", "data": {"status": "stopped", "reason": "runtime stopped"}}
+        assert status["payload"] == {
+            "event": "worker_status",
+            "data": {"status": "stopped", "reason": "runtime stopped"},
+        }
 
 
 async def test_a_stopped_worker_can_still_be_observed(client, runtime):
@@ -177,7 +180,7 @@ async def test_reconnecting_with_the_last_cursor_never_repeats_or_skips(aiohttp_
                 while True:
                     try:
                         frame = envelope(await next_frame(ws, timeout=0.05))
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         break
                     seen.append(int(frame["cursor"][3:], 16))
                     cursor = frame["cursor"]
@@ -213,7 +216,10 @@ async def test_malformed_cursor_gets_a_diagnostic_and_a_close(client):
             frame = await next_frame(ws)
             assert frame == {
                 "kind": "diagnostic",
-                "diagnostic": {"code": "runtime.cursor_malformed", "message": f"malformed worker observation cursor: {raw}"},
+                "diagnostic": {
+                    "code": "runtime.cursor_malformed",
+                    "message": f"malformed worker observation cursor: {raw}",
+                },
             }
             await expect_close(ws, 1000)
 
@@ -231,11 +237,11 @@ async def test_cursor_beyond_the_newest_sequence_is_unknown_after_the_snapshot(c
 
 
 async def test_cursor_older_than_the_backlog_is_expired_with_a_resume_point_that_replays_it_all(aiohttp_client):
-    runtime, client = await make_client(aiohttp_client, RuntimeLimits(observation_backlog=3))
+    _, client = await make_client(aiohttp_client, RuntimeLimits(observation_backlog=3))
     worker = (await create_worker(client))["worker_id"]
     other = (await create_worker(client))["worker_id"]
     for i in range(5):
-        await input_(client, worker, f"w{i}")  # worker: sequences 1..5, retained 3..5
+        await input_(client, worker, f"w{i}")  # worker: transcript entries 1..5, the last 3 retained
         await input_(client, other, f"o{i}")
     async with client.ws_connect(ws_path(worker, encode_cursor(1))) as ws:
         await next_frame(ws)
@@ -261,7 +267,7 @@ async def test_cursor_zero_replays_everything_while_nothing_was_trimmed(client):
 
 
 async def test_snapshot_entries_are_bounded_by_the_projection_limit(aiohttp_client):
-    runtime, client = await make_client(aiohttp_client, RuntimeLimits(max_transcript_projection_items=2))
+    _, client = await make_client(aiohttp_client, RuntimeLimits(max_transcript_projection_items=2))
     worker = (await create_worker(client))["worker_id"]
     for i in range(5):
         await input_(client, worker, f"m{i}")
@@ -344,7 +350,7 @@ async def test_a_peer_that_does_not_answer_pings_is_disconnected(aiohttp_client)
 
 
 async def test_a_peer_that_answers_pings_stays_connected(aiohttp_client):
-    runtime, client = await make_client(aiohttp_client, ws_heartbeat_seconds=0.1)
+    _, client = await make_client(aiohttp_client, ws_heartbeat_seconds=0.1)
     worker = (await create_worker(client))["worker_id"]
     async with client.ws_connect(ws_path(worker)) as ws:  # autoping answers
         await next_frame(ws)
@@ -359,7 +365,7 @@ async def test_a_peer_that_answers_pings_stays_connected(aiohttp_client):
 
 
 async def test_a_slow_subscriber_is_expired_while_a_fast_one_gets_everything(aiohttp_client):
-    runtime, client = await make_client(aiohttp_client, RuntimeLimits(subscriber_queue=4, observation_backlog=4096))
+    _, client = await make_client(aiohttp_client, RuntimeLimits(subscriber_queue=4, observation_backlog=4096))
     worker = (await create_worker(client))["worker_id"]
     # The slow reader stops reading after the snapshot: once the socket buffers between it and
     # the server are full (a few MB on loopback), the server's sends to it block.
@@ -410,7 +416,15 @@ async def test_a_slow_subscriber_is_expired_while_a_fast_one_gets_everything(aio
 
 
 async def test_unknown_worker_is_404_before_the_upgrade(client):
-    response = await client.get(ws_path("worker-0000ffff"), headers={"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+    response = await client.get(
+        ws_path("worker-0000ffff"),
+        headers={
+            "Connection": "Upgrade",
+            "Upgrade": "websocket",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        },
+    )
     assert response.status == 404
     assert (await response.json())["error"]["code"] == "worker_not_found"
     with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
@@ -432,7 +446,7 @@ async def test_blank_worker_id_is_400_before_the_upgrade(client):
 
 
 async def test_the_token_is_checked_before_the_upgrade(aiohttp_client):
-    runtime, client = await make_client(aiohttp_client, local_token=Secret("tok-123"))
+    _, client = await make_client(aiohttp_client, local_token=Secret("tok-123"))
     response = await client.post(
         "/v1/workers",
         json={"intent": {"kind": "assistant"}, "profile": {"kind": "runtime_default"}},
@@ -461,7 +475,8 @@ async def test_shutdown_sends_upstream_closed_and_1001_to_every_session(aiohttp_
     server = await aiohttp_server(create_app(runtime))
     async with aiohttp.ClientSession() as session:
         response = await session.post(
-            server.make_url("/v1/workers"), json={"intent": {"kind": "assistant"}, "profile": {"kind": "runtime_default"}}
+            server.make_url("/v1/workers"),
+            json={"intent": {"kind": "assistant"}, "profile": {"kind": "runtime_default"}},
         )
         worker = (await response.json())["worker"]["worker_id"]
         sockets = [await session.ws_connect(server.make_url(ws_path(worker))) for _ in range(2)]

@@ -26,15 +26,10 @@ from marshmallow import RAISE, Schema, ValidationError, fields, missing, validat
 from ..domain.management import RuntimeLimits, RuntimeOptions
 from ..web.settings import (
     DEFAULT_HOST,
-    DEFAULT_MAX_REQUEST_BODY_BYTES,
     DEFAULT_PORT,
-    DEFAULT_WS_HEARTBEAT_SECONDS,
     Secret,
     ServerConfig,
-    format_host_port,
-    is_loopback_host,
 )
-
 
 
 class ConfigError(Exception):
@@ -147,7 +142,7 @@ def finite_and_not_negative(value: float) -> None:
 at_least_1 = validate.Range(min=1, error="must be at least {min}, not {input}")
 
 
-class TomlValue(fields.Field):
+class TomlValue(fields.Field[Any]):
     """A field that takes exactly one kind of TOML value, and says what it got instead.
 
     marshmallow's own fields coerce (``"10"`` loads as 10, ``true`` passes for a number) and their
@@ -233,7 +228,7 @@ class Boolean(TomlValue, fields.Boolean):
     expected = "true or false"
 
 
-class StringList(TomlValue, fields.List):
+class StringList(TomlValue, fields.List[Any]):
     """An array of strings, held as a tuple."""
 
     toml_types = (list,)

@@ -1,13 +1,13 @@
 """Logging set-up: text or JSON lines, to stderr (what journald wants) or to a file that
 SIGHUP reopens (what logrotate wants). Nothing here ever sees a token: request lines carry
-method, path, status and duration only."""
+method, path, route, status and duration only."""
 
 from __future__ import annotations
 
 import json
 import logging
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from .config import LogConfig, LogFormat
 
@@ -21,7 +21,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = {
-            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),

@@ -23,7 +23,8 @@ from aiohttp import web
 from ..runtime import Runtime
 from ..store import FsStore, MemoryStore, Store
 from ..web.app import create_app
-from .config import Config, StoreKind, format_host_port
+from ..web.settings import format_host_port
+from .config import Config, StoreKind
 from .logs import ReopenableFileHandler
 from .systemd import notify
 

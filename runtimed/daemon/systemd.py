@@ -13,9 +13,9 @@ import socket
 log = logging.getLogger("runtimed.systemd")
 
 
-def notify(*assignments: str, environ: dict[str, str] | None = None) -> bool:
+def notify(*assignments: str) -> bool:
     """Send ``KEY=VALUE`` lines to the service manager; whether a manager was there to hear."""
-    address = (os.environ if environ is None else environ).get("NOTIFY_SOCKET")
+    address = os.environ.get("NOTIFY_SOCKET")
     if not address:
         return False
     if address.startswith("@"):

@@ -138,7 +138,7 @@ class WorkerSummary(_NamedByRef):
     last_event_id: int
 
     @classmethod
-    def of(cls, state: WorkerState) -> "WorkerSummary":
+    def of(cls, state: WorkerState) -> WorkerSummary:
         return cls(
             worker_ref=state.worker_ref,
             status=state.status,
@@ -165,7 +165,7 @@ class WorkerDetail(_NamedByRef):
     last_event_id: int
 
     @classmethod
-    def of(cls, state: WorkerState) -> "WorkerDetail":
+    def of(cls, state: WorkerState) -> WorkerDetail:
         request = state.request
         return cls(
             worker_ref=state.worker_ref,

@@ -51,13 +51,6 @@ class WrongRuntime(RuntimedError):
         super().__init__(f"worker ref names runtime {given}, but this is runtime {expected}")
 
 
-class WrongRuntimeCursor(RuntimedError):
-    code = "wrong_runtime_cursor"
-
-    def __init__(self, given: str, expected: str) -> None:
-        super().__init__(f"cursor belongs to runtime {given}, but this is runtime {expected}")
-
-
 class WorkerNotFound(RuntimedError):
     code = "worker_not_found"
 
@@ -97,7 +90,9 @@ class StoreCorrupt(StoreError):
 class StatePoisoned(RuntimedError):
     code = "state_poisoned"
 
-    def __init__(self, message: str = "runtime state is unusable after a failed store write; restart the daemon") -> None:
+    def __init__(
+        self, message: str = "runtime state is unusable after a failed store write; restart the daemon"
+    ) -> None:
         super().__init__(message)
 
 

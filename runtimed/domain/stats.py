@@ -29,7 +29,7 @@ class LatencyHistogram:
     def cumulative(self) -> list[tuple[str, int]]:
         """``(upper bound, observations at or below it)`` pairs ending with ``+Inf``, as Prometheus wants."""
         pairs, running = [], 0
-        for bound, count in zip((*map(str, self.buckets), "+Inf"), self.counts):
+        for bound, count in zip((*map(str, self.buckets), "+Inf"), self.counts, strict=True):
             running += count
             pairs.append((bound, running))
         return pairs

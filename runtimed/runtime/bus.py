@@ -12,12 +12,12 @@ import asyncio
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 from ..domain.errors import CursorExpired, CursorUnknown, Overrun
 from ..domain.identity import WorkerRef
 from ..domain.observation import Observation, encode_cursor
+
 
 class Subscription:
     """A bounded queue of one worker's observations, fed by the bus without ever blocking."""
@@ -68,14 +68,6 @@ class Subscription:
                 return None
             self._wakeup.clear()
             await self._wakeup.wait()
-
-    def drain(self) -> list[Observation]:
-        """Everything queued now, without waiting; raises ``Overrun`` if it fell behind."""
-        if self._overrun:
-            raise Overrun()
-        items = list(self._queue)
-        self._queue.clear()
-        return items
 
 
 class ObservationBus:

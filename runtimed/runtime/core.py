@@ -3,8 +3,9 @@
 The Runtime is the only object the web layer calls. It knows nothing of HTTP: it takes and
 returns domain values and raises ``RuntimedError`` subclasses.
 
-Every mutation follows one path (``_commit``): check, build a ``Change`` around the single
-runtime event it appends, apply it to memory, then wait for the store to make it durable.
+Every mutation follows one path (``_commit``): check, build a ``Change`` (around the one
+runtime event a mutation of the contract appends; published observations and restore warnings
+append none), apply it to memory, then wait for the store to make it durable.
 Applying and building happen without an ``await`` in between, so concurrent mutations never
 interleave half-way; if the store fails, the change is undone and the caller gets the error.
 """
@@ -12,6 +13,7 @@ interleave half-way; if the store fails, the change is undone and the caller get
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -22,8 +24,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from ..domain.observation import Observation
-from .bus import ObservationBus, Subscription
 from ..domain.catalog import (
     CreateWorkerRequest,
     TaskIntent,
@@ -48,6 +48,7 @@ from ..domain.management import RuntimeOptions, RuntimeStatus, RuntimeSummary
 from ..domain.observation import (
     EventBatch,
     EventKind,
+    Observation,
     RuntimeDiagnostic,
     RuntimeEvent,
     Severity,
@@ -57,6 +58,7 @@ from ..domain.observation import (
 )
 from ..domain.stats import LatencyHistogram
 from ..store.base import Change, RestoredState, Store
+from .bus import ObservationBus, Subscription
 
 log = logging.getLogger("runtimed.runtime")
 
@@ -120,7 +122,7 @@ class _DurableView:
     read up to the lengths recorded here.
     """
 
-    __slots__ = ("workers", "counts", "events", "diagnostics", "status")
+    __slots__ = ("counts", "diagnostics", "events", "status", "workers")
 
     def __init__(self) -> None:
         self.workers: dict[str, WorkerState] = {}  # insertion order is creation order
@@ -167,7 +169,7 @@ class Runtime:
         self._poisoned = False
 
     @classmethod
-    async def open(cls, store: Store, options: RuntimeOptions | None = None) -> "Runtime":
+    async def open(cls, store: Store, options: RuntimeOptions | None = None) -> Runtime:
         """Build a Runtime over ``store``: restore what it holds, or start a new runtime."""
         options = options or RuntimeOptions()
         restored = await store.open(options.runtime_id)
@@ -206,7 +208,8 @@ class Runtime:
     async def _record_restore_warnings(self, warnings: list[tuple[str, str]]) -> None:
         first_id = len(self._diagnostics) + 1
         diagnostics = tuple(
-            RuntimeDiagnostic(first_id + i, Severity.WARNING, code, message) for i, (code, message) in enumerate(warnings)
+            RuntimeDiagnostic(first_id + i, Severity.WARNING, code, message)
+            for i, (code, message) in enumerate(warnings)
         )
         await self._commit(Change(event=None, runtime_status=self._status, diagnostics=diagnostics))
 
@@ -220,14 +223,6 @@ class Runtime:
     @property
     def runtime_id(self) -> str:
         return self._runtime_id
-
-    @property
-    def limits(self):
-        return self._limits
-
-    @property
-    def status(self) -> RuntimeStatus:
-        return self._durable.status
 
     def worker_ref(self, worker_id: str) -> WorkerRef:
         """The ref of ``worker_id`` in this runtime (raises ``InvalidWorkerId`` when blank)."""
@@ -571,7 +566,7 @@ class Runtime:
                 pass  # settled below, with the store's own error
         self._settle(item, pending)
 
-    def _settle(self, item: "_Inflight", pending: "asyncio.Future[None] | None") -> None:
+    def _settle(self, item: _Inflight, pending: asyncio.Future[None] | None) -> None:
         error = pending.exception() if pending is not None else None
         if error is None:
             # Changes become durable in order: every change before this one is durable too.
@@ -589,13 +584,13 @@ class Runtime:
         self._poisoned = True
         raise error
 
-    def _settle_quietly(self, item: "_Inflight", pending: "asyncio.Future[None]") -> None:
-        try:
+    def _settle_quietly(self, item: _Inflight, pending: asyncio.Future[None]) -> None:
+        # The caller is gone: the change is kept or undone all the same; only its error has
+        # nobody left to hear it.
+        with contextlib.suppress(BaseException):
             self._settle(item, pending)
-        except BaseException:  # the caller is gone; the error was logged by the store
-            pass
 
-    def _rollback_from(self, item: "_Inflight") -> None:
+    def _rollback_from(self, item: _Inflight) -> None:
         """Undo ``item`` and every change applied after it, newest first."""
         if item not in self._inflight:
             return  # undone already, with an earlier change it was built on

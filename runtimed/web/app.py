@@ -1,11 +1,10 @@
-"""The aiohttp application factory. The CLI and the tests build the app the same way:
+"""The aiohttp application factory. The daemon and the tests build the app the same way:
 ``create_app(runtime, server_config)`` with objects that are already built."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from .settings import ServerConfig
 from ..runtime import Runtime
 from . import handlers, openapi, ws
 from .errors import error_middleware
@@ -13,6 +12,7 @@ from .frames import FrameCache
 from .keys import RUNTIME, SERVER_CONFIG, WS_FRAMES, WS_SESSIONS
 from .metrics import METRICS, Metrics, get_metrics, observe_requests
 from .security import security_middleware
+from .settings import ServerConfig
 
 # A path segment that may be empty, so that `/v1/workers//input` reaches the handler and is
 # answered `invalid_worker_id` (contract §1) rather than a bare 404.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from collections.abc import Set as AbstractSet
 
 from aiohttp import web
 
@@ -51,7 +52,7 @@ class NotFound(RuntimedError):
 class MethodNotAllowed(RuntimedError):
     code = "method_not_allowed"
 
-    def __init__(self, message: str, allowed: frozenset[str]) -> None:
+    def __init__(self, message: str, allowed: AbstractSet[str]) -> None:
         super().__init__(message)
         self.allowed = allowed
 
@@ -85,6 +86,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "invalid_request": 400,
     "limit_too_large": 400,
     "wrong_runtime": 400,
+    # In the contract, but never raised: an observation cursor (`wo_` + a sequence) names no runtime.
     "wrong_runtime_cursor": 400,
     "unauthorized": 401,
     "origin_not_allowed": 403,
@@ -126,6 +128,7 @@ def _from_http_exception(request: web.Request, exc: web.HTTPException) -> Runtim
     if isinstance(exc, web.HTTPRequestEntityTooLarge):
         return PayloadTooLarge(request.app[SERVER_CONFIG].max_request_body_bytes)
     return None
+
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

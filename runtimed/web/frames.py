@@ -57,4 +57,3 @@ class FrameCache:
             if len(self._frames) > self._capacity:
                 self._frames.popitem(last=False)
         return text
-

@@ -4,6 +4,7 @@ the result with a schema; nothing else happens here."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
@@ -37,7 +38,7 @@ _events_query = schemas.EventsQuerySchema()
 # ------------------------------------------------------------------ helpers
 
 
-def json_response(body: Any, warnings: list[str] = ()) -> web.Response:  # type: ignore[assignment]
+def json_response(body: Any, warnings: Sequence[str] = ()) -> web.Response:
     response = web.Response(body=dumps(body), content_type="application/json")
     for path in warnings[:MAX_WARNINGS]:
         response.headers.add("Warning", f'299 runtimed "unknown field: {warning_text(path)}"')

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import Metric
 
 from .errors import Handler
 from .keys import RUNTIME, WS_SESSIONS
@@ -30,7 +32,7 @@ class RuntimeCollector:
     def __init__(self, app: web.Application) -> None:
         self._app = app
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         stats = self._app[RUNTIME].stats()
         workers = GaugeMetricFamily("runtimed_workers", "Workers by status.", labels=["status"])
         for status, count in stats.workers_by_status.items():
@@ -49,7 +51,9 @@ class RuntimeCollector:
             "Observation subscribers cut off because they fell behind their queue.",
             value=stats.subscriber_overruns,
         )
-        yield CounterMetricFamily("runtimed_store_flushes", "Durable store writes (each may carry many requests).", value=stats.store_flushes)
+        yield CounterMetricFamily(
+            "runtimed_store_flushes", "Durable store writes (each may carry many requests).", value=stats.store_flushes
+        )
         histogram = stats.store_flush_seconds
         yield HistogramMetricFamily(
             "runtimed_store_flush_seconds",
@@ -127,7 +131,13 @@ async def observe_requests(request: web.Request, handler: Handler) -> web.Stream
             request.path,
             status,
             duration * 1000,
-            extra={"method": request.method, "path": request.path, "status": status, "duration_ms": round(duration * 1000, 3), "route": route},
+            extra={
+                "method": request.method,
+                "path": request.path,
+                "status": status,
+                "duration_ms": round(duration * 1000, 3),
+                "route": route,
+            },
         )
 
 

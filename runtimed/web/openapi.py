@@ -5,15 +5,13 @@ marshmallow schemas the handlers load and dump with (apispec and its Marshmallow
 operations below; a route the table does not describe is an error, so the document cannot
 silently fall behind the routes. Error responses come from the codes each route can give,
 grouped by the one ``code -> status`` table of ``errors.py``. ``GET /v1/openapi.json`` serves
-the document, and ``python -m runtimed.web.openapi`` prints it for ``make openapi``, which
-writes the committed ``docs/openapi.json`` (a test fails when that file is stale).
+the document, and ``python -m runtimed.web`` prints it for ``make openapi``, which writes the
+committed ``docs/openapi.json`` (a test fails when that file is stale).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sys
 from collections.abc import Iterable, Mapping
 from http import HTTPStatus
 from types import MappingProxyType
@@ -84,7 +82,7 @@ BODY_CODES = ("invalid_json", "payload_too_large")
 WARNING_HEADER = {
     "description": (
         'One `299 runtimed "unknown field: <path>"` per ignored unknown field (at most 20), the path '
-        "written with dots and list indexes, `\"` and `\\` escaped with a backslash."
+        'written with dots and list indexes, `"` and `\\` escaped with a backslash.'
     ),
     "schema": {"type": "string"},
 }
@@ -116,7 +114,7 @@ every `[server] ws_heartbeat_seconds`. Close codes: 1001 on shutdown, 1008 after
 # ------------------------------------------------------------- field conversions
 
 
-def tagged_union2properties(self: OpenAPIConverter, field: fields.Field, **kwargs: Any) -> dict[str, Any]:
+def tagged_union2properties(self: OpenAPIConverter, field: fields.Field[Any], **kwargs: Any) -> dict[str, Any]:
     """A ``TaggedUnion`` is a ``oneOf`` of its variants with a discriminator on ``kind``.
 
     The variant schemas do not declare ``kind`` (the union reads and writes it), so each variant's
@@ -144,7 +142,7 @@ def _require_kind(component: dict[str, Any], kind: str) -> None:
 
 
 def query_int2properties(
-    self: OpenAPIConverter, field: fields.Field, ret: dict[str, Any], **kwargs: Any
+    self: OpenAPIConverter, field: fields.Field[Any], ret: dict[str, Any], **kwargs: Any
 ) -> dict[str, Any]:
     """A ``NonNegativeQueryInt`` is an integer from 0. Its ``load_default=None`` means "the
     configured maximum", not a null value (a query string cannot hold one): drop the ``null``
@@ -158,7 +156,7 @@ def query_int2properties(
 
 
 def constant2properties(
-    self: OpenAPIConverter, field: fields.Field, ret: dict[str, Any], **kwargs: Any
+    self: OpenAPIConverter, field: fields.Field[Any], ret: dict[str, Any], **kwargs: Any
 ) -> dict[str, Any]:
     """A ``Constant`` (the ``kind`` tag of a WebSocket frame) is an enum of its one value (and
     the default marshmallow gives it says nothing more)."""
@@ -169,7 +167,7 @@ def constant2properties(
 
 
 def string_enum2properties(
-    self: OpenAPIConverter, field: fields.Field, ret: dict[str, Any], **kwargs: Any
+    self: OpenAPIConverter, field: fields.Field[Any], ret: dict[str, Any], **kwargs: Any
 ) -> dict[str, Any]:
     """An ``Enum`` dumped by value gets no type from apispec; these enums are all strings."""
     if not isinstance(field, fields.Enum) or "type" in ret:
@@ -275,6 +273,9 @@ def _operations(converter: OpenAPIConverter) -> dict[tuple[str, str], dict[str, 
     runtime_response = _json(schemas.RuntimeResponseSchema, "The runtime summary.")
     lifecycle_codes = ("invalid_worker_id", *BODY_CODES, *WRITE_CODES, "worker_not_found")
     frames = {"event": COMPONENT_PREFIX + "EventFrame", "diagnostic": COMPONENT_PREFIX + "DiagnosticFrame"}
+    # The table keeps each operation's id, tag and summary on one line; the formatter would
+    # give every argument a line of its own.
+    # fmt: off
     return {
         ("GET", "/healthz"): _operation(
             "getHealth", "operations", "Liveness", "Answers while the process runs; never needs the token.",
@@ -302,8 +303,8 @@ def _operations(converter: OpenAPIConverter) -> dict[tuple[str, str], dict[str, 
         ),
         ("POST", "/v1/runtime/stop"): _operation(
             "stopRuntime", "runtime", "Stop the runtime",
-            "Marks running workers `stopped` and appends `runtime_stopped`; from then on create, input, stop and cancel "
-            "answer `409 runtime_stopped`, while reads keep working. On a stopped runtime it changes nothing. "
+            "Marks running workers `stopped` and appends `runtime_stopped`; from then on create, input, stop and "
+            "cancel answer `409 runtime_stopped`, while reads keep working. On a stopped runtime it changes nothing. "
             "Takes no body (any body is ignored).",
             runtime_response, ("store_io", "state_poisoned"),
         ),
@@ -352,7 +353,8 @@ def _operations(converter: OpenAPIConverter) -> dict[tuple[str, str], dict[str, 
         ),
         ("POST", "/v1/workers/{worker_id}/stop"): _operation(
             "stopWorker", "workers", "Stop a worker",
-            "Moves a `running` worker to `stopped`, with one event whose message is the reason (or \"worker stopped\"). "
+            "Moves a `running` worker to `stopped`, with one event whose message is the reason "
+            "(or \"worker stopped\"). "
             "On a worker that is no longer running it changes nothing and answers its current status.",
             _with_warning(_json(schemas.WorkerLifecycleAckResponseSchema, "The worker's status and last event id.")),
             lifecycle_codes, parameters=worker, requestBody=lifecycle_body,
@@ -400,12 +402,13 @@ def _operations(converter: OpenAPIConverter) -> dict[tuple[str, str], dict[str, 
             ],
         ),
     }
+    # fmt: on
 
 
 def _query(
     converter: OpenAPIConverter, schema: type[schemas.BaseSchema], descriptions: Mapping[str, str]
 ) -> list[dict[str, Any]]:
-    parameters = converter.schema2parameters(schema, location="query")
+    parameters: list[dict[str, Any]] = converter.schema2parameters(schema, location="query")
     for parameter in parameters:
         parameter["description"] = descriptions[parameter["name"]]
     return parameters
@@ -444,7 +447,9 @@ def build_openapi(app: web.Application) -> dict[str, Any]:
         {
             "type": "http",
             "scheme": "bearer",
-            "description": "The token of `[server] local_token_env`; needed only when the daemon is configured with one.",
+            "description": (
+                "The token of `[server] local_token_env`; needed only when the daemon is configured with one."
+            ),
         },
     )
     spec.components.parameter(

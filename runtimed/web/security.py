@@ -13,9 +13,9 @@ import hmac
 
 from aiohttp import web
 
-from .settings import ServerConfig, is_loopback_host
 from .errors import Handler, HostNotAllowed, OriginNotAllowed, Unauthorized
 from .keys import SERVER_CONFIG
+from .settings import ServerConfig, is_loopback_host
 
 #: Routes that answer without the token: probes (systemd, a supervisor) hold no secrets.
 PROBE_PATHS = frozenset({"/healthz", "/readyz"})
@@ -69,14 +69,19 @@ async def security_middleware(request: web.Request, handler: Handler) -> web.Str
     config = request.app[SERVER_CONFIG]
     origin = request.headers.get("Origin")
     if origin is not None and origin.lower() not in (allowed.lower() for allowed in config.allowed_origins):
-        raise OriginNotAllowed(f"requests from origin {origin!r} are not allowed; runtimed serves a backend, not browsers")
+        raise OriginNotAllowed(
+            f"requests from origin {origin!r} are not allowed; runtimed serves a backend, not browsers"
+        )
     host = request.headers.get("Host")
     if not host_allowed(config, host):
         raise HostNotAllowed(
             f"host {host!r} is not allowed while bound to loopback; add it to [server] allowed_hosts if it is yours"
         )
     token = config.local_token
-    if token is not None and request.path not in public_paths(config):
-        if not token_matches(token.reveal(), request.headers.get("Authorization")):
-            raise Unauthorized()
+    if (
+        token is not None
+        and request.path not in public_paths(config)
+        and not token_matches(token.reveal(), request.headers.get("Authorization"))
+    ):
+        raise Unauthorized()
     return await handler(request)

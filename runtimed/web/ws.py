@@ -16,8 +16,8 @@ import logging
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from ..domain.errors import CursorError, CursorMalformed, Overrun
-from ..domain.observation import Observation, decode_cursor
 from ..domain.identity import WorkerRef
+from ..domain.observation import Observation, decode_cursor
 from ..runtime import Runtime
 from .errors import UpgradeRequired
 from .frames import FrameCache, diagnostic_frame, snapshot_frame
@@ -29,6 +29,7 @@ log = logging.getLogger("runtimed.ws")
 #: How long a diagnostic may wait for a slow peer, and how long a close handshake may take.
 DIAGNOSTIC_SEND_SECONDS = 5.0
 CLOSE_HANDSHAKE_SECONDS = 3.0
+
 
 class ObservationSession:
     """One client watching one worker."""
@@ -66,7 +67,12 @@ class ObservationSession:
             raise
         except Exception:
             log.exception("observation session for %s failed", self.ref.worker_id)
-            await self.end("runtime.internal_error", "internal error; the daemon's log has the details", WSCloseCode.INTERNAL_ERROR, from_writer=True)
+            await self.end(
+                "runtime.internal_error",
+                "internal error; the daemon's log has the details",
+                WSCloseCode.INTERNAL_ERROR,
+                from_writer=True,
+            )
 
     async def _stream(self, raw_cursor: str | None) -> None:
         start: int | None = None
@@ -92,18 +98,21 @@ class ObservationSession:
                 await self._send_event(observation)
             while True:
                 try:
-                    observation = await subscription.get()
+                    live = await subscription.get()
                 except Overrun:
                     await self.end(*self._overrun_diagnostic(), from_writer=True)
                     return
-                if observation is None:
+                if live is None:
                     await self.end(
-                        "runtime.upstream_closed", "runtime observation bus closed", WSCloseCode.GOING_AWAY, from_writer=True
+                        "runtime.upstream_closed",
+                        "runtime observation bus closed",
+                        WSCloseCode.GOING_AWAY,
+                        from_writer=True,
                     )
                     return
-                if observation.sequence <= self.last_sent:
+                if live.sequence <= self.last_sent:
                     continue  # already sent as part of the backlog
-                await self._send_event(observation)
+                await self._send_event(live)
 
     async def _send_event(self, observation: Observation) -> None:
         # aiohttp hands the whole frame to the transport before it waits for the peer to drain
@@ -149,18 +158,20 @@ class ObservationSession:
         if self.ws.closed:
             return
         try:
-            await asyncio.wait_for(self.ws.send_str(diagnostic_frame(code, message, resume_from)), DIAGNOSTIC_SEND_SECONDS)
-        except (asyncio.TimeoutError, ConnectionError, RuntimeError):
+            await asyncio.wait_for(
+                self.ws.send_str(diagnostic_frame(code, message, resume_from)), DIAGNOSTIC_SEND_SECONDS
+            )
+        except (TimeoutError, ConnectionError, RuntimeError):
             # The peer cannot take even one more frame: drop the connection without a handshake.
             self._abort()
             return
         try:
             await asyncio.wait_for(self.ws.close(code=close_code), CLOSE_HANDSHAKE_SECONDS)
-        except (asyncio.TimeoutError, ConnectionError):
+        except (TimeoutError, ConnectionError):
             self._abort()
 
     def _abort(self) -> None:
-        transport = self.ws._req.transport if self.ws._req is not None else None  # noqa: SLF001
+        transport = self.ws._req.transport if self.ws._req is not None else None
         if transport is not None:
             transport.abort()
 
@@ -198,7 +209,7 @@ async def worker_events(request: web.Request) -> web.StreamResponse:
 
 async def close_sessions(app: web.Application) -> None:
     """On shutdown: every open session gets ``runtime.upstream_closed`` and a 1001 close."""
-    sessions = list(app[WS_SESSIONS])
+    sessions = app[WS_SESSIONS].copy()  # sessions leave the set as they end
     await asyncio.gather(
         *(
             session.end("runtime.upstream_closed", "runtime is shutting down", WSCloseCode.GOING_AWAY)
