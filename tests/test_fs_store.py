@@ -199,6 +199,36 @@ async def test_the_files_follow_the_seed_layout(root):
     assert [e["content"] for e in iter_jsonl(first / "transcript.jsonl")] == ["héllo 🎉", "be brief"]
 
 
+async def test_a_worker_snapshot_holds_the_request_in_the_contracts_shape(root):
+    runtime = await populated(root)
+    await runtime.close()
+    snapshot = json.loads((worker_dir(root, "worker-00000001") / "worker.json").read_text())
+    assert snapshot["request"] == {
+        "intent": {"kind": "task", "objective": "ship it"},
+        "profile": {"kind": "builtin", "value": "builtin:coder"},
+        "requested_capabilities": [{"name": "read", "reason": "to read"}],
+    }
+
+
+async def test_worker_snapshots_written_before_the_codec_still_restore(root):
+    runtime = await populated(root)
+    before = reads(runtime)
+    await runtime.close()
+    for worker_id in ("worker-00000001", "worker-00000002", "worker-00000003"):
+        # As runtimed wrote them before: null for absent values, every list present.
+        path = worker_dir(root, worker_id) / "worker.json"
+        snapshot = json.loads(path.read_text())
+        request = snapshot["request"]
+        request.setdefault("config_bundle", None)
+        request["requested_capabilities"] = [{"reason": None, **c} for c in request.get("requested_capabilities", [])]
+        request.setdefault("workspace_refs", [])
+        request.setdefault("mount_refs", [])
+        path.write_text(json.dumps(snapshot, indent=1))
+    restored = await open_runtime(root)
+    assert reads(restored) == before
+    await restored.close()
+
+
 # ------------------------------------------------------- crash leftovers
 
 
@@ -440,13 +470,13 @@ async def test_a_runtime_created_but_never_started_gets_its_first_event_on_open(
 
 
 async def test_a_file_created_by_a_flush_has_its_directory_fsynced(root, monkeypatch):
-    import runtimed.store.fs as fs_store
+    import runtimed.store.fs.files as fs_files
 
     runtime = await open_runtime(root)
     worker = await runtime.create_worker(TASK)
     synced: list[Path] = []
-    real = fs_store._fsync_path
-    monkeypatch.setattr(fs_store, "_fsync_path", lambda path: (synced.append(Path(path)), real(path)))
+    real = fs_files.fsync_path
+    monkeypatch.setattr(fs_files, "fsync_path", lambda path: (synced.append(Path(path)), real(path)))
     await runtime.send_input(worker.worker_ref, user("first"))  # creates transcript.jsonl
     assert worker_dir(root, worker.worker_id) in synced
     await runtime.close()
