@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import threading
 import time
-import json
-import os
 from pathlib import Path
 
 import pytest
@@ -26,10 +25,10 @@ from runtimed.domain.catalog import (
     WorkspaceRef,
 )
 from runtimed.domain.errors import StoreCorrupt, StoreError, StoreIo, StoreMissing
-from runtimed.store.fs import FsStore, hex_id
 from runtimed.domain.interaction import InputKind, WorkerInput
 from runtimed.domain.management import RuntimeLimits, RuntimeOptions, RuntimeStatus
 from runtimed.runtime import Runtime
+from runtimed.store.fs import FsStore, hex_id
 from runtimed.web.app import create_app
 
 from .helpers import wait_until
@@ -154,7 +153,12 @@ async def test_observation_backlog_survives_a_restart_and_old_cursors_still_expi
         await runtime.send_input(worker.worker_ref, user(f"m{i}"))
     await runtime.close()
     restored = await open_runtime(root, observation_backlog=4)
-    assert [o.data["content"] for o in restored.replay_observations(worker.worker_ref, 11)] == ["m11", "m12", "m13", "m14"]
+    assert [o.data["content"] for o in restored.replay_observations(worker.worker_ref, 11)] == [
+        "m11",
+        "m12",
+        "m13",
+        "m14",
+    ]
     from runtimed.domain.errors import CursorExpired
 
     with pytest.raises(CursorExpired) as caught:
@@ -202,6 +206,36 @@ async def test_the_files_follow_the_seed_layout(root):
     assert [e["content"] for e in iter_jsonl(first / "transcript.jsonl")] == ["héllo 🎉", "be brief"]
 
 
+async def test_a_worker_snapshot_holds_the_request_in_the_contracts_shape(root):
+    runtime = await populated(root)
+    await runtime.close()
+    snapshot = json.loads((worker_dir(root, "worker-00000001") / "worker.json").read_text())
+    assert snapshot["request"] == {
+        "intent": {"kind": "task", "objective": "ship it"},
+        "profile": {"kind": "builtin", "value": "builtin:coder"},
+        "requested_capabilities": [{"name": "read", "reason": "to read"}],
+    }
+
+
+async def test_worker_snapshots_written_before_the_codec_still_restore(root):
+    runtime = await populated(root)
+    before = reads(runtime)
+    await runtime.close()
+    for worker_id in ("worker-00000001", "worker-00000002", "worker-00000003"):
+        # As runtimed wrote them before: null for absent values, every list present.
+        path = worker_dir(root, worker_id) / "worker.json"
+        snapshot = json.loads(path.read_text())
+        request = snapshot["request"]
+        request.setdefault("config_bundle", None)
+        request["requested_capabilities"] = [{"reason": None, **c} for c in request.get("requested_capabilities", [])]
+        request.setdefault("workspace_refs", [])
+        request.setdefault("mount_refs", [])
+        path.write_text(json.dumps(snapshot, indent=1))
+    restored = await open_runtime(root)
+    assert reads(restored) == before
+    await restored.close()
+
+
 # ------------------------------------------------------- crash leftovers
 
 
@@ -235,7 +269,9 @@ async def test_records_of_an_unacknowledged_request_are_discarded(root):
     with open(first / "transcript.jsonl", "ab") as file:
         file.write(b'{"sequence":3,"role":"user","content":"never acked","event_id":10}\n')
     with open(first / "observations.jsonl", "ab") as file:
-        file.write(b'{"sequence":99,"event":"user_message","data":{"sequence":3,"content":"never acked"},"event_id":10}\n')
+        file.write(
+            b'{"sequence":99,"event":"user_message","data":{"sequence":3,"content":"never acked"},"event_id":10}\n'
+        )
     orphan = runtime_dir(root) / "workers" / hex_id("worker-00000004")
     orphan.mkdir()
     (orphan / "worker.json").write_text("{}")
@@ -337,7 +373,9 @@ async def test_a_failed_write_is_store_io_leaves_nothing_behind_and_the_next_req
     store = FaultyFsStore(root)
     runtime = await Runtime.open(store)
     client = await aiohttp_client(create_app(runtime))
-    response = await client.post("/v1/workers", json={"intent": {"kind": "assistant"}, "profile": {"kind": "runtime_default"}})
+    response = await client.post(
+        "/v1/workers", json={"intent": {"kind": "assistant"}, "profile": {"kind": "runtime_default"}}
+    )
     worker = (await response.json())["worker"]["worker_id"]
     await client.post(f"/v1/workers/{worker}/input", json={"kind": "user", "content": "kept"})
     before = reads(runtime)
@@ -411,7 +449,9 @@ async def test_an_older_worker_without_its_created_event_is_corruption(root):
     (root / "spare").mkdir()
     # Renumber: keep the log whole but make worker-00000001's creation vanish from it.
     records = [json.loads(line) for line in lines]
-    records = [r for r in records if not (r["kind"] == "worker_created" and r["worker_ref"]["worker_id"] == "worker-00000001")]
+    records = [
+        r for r in records if not (r["kind"] == "worker_created" and r["worker_ref"]["worker_id"] == "worker-00000001")
+    ]
     records = [r for r in records if r.get("worker_ref", {}).get("worker_id") != "worker-00000001"]
     for index, record in enumerate(records, start=1):
         record["id"] = index
@@ -443,13 +483,13 @@ async def test_a_runtime_created_but_never_started_gets_its_first_event_on_open(
 
 
 async def test_a_file_created_by_a_flush_has_its_directory_fsynced(root, monkeypatch):
-    import runtimed.store.fs as fs_store
+    import runtimed.store.fs.files as fs_files
 
     runtime = await open_runtime(root)
     worker = await runtime.create_worker(TASK)
     synced: list[Path] = []
-    real = fs_store._fsync_path
-    monkeypatch.setattr(fs_store, "_fsync_path", lambda path: (synced.append(Path(path)), real(path)))
+    real = fs_files.fsync_path
+    monkeypatch.setattr(fs_files, "fsync_path", lambda path: (synced.append(Path(path)), real(path)))
     await runtime.send_input(worker.worker_ref, user("first"))  # creates transcript.jsonl
     assert worker_dir(root, worker.worker_id) in synced
     await runtime.close()

@@ -1,4 +1,5 @@
-"""The dumpers compiled from the schemas dump exactly what marshmallow dumps."""
+"""The dumpers compiled from the schemas dump exactly what marshmallow dumps, and the schemas of
+the store codec's records load and dump as the codec maps them."""
 
 from __future__ import annotations
 
@@ -18,10 +19,19 @@ from runtimed.domain.catalog import (
     TaskIntent,
     WorkspaceRef,
 )
+from runtimed.domain.identity import WorkerRef
 from runtimed.domain.interaction import InputKind, WorkerInput
-from runtimed.domain.observation import encode_cursor
+from runtimed.domain.observation import (
+    EventKind,
+    RuntimeDiagnostic,
+    RuntimeEvent,
+    Severity,
+    TranscriptEntry,
+    TranscriptRole,
+    encode_cursor,
+)
 from runtimed.runtime import Runtime
-from runtimed.store import MemoryStore
+from runtimed.store import MemoryStore, codec
 from runtimed.web import schemas
 
 REQUESTS = [
@@ -104,3 +114,30 @@ def test_a_field_type_the_compiler_does_not_know_is_refused():
 
     with pytest.raises(TypeError, match="DateTime"):
         schemas.compile_dumper(Odd())
+
+
+# ------------------------------------------- the schemas and the store's codec agree
+
+REF = WorkerRef("runtime-mem-00000000000000aa", "worker-00000001")
+RECORDS = [
+    *[(schemas.CreateWorkerRequestSchema(), request) for request in REQUESTS],
+    *[(schemas.TranscriptEntrySchema(), TranscriptEntry(1, REF, role, "hi é", 2)) for role in TranscriptRole],
+    *[(schemas.RuntimeEventSchema(), RuntimeEvent(3, kind, "m", REF)) for kind in EventKind],
+    (schemas.RuntimeEventSchema(), RuntimeEvent(1, EventKind.RUNTIME_STARTED, "runtime started")),
+    *[(schemas.RuntimeDiagnosticSchema(), RuntimeDiagnostic(1, severity, "c", "m", REF)) for severity in Severity],
+    (schemas.RuntimeDiagnosticSchema(), RuntimeDiagnostic(2, Severity.INFO, "c", "m")),
+]
+
+
+@pytest.mark.parametrize(("schema", "value"), RECORDS, ids=lambda v: type(v).__name__)
+def test_a_record_shape_loads_and_dumps_through_its_schema_as_the_codec_maps_it(schema, value):
+    encoded = schema.__encode__(value)
+    assert schema.dump(value) == encoded  # marshmallow's field walk gives the codec's JSON
+    assert schemas.compile_dumper(schema)(value) == encoded
+    assert schema.load(encoded) == value  # and the schema's load ends in the codec's decoder
+
+
+def test_the_tagged_unions_take_their_kinds_from_the_codec():
+    create = schemas.CreateWorkerRequestSchema()
+    assert list(create.fields["intent"].variants) == list(codec.INTENTS.kinds)
+    assert list(create.fields["profile"].variants) == list(codec.PROFILES.kinds)

@@ -13,11 +13,10 @@ import abc
 import asyncio
 from dataclasses import dataclass, field
 
-from ..domain.observation import Observation
 from ..domain.catalog import WorkerState
 from ..domain.management import RuntimeStatus
+from ..domain.observation import Observation, RuntimeDiagnostic, RuntimeEvent, TranscriptEntry
 from ..domain.stats import LatencyHistogram
-from ..domain.observation import RuntimeDiagnostic, RuntimeEvent, TranscriptEntry
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,11 +75,11 @@ class Store(abc.ABC):
         ``runtime_id`` is the configured id, if any; a store holding another runtime refuses it.
         """
 
-    async def create(self, runtime_id: str) -> None:
+    async def create(self, runtime_id: str) -> None:  # noqa: B027 - optional, empty by default
         """Prepare to hold a new runtime; the default needs nothing."""
 
     @abc.abstractmethod
-    def commit(self, change: Change) -> "asyncio.Future[None] | None":
+    def commit(self, change: Change) -> asyncio.Future[None] | None:
         """Start making ``change`` durable.
 
         ``None`` means it already is. Otherwise the future resolves once it is, or fails with a
@@ -91,12 +90,12 @@ class Store(abc.ABC):
         and calls ``resume``: those were built on top of the failed one.
         """
 
-    def resume(self) -> None:
+    def resume(self) -> None:  # noqa: B027 - optional, empty by default
         """Accept changes again after a failure; the Runtime has undone every failed change."""
 
     async def check_writable(self) -> str | None:
         """Why the store cannot take writes now, or ``None`` when it can (for readiness)."""
         return None
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional, empty by default
         """Finish pending writes and release files; the default has none."""

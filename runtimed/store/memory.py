@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import RestoredState, Store, Change
+from .base import Change, RestoredState, Store
 
 
 class MemoryStore(Store):

@@ -4,6 +4,12 @@ Request schemas load JSON into the domain's frozen dataclasses (``post_load``); 
 schemas dump domain values. Tests validate response bodies with these same schemas, and a
 later OpenAPI document is generated from them, so the JSON shapes are written down once.
 
+Where a shape is one of the records of ``runtimed.store.codec`` (a worker's request, its intent
+and profile, transcript entries, runtime events, diagnostics, refs), the schema checks the JSON
+and the codec maps it: a load ends in the codec's ``decode_*``, the compiled dumpers call its
+``encode_*``, and the tagged unions take their kinds from the codec's tables. marshmallow's own
+``dump`` still walks the declared fields, and tests check that it agrees with the codec.
+
 Loading checks types only. Whether a value is acceptable (a blank objective, input to a stopped
 worker) is the Runtime's business, so that the contract's order of checks holds.
 """
@@ -19,29 +25,30 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_dump, pos
 from ..domain.catalog import (
     AssistantIntent,
     BuiltinProfile,
-    CapabilityRequest,
-    ConfigBundleRef,
-    CreateWorkerRequest,
-    MountRef,
     NamedProfile,
     RoleIntent,
     RuntimeDefaultProfile,
     TaskIntent,
     WorkerStatus,
-    WorkspaceRef,
 )
-from ..domain.identity import WorkerRef
 from ..domain.interaction import InputKind, WorkerInput
 from ..domain.management import RuntimeStatus
 from ..domain.observation import EventKind, Severity, TranscriptRole
+from ..store import codec
 
 
 class BaseSchema(Schema):
     """Common behaviour: unknown input keys are ignored (and reported by ``unknown_paths``),
-    ``None`` and empty optional values are omitted on dump, and loads build ``__model__``."""
+    ``None`` and empty optional values are omitted on dump, and loads build ``__model__`` or
+    end in ``__decode__``."""
 
-    #: The frozen dataclass a load builds; ``None`` loads a plain dict.
+    #: The frozen dataclass a load builds from the loaded fields; ``None`` loads a plain dict.
     __model__: typing.ClassVar[type | None] = None
+    #: For the shape of a codec record: the codec's decoder, given the checked JSON. The schemas
+    #: nested in such a schema build nothing, so that the codec sees plain JSON.
+    __decode__: typing.ClassVar[staticmethod[[dict[str, Any]], Any] | None] = None
+    #: For the shape of a codec record: the codec's encoder, which the compiled dumpers call.
+    __encode__: typing.ClassVar[staticmethod[[Any], dict[str, Any]] | None] = None
     #: Fields omitted from dumped JSON when ``None`` or empty (the contract's ``?`` fields).
     __omit_when_empty__: typing.ClassVar[frozenset[str]] = frozenset()
 
@@ -50,6 +57,8 @@ class BaseSchema(Schema):
 
     @post_load
     def _make_model(self, data: dict[str, Any], **_: Any) -> Any:
+        if self.__decode__ is not None:
+            return self.__decode__(data)
         if self.__model__ is None:
             return data
         return self.__model__(**data)
@@ -77,7 +86,7 @@ class BaseSchema(Schema):
         return paths
 
 
-def _unknown_in_field(field: fields.Field, value: Any, path: str) -> list[str]:
+def _unknown_in_field(field: fields.Field[Any], value: Any, path: str) -> list[str]:
     if isinstance(field, fields.Nested) and isinstance(field.schema, BaseSchema):
         if field.many and isinstance(value, list):
             return [p for i, item in enumerate(value) for p in field.schema.unknown_paths(item, f"{path}[{i}]")]
@@ -92,16 +101,21 @@ def _unknown_in_field(field: fields.Field, value: Any, path: str) -> list[str]:
     return []
 
 
-class TaggedUnion(fields.Field):
-    """A JSON object tagged by ``kind``, each kind loaded and dumped by its own schema.
+class TaggedUnion(fields.Field[Any]):
+    """A JSON object tagged by ``kind``, each kind checked and dumped by its own schema.
 
     This is the shape serde gives an internally tagged enum: ``{"kind": "task", "objective": …}``.
+    The kinds and their domain classes are the codec's ``union``; ``variants`` gives the schema of
+    each class. A load gives the checked JSON with its ``kind``, for the codec to decode.
     """
 
-    def __init__(self, variants: Mapping[str, type[BaseSchema]], **kwargs: Any) -> None:
+    def __init__(self, union: codec.TaggedUnion[Any], variants: Mapping[type, type[BaseSchema]], **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._schemas = {kind: schema() for kind, schema in variants.items()}
-        self._kinds = ", ".join(variants)
+        assert set(variants) == set(union.kinds.values()), "one schema for each variant of the union"
+        #: The codec of the union: its kinds, and the encoder the compiled dumpers call.
+        self.union = union
+        self._schemas = {kind: variants[model]() for kind, model in union.kinds.items()}
+        self._kinds = ", ".join(union.kinds)
 
     @property
     def variants(self) -> Mapping[str, BaseSchema]:
@@ -123,7 +137,7 @@ class TaggedUnion(fields.Field):
         schema = self.variant_for(value)
         if schema is None:
             raise ValidationError({"kind": [f"Must be one of: {self._kinds}."]})
-        return schema.load({k: v for k, v in value.items() if k != "kind"})
+        return {"kind": value["kind"], **schema.load({k: v for k, v in value.items() if k != "kind"})}
 
     def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> Any:
         if value is None:
@@ -134,7 +148,7 @@ class TaggedUnion(fields.Field):
 class NonNegativeQueryInt(fields.Integer):
     """A query parameter that must be written as plain decimal digits (no sign, space or dot)."""
 
-    default_error_messages = {"invalid": "must be a non-negative integer."}
+    default_error_messages = {"invalid": "must be a non-negative integer."}  # noqa: RUF012 - marshmallow's own attribute
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
         if not isinstance(value, str) or not (value.isascii() and value.isdigit()):
@@ -146,7 +160,7 @@ class NonNegativeQueryInt(fields.Integer):
 
 
 class WorkerRefSchema(BaseSchema):
-    __model__ = WorkerRef
+    __encode__ = staticmethod(codec.encode_worker_ref)
     runtime_id = fields.String(required=True)
     worker_id = fields.String(required=True)
 
@@ -155,79 +169,79 @@ class WorkerRefSchema(BaseSchema):
 
 
 class AssistantIntentSchema(BaseSchema):
-    __model__ = AssistantIntent
     __omit_when_empty__ = frozenset({"purpose"})
     purpose = fields.String()
 
 
 class TaskIntentSchema(BaseSchema):
-    __model__ = TaskIntent
     objective = fields.String(required=True)
 
 
 class RoleIntentSchema(BaseSchema):
-    __model__ = RoleIntent
     __omit_when_empty__ = frozenset({"purpose"})
     role = fields.String(required=True)
     purpose = fields.String()
 
 
 class RuntimeDefaultProfileSchema(BaseSchema):
-    __model__ = RuntimeDefaultProfile
+    pass  # no field but the tag
 
 
 class BuiltinProfileSchema(BaseSchema):
-    __model__ = BuiltinProfile
     value = fields.String(required=True)
 
 
 class NamedProfileSchema(BaseSchema):
-    __model__ = NamedProfile
     value = fields.String(required=True)
 
 
 def intent_field(**kwargs: Any) -> TaggedUnion:
     return TaggedUnion(
-        {"assistant": AssistantIntentSchema, "task": TaskIntentSchema, "role": RoleIntentSchema}, **kwargs
+        codec.INTENTS,
+        {AssistantIntent: AssistantIntentSchema, TaskIntent: TaskIntentSchema, RoleIntent: RoleIntentSchema},
+        **kwargs,
     )
 
 
 def profile_field(**kwargs: Any) -> TaggedUnion:
     return TaggedUnion(
+        codec.PROFILES,
         {
-            "runtime_default": RuntimeDefaultProfileSchema,
-            "builtin": BuiltinProfileSchema,
-            "named": NamedProfileSchema,
+            RuntimeDefaultProfile: RuntimeDefaultProfileSchema,
+            BuiltinProfile: BuiltinProfileSchema,
+            NamedProfile: NamedProfileSchema,
         },
         **kwargs,
     )
 
 
 class ConfigBundleRefSchema(BaseSchema):
-    __model__ = ConfigBundleRef
+    __encode__ = staticmethod(codec.encode_config_bundle)
     id = fields.String(required=True)
 
 
 class CapabilityRequestSchema(BaseSchema):
-    __model__ = CapabilityRequest
+    __encode__ = staticmethod(codec.encode_capability)
     __omit_when_empty__ = frozenset({"reason"})
     name = fields.String(required=True)
     reason = fields.String()
 
 
 class WorkspaceRefSchema(BaseSchema):
-    __model__ = WorkspaceRef
+    __encode__ = staticmethod(codec.encode_workspace_ref)
     name = fields.String(required=True)
     reference = fields.String(required=True)
 
 
 class MountRefSchema(BaseSchema):
-    __model__ = MountRef
+    __encode__ = staticmethod(codec.encode_mount_ref)
     name = fields.String(required=True)
     reference = fields.String(required=True)
 
 
 class CreateWorkerRequestSchema(BaseSchema):
+    __decode__ = staticmethod(codec.decode_request)
+    __encode__ = staticmethod(codec.encode_request)
     __omit_when_empty__ = frozenset({"config_bundle", "requested_capabilities", "workspace_refs", "mount_refs"})
     intent = intent_field(required=True)
     profile = profile_field(required=True)
@@ -235,17 +249,6 @@ class CreateWorkerRequestSchema(BaseSchema):
     requested_capabilities = fields.List(fields.Nested(CapabilityRequestSchema))
     workspace_refs = fields.List(fields.Nested(WorkspaceRefSchema))
     mount_refs = fields.List(fields.Nested(MountRefSchema))
-
-    @post_load
-    def _make_model(self, data: dict[str, Any], **_: Any) -> CreateWorkerRequest:
-        return CreateWorkerRequest(
-            intent=data["intent"],
-            profile=data["profile"],
-            config_bundle=data.get("config_bundle"),
-            requested_capabilities=tuple(data.get("requested_capabilities", ())),
-            workspace_refs=tuple(data.get("workspace_refs", ())),
-            mount_refs=tuple(data.get("mount_refs", ())),
-        )
 
 
 class _WorkerViewSchema(BaseSchema):
@@ -305,6 +308,8 @@ class WorkerInteractionAckSchema(BaseSchema):
 
 
 class TranscriptEntrySchema(BaseSchema):
+    __decode__ = staticmethod(codec.decode_transcript_entry)
+    __encode__ = staticmethod(codec.encode_transcript_entry)
     sequence = fields.Integer(required=True)
     worker_ref = fields.Nested(WorkerRefSchema, required=True)
     role = fields.Enum(TranscriptRole, by_value=True, required=True)
@@ -327,6 +332,8 @@ class TranscriptQuerySchema(BaseSchema):
 
 
 class RuntimeEventSchema(BaseSchema):
+    __decode__ = staticmethod(codec.decode_event)
+    __encode__ = staticmethod(codec.encode_event)
     __omit_when_empty__ = frozenset({"worker_ref"})
     id = fields.Integer(required=True)
     worker_ref = fields.Nested(WorkerRefSchema)
@@ -347,6 +354,8 @@ class EventsQuerySchema(BaseSchema):
 
 
 class RuntimeDiagnosticSchema(BaseSchema):
+    __decode__ = staticmethod(codec.decode_diagnostic)
+    __encode__ = staticmethod(codec.encode_diagnostic)
     __omit_when_empty__ = frozenset({"worker_ref"})
     id = fields.Integer(required=True)
     severity = fields.Enum(Severity, by_value=True, required=True)
@@ -496,11 +505,15 @@ def compile_dumper(schema: BaseSchema) -> Callable[[Any], dict[str, Any]]:
     marshmallow's generic dump costs tens of microseconds an object; a transcript page of 256
     entries took milliseconds. This walks the same declared fields, so the schema stays the one
     description of the shape (tests check the two dumps agree on every response shape), and
-    refuses any field type it does not know rather than dump it differently.
+    refuses any field type it does not know rather than dump it differently. A schema with a
+    codec encoder (``__encode__``) is dumped by that encoder.
     """
+    if schema.__encode__ is not None:
+        return schema.__encode__
     steps = []
     for name, field in schema.dump_fields.items():
-        steps.append((field.data_key or name, field.attribute or name, _converter(field), name in schema.__omit_when_empty__))
+        omit_when_empty = name in schema.__omit_when_empty__
+        steps.append((field.data_key or name, field.attribute or name, _converter(field), omit_when_empty))
 
     def dump(obj: Any) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -519,7 +532,7 @@ def compile_dumper(schema: BaseSchema) -> Callable[[Any], dict[str, Any]]:
     return dump
 
 
-def _converter(field: fields.Field) -> Callable[[Any], Any] | None:
+def _converter(field: fields.Field[Any]) -> Callable[[Any], Any] | None:
     if isinstance(field, fields.Nested):
         nested = compile_dumper(field.schema)  # type: ignore[arg-type]
         return (lambda items: [nested(item) for item in items]) if field.many else nested
@@ -527,8 +540,7 @@ def _converter(field: fields.Field) -> Callable[[Any], Any] | None:
         inner = _converter(field.inner)
         return list if inner is None else (lambda items: [inner(item) for item in items])
     if isinstance(field, TaggedUnion):
-        variants = {kind: compile_dumper(schema) for kind, schema in field.variants.items()}
-        return lambda value: {"kind": value.kind, **variants[value.kind](value)}
+        return field.union.encode
     if isinstance(field, fields.Enum):
         assert field.by_value, "enums are dumped by value"
         return lambda value: value.value

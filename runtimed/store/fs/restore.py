@@ -1,0 +1,414 @@
+"""Restore: load and check a runtime directory, and set aside what a crash left half-written.
+
+``Restorer`` reads the files and hands back a ``Restored``: the state for the Runtime and what
+the store must know of the files to write on from there. It keeps nothing of the store's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ...domain.catalog import WorkerState, WorkerStatus
+from ...domain.errors import StoreCorrupt, StoreIo, StoreMissing
+from ...domain.identity import WorkerRef
+from ...domain.management import RuntimeStatus
+from ...domain.observation import EventKind, Observation, RuntimeDiagnostic, RuntimeEvent, TranscriptEntry
+from .. import codec
+from ..base import RestoredState
+from . import files
+from .files import SCHEMA_VERSION, hex_id, unhex_id
+
+log = logging.getLogger("runtimed.store")
+
+V = TypeVar("V")
+
+
+@dataclass(slots=True)
+class Restored:
+    """What restore found: the runtime for the Runtime, and the files as the store left them."""
+
+    state: RestoredState
+    #: Per snapshot file, its content on disk (after restore brought it in line with the log).
+    snapshots: dict[Path, bytes]
+    #: Per worker id, the id of its ``worker_created`` event.
+    created_event: dict[str, int]
+    #: Per worker id, the status its ``worker.json`` holds.
+    snapshot_status: dict[str, WorkerStatus]
+    #: Per worker id, the lines of its ``observations.jsonl``.
+    observation_lines: dict[str, int]
+    #: The runtime's status in ``runtime.json`` (the log's, once restore is done) and the log's last event.
+    runtime_status: RuntimeStatus
+    last_event_id: int
+
+
+def worker_number(worker_id: str) -> int:
+    """The sequence in ``worker-0000002a``; 0 for an id of another form."""
+    try:
+        return int(worker_id.removeprefix("worker-"), 16)
+    except ValueError:
+        return 0
+
+
+class Restorer:
+    """Loads and validates the runtime directory ``runtime_dir`` of ``runtime_id``; sets aside
+    what a crash left half-written. Runs before the store has opened any of the files."""
+
+    def __init__(self, runtime_dir: Path, runtime_id: str) -> None:
+        self.runtime_id = runtime_id
+        self.dir = runtime_dir
+        self.warnings: list[tuple[str, str]] = []
+        self.trimmed: dict[str, int] = {}  # worker id -> newest observation sequence compacted away
+        self.refs: dict[str, WorkerRef] = {}
+        self.snapshots: dict[Path, bytes] = {}
+        self.created_event: dict[str, int] = {}
+        self.snapshot_status: dict[str, WorkerStatus] = {}
+        self.observation_lines: dict[str, int] = {}
+
+    def corrupt(self, path: Path, problem: str) -> StoreCorrupt:
+        return StoreCorrupt("restore", str(path), problem)
+
+    def warn(self, code: str, message: str) -> None:
+        log.warning("%s", message)
+        self.warnings.append((code, message))
+
+    def restore(self) -> Restored:
+        snapshot_path = self.dir / "runtime.json"
+        raw, snapshot = self._read_json(snapshot_path)
+        try:
+            runtime = codec.decode_runtime_record(snapshot)
+        except codec.RECORD_ERRORS as error:
+            raise self.corrupt(snapshot_path, f"bad runtime snapshot: {codec.record_problem(error)}") from None
+        if runtime.runtime_id != self.runtime_id:
+            raise self.corrupt(snapshot_path, f"names runtime {runtime.runtime_id!r}, not {self.runtime_id!r}")
+        self.snapshots[snapshot_path] = raw
+
+        events_path = self.dir / "events.jsonl"
+        workers_dir = self.dir / "workers"
+        has_workers = workers_dir.is_dir() and any(workers_dir.iterdir())
+        if not events_path.exists() and (runtime.last_event_id or has_workers):
+            # Only a runtime whose first start was cut short has no event log yet; this one
+            # has workers or names events, so its log is lost, not unwritten.
+            raise StoreMissing("restore", str(events_path), "the runtime event log is missing")
+        decode_ref = self._ref_decoder(events_path)
+        events = self._decode_each(
+            events_path, self._read_log(events_path), lambda record: codec.decode_event(record, decode_ref), "event"
+        )
+        self._require_dense(events_path, events, lambda event: event.id, "event id")
+        last_event = len(events)
+        if runtime.last_event_id > last_event:
+            raise self.corrupt(
+                events_path,
+                f"ends at event {last_event}, but runtime.json was written at event {runtime.last_event_id}",
+            )
+
+        diagnostics = self._diagnostics(last_event)
+        workers, transcripts, observations = self._workers(events, last_event)
+
+        status = RuntimeStatus.RUNNING
+        for event in events:
+            if event.kind is EventKind.RUNTIME_STOPPED:
+                status = RuntimeStatus.STOPPED
+            elif event.kind is EventKind.RUNTIME_STARTED:
+                status = RuntimeStatus.RUNNING
+        if runtime.status is not status:
+            # The event log wins; bring the snapshot in line with it.
+            data = files.snapshot_document(
+                codec.encode_runtime_record(codec.RuntimeRecord(self.runtime_id, status, last_event))
+            )
+            files.replace_atomically(snapshot_path, data)
+            self.snapshots[snapshot_path] = data
+        observations.sort(key=lambda o: o.sequence)
+        state = RestoredState(
+            runtime_id=self.runtime_id,
+            status=status,
+            worker_sequence=len(workers),
+            observation_sequence=observations[-1].sequence if observations else 0,
+            events=events,
+            workers=workers,
+            transcripts=transcripts,
+            diagnostics=diagnostics,
+            observations=observations,
+            observations_trimmed=self.trimmed,
+            warnings=self.warnings,
+        )
+        return Restored(
+            state=state,
+            snapshots=self.snapshots,
+            created_event=self.created_event,
+            snapshot_status=self.snapshot_status,
+            observation_lines=self.observation_lines,
+            runtime_status=status,
+            last_event_id=last_event,
+        )
+
+    # ----------------------------------------------------------- files
+
+    def _read_json(self, path: Path) -> tuple[bytes, dict[str, Any]]:
+        """A snapshot document: its bytes, and its record once its ``schema_version`` is checked."""
+        try:
+            raw = path.read_bytes()
+            data = json.loads(raw)
+        except FileNotFoundError:
+            raise StoreMissing("restore", str(path), "file is missing") from None
+        except IsADirectoryError:
+            raise self.corrupt(path, "is a directory where a file should be") from None
+        except ValueError as error:
+            raise self.corrupt(path, f"not valid JSON: {error}") from None
+        except OSError as error:
+            raise StoreIo("read", str(path), error.strerror or str(error)) from None
+        if not isinstance(data, dict):
+            raise self.corrupt(path, "is not a JSON object")
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise self.corrupt(
+                path, f"schema_version {data.get('schema_version')!r} is not one this runtimed knows ({SCHEMA_VERSION})"
+            )
+        return raw, data
+
+    def _read_log(self, path: Path) -> list[dict[str, Any]]:
+        """The records of a ``.jsonl`` log; a torn last line is set aside, anything else bad is
+        corruption."""
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return []
+        except IsADirectoryError:
+            raise self.corrupt(path, "is a directory where a file should be") from None
+        except OSError as error:
+            raise StoreIo("read", str(path), error.strerror or str(error)) from None
+        lines = data.split(b"\n")
+        tail = lines.pop()  # after the last newline: empty unless the last append was torn
+        records = []
+        for number, raw in enumerate(lines, start=1):
+            try:
+                record = files.parse_line(raw)
+            except ValueError:
+                record = None
+            if not isinstance(record, dict):
+                raise self.corrupt(path, f"line {number} is not a JSON object")
+            records.append(record)
+        if tail:
+            self._set_aside(path, len(data) - len(tail), tail)
+        return records
+
+    def _set_aside(self, path: Path, keep: int, tail: bytes) -> None:
+        aside = path.with_name(path.name + ".corrupt")
+        with open(aside, "ab") as file:
+            file.write(tail + b"\n")
+            file.flush()
+            os.fsync(file.fileno())
+        files.truncate(path, keep)
+        self.warn(
+            "store.torn_tail",
+            f"{path}: an incomplete last line ({len(tail)} bytes, from a write the daemon did not "
+            f"acknowledge) was set aside in {aside.name}",
+        )
+
+    def _discard_uncommitted(
+        self, path: Path, records: list[dict[str, Any]], last_event: int, what: str, may_interleave: bool = False
+    ) -> list[dict[str, Any]]:
+        """Drop records written for events past the log's end; they must close the file."""
+        kept: list[dict[str, Any]] = []
+        dropped = 0
+        for record in records:
+            event_id = record.get("event_id")
+            if isinstance(event_id, int) and event_id > last_event:
+                dropped += 1
+                continue
+            if dropped and not (may_interleave and event_id is None):
+                raise self.corrupt(path, f"a {what} of a committed event follows one of an uncommitted event")
+            kept.append(record)
+        if dropped:
+            files.replace_atomically(path, b"".join(files.jsonl_line(record) for record in kept))
+            self.warn(
+                "store.uncommitted_discarded",
+                f"{path}: {dropped} {what}(s) written for a request that was never acknowledged were discarded",
+            )
+        return kept
+
+    # --------------------------------------------------------- records
+
+    def _decode_each(
+        self,
+        path: Path,
+        records: list[dict[str, Any]],
+        decode: Callable[[dict[str, Any]], V],
+        what: str,
+        first_line: int = 1,
+    ) -> list[V]:
+        """The records of one log decoded, or corruption naming the line of the first that is bad."""
+        values = []
+        for number, record in enumerate(records, start=first_line):
+            try:
+                values.append(decode(record))
+            except codec.RECORD_ERRORS as error:
+                raise self.corrupt(path, f"bad {what} record on line {number}: {codec.record_problem(error)}") from None
+        return values
+
+    def _require_dense(self, path: Path, values: list[V], number: Callable[[V], Any], what: str) -> None:
+        """``values`` numbered 1, 2, 3, … without a gap (event and diagnostic ids, transcript
+        sequences), else corruption."""
+        for expected, value in enumerate(values, start=1):
+            if number(value) != expected:
+                raise self.corrupt(path, f"{what} {number(value)!r} where {expected} was expected")
+
+    def _ref_decoder(self, path: Path) -> codec.RefDecoder:
+        """Decodes the refs in ``path``: each must name this runtime, and each worker gets one ref
+        object however many records name it."""
+
+        def decode(record: Any) -> WorkerRef:
+            if not isinstance(record, Mapping) or record.get("runtime_id") != self.runtime_id:
+                raise self.corrupt(path, f"names another runtime: {record!r}")
+            worker_id = record.get("worker_id")
+            ref = self.refs.get(worker_id) if isinstance(worker_id, str) else None
+            if ref is None:
+                ref = codec.decode_worker_ref(record)
+                self.refs[ref.worker_id] = ref
+            return ref
+
+        return decode
+
+    def _diagnostics(self, last_event: int) -> list[RuntimeDiagnostic]:
+        path = self.dir / "diagnostics.jsonl"
+        records = self._discard_uncommitted(path, self._read_log(path), last_event, "diagnostic", may_interleave=True)
+        decode_ref = self._ref_decoder(path)
+        diagnostics = self._decode_each(path, records, lambda r: codec.decode_diagnostic(r, decode_ref), "diagnostic")
+        self._require_dense(path, diagnostics, lambda diagnostic: diagnostic.id, "diagnostic id")
+        return diagnostics
+
+    def _workers(
+        self, events: list[RuntimeEvent], last_event: int
+    ) -> tuple[list[WorkerState], dict[str, list[TranscriptEntry]], list[Observation]]:
+        workers_dir = self.dir / "workers"
+        if not workers_dir.exists():
+            raise StoreMissing("restore", str(workers_dir), "directory is missing")
+        if not workers_dir.is_dir():
+            raise self.corrupt(workers_dir, "is a file where a directory should be")
+        created = {e.worker_ref.worker_id: e.id for e in events if e.kind is EventKind.WORKER_CREATED and e.worker_ref}
+        on_disk: dict[str, Path] = {}
+        for directory in workers_dir.iterdir():
+            worker_id = unhex_id(directory.name)
+            if directory.name.endswith(".tmp") or worker_id is None:
+                raise self.corrupt(directory, "is not a worker directory (id-<hex of worker id>)")
+            if not directory.is_dir():
+                raise self.corrupt(directory, "is a file where a directory should be")
+            if worker_id not in created:
+                if worker_number(worker_id) <= max(map(worker_number, created), default=0):
+                    # Only the newest workers can be an unacknowledged create; an older one
+                    # without its event means the log lost it.
+                    raise self.corrupt(
+                        directory, f"worker {worker_id} has no worker_created event, but later workers do"
+                    )
+                # Created by a request whose worker_created event never reached the log.
+                shutil.rmtree(directory)
+                files.fsync_path(workers_dir)
+                self.warn(
+                    "store.uncommitted_discarded",
+                    f"{directory}: worker {worker_id} was never acknowledged (no worker_created event); removed",
+                )
+                continue
+            on_disk[worker_id] = directory
+        for worker_id in created:
+            if worker_id not in on_disk:
+                raise StoreMissing(
+                    "restore", str(workers_dir / hex_id(worker_id)), f"directory of worker {worker_id} is missing"
+                )
+
+        # The event log wins: status and last event of each worker come from it.
+        status: dict[str, WorkerStatus] = {}
+        last: dict[str, int] = {}
+        inputs: dict[str, int] = {}
+        for event in events:
+            ref = event.worker_ref
+            if event.kind is EventKind.RUNTIME_STOPPED:
+                for worker_id, current in status.items():
+                    if current is WorkerStatus.RUNNING:
+                        status[worker_id] = WorkerStatus.STOPPED
+                        last[worker_id] = event.id
+                continue
+            if ref is None:
+                continue
+            if event.kind is EventKind.WORKER_CREATED:
+                status[ref.worker_id] = WorkerStatus.RUNNING
+            elif event.kind is EventKind.WORKER_STOPPED:
+                status[ref.worker_id] = WorkerStatus.STOPPED
+            elif event.kind is EventKind.WORKER_CANCELLED:
+                status[ref.worker_id] = WorkerStatus.CANCELLED
+            elif event.kind is EventKind.WORKER_INPUT_ACCEPTED:
+                inputs[ref.worker_id] = inputs.get(ref.worker_id, 0) + 1
+            if ref.worker_id not in created:
+                raise self.corrupt(
+                    self.dir / "events.jsonl", f"event {event.id} names worker {ref.worker_id}, which was never created"
+                )
+            last[ref.worker_id] = event.id
+
+        workers: list[WorkerState] = []
+        transcripts: dict[str, list[TranscriptEntry]] = {}
+        observations: list[Observation] = []
+        for worker_id in sorted(created, key=created.__getitem__):
+            directory = on_disk[worker_id]
+            snapshot_path = directory / "worker.json"
+            raw, snapshot = self._read_json(snapshot_path)
+            try:
+                stored = codec.decode_worker_record(snapshot, self._ref_decoder(snapshot_path))
+            except codec.RECORD_ERRORS as error:
+                raise self.corrupt(snapshot_path, f"bad worker snapshot: {codec.record_problem(error)}") from None
+            ref = stored.worker_ref
+            if ref.worker_id != worker_id:
+                raise self.corrupt(snapshot_path, f"names worker {ref.worker_id!r}, not {worker_id!r}")
+            entries = self._transcript(directory, ref, last_event)
+            if len(entries) != inputs.get(worker_id, 0):
+                raise self.corrupt(
+                    directory / "transcript.jsonl",
+                    f"holds {len(entries)} entries, but the event log accepted {inputs.get(worker_id, 0)} inputs",
+                )
+            state = WorkerState(ref, stored.request, status[worker_id], len(entries), last[worker_id])
+            self.created_event[worker_id] = created[worker_id]
+            self.snapshots[snapshot_path] = raw
+            self.snapshot_status[worker_id] = state.status
+            if stored.status is not state.status:
+                # The event log wins over the snapshot; bring the snapshot in line.
+                record = codec.WorkerRecord(ref, created[worker_id], state.status, stored.request)
+                data = files.snapshot_document(codec.encode_worker_record(record))
+                files.replace_atomically(snapshot_path, data)
+                self.snapshots[snapshot_path] = data
+            workers.append(state)
+            transcripts[worker_id] = entries
+            worker_observations = self._observations(directory, ref, last_event)
+            self.observation_lines[worker_id] = len(worker_observations)
+            observations.extend(worker_observations)  # the bus keeps the newest it is configured for
+        return workers, transcripts, observations
+
+    def _transcript(self, directory: Path, ref: WorkerRef, last_event: int) -> list[TranscriptEntry]:
+        path = directory / "transcript.jsonl"
+        records = self._discard_uncommitted(path, self._read_log(path), last_event, "transcript entry")
+        entries = self._decode_each(path, records, lambda r: codec.decode_transcript_entry(r, ref), "transcript")
+        self._require_dense(path, entries, lambda entry: entry.sequence, "transcript sequence")
+        return entries
+
+    def _observations(self, directory: Path, ref: WorkerRef, last_event: int) -> list[Observation]:
+        path = directory / "observations.jsonl"
+        records = self._discard_uncommitted(path, self._read_log(path), last_event, "observation", may_interleave=True)
+        previous = 0
+        first_line = 1
+        if records and set(records[0]) == {"trimmed_through"}:
+            # The compaction marker: observations up to this sequence were dropped on purpose.
+            previous = records.pop(0)["trimmed_through"]
+            if not isinstance(previous, int):
+                raise self.corrupt(path, f"bad compaction marker {{'trimmed_through': {previous!r}}}")
+            self.trimmed[ref.worker_id] = previous
+            first_line = 2
+        observations = self._decode_each(
+            path, records, lambda r: codec.decode_observation(r, ref), "observation", first_line=first_line
+        )
+        for number, observation in enumerate(observations, start=first_line):
+            if observation.sequence <= previous:
+                raise self.corrupt(path, f"observation sequence {observation.sequence!r} out of order on line {number}")
+            previous = observation.sequence
+        return observations
