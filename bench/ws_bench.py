@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Observation WebSocket benchmark: runtimed's fan-out against a bare aiohttp fan-out server.
 
-One run starts ``python -m runtimed serve --bind 127.0.0.1:0`` and ``bench/bare_ws_server.py``
+One run starts ``python -m runtimed serve --bind 127.0.0.1:0`` and ``bench/bare_server.py``
 (same interpreter), reads each one's address from its start-up line, and then:
 
 **Fan-out phase.** For N in (1, 10, 100) subscribers of one worker, on each server (the order
@@ -19,9 +19,10 @@ sent while the slowest subscriber is fewer than ``--window`` events behind (half
 256-frame subscriber queue), so a saturated server or client slows the publisher down instead
 of overrunning subscribers; throughput is what the pair can sustain, and latency is measured at
 that load. Subscribers live in ``--client-procs`` extra processes (multiprocessing, spawn), so
-their frame parsing does not share a core with the publisher. The publisher is a minimal
-keep-alive HTTP/1.1 client on raw asyncio protocols (one request at a time per connection),
-cheaper per request than aiohttp's client, so the client side is less likely to be the limit.
+their frame parsing does not share a core with the publisher. The publisher is the harness's
+minimal keep-alive HTTP/1.1 client on raw asyncio protocols (one request at a time per
+connection), cheaper per request than aiohttp's client, so the client side is less likely to
+be the limit.
 
 **Memory phase.** On fresh daemons: 100 subscribers connect, read their snapshot and then stop
 reading (never call ``receive``), ``--mem-events`` events (default 100,000) are published at
@@ -35,7 +36,7 @@ Before each case the bench waits (at most ``--quiet-wait`` s) until no other ben
 project (rest_bench.py, fs_bench.py, wrk) runs, and names any that ran during a case.
 
     python bench/ws_bench.py                 # full: 10 s per case, 3 rounds, 100,000-event memory test
-    python bench/ws_bench.py --quick         # smoke: 2 s per case, 1 round, 10,000 events
+    python bench/ws_bench.py --quick         # smoke: 1 s per case, 1 round, 500 events, no waiting
     python bench/ws_bench.py --output bench/results/ws.md
 
 Run it under ``flock /tmp/runtimed-bench.lock`` on a shared machine. All traffic is to
@@ -58,50 +59,28 @@ import re
 import shlex
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO_DIR = BENCH_DIR.parent
-LISTENING = re.compile(r"listening on http://(\S+)")
+from harness import (
+    CpuMeter, DriveResult, Server, bare_argv, bench_parser, by_mode, drive, exit_on_sigterm, http_request, log,
+    markdown_table, median, percentile, round_order, rss_kib, runtimed_argv, stop_all
+)
 
-START_TIMEOUT_S = 30.0
-STOP_TIMEOUT_S = 10.0
-HTTP_TIMEOUT_S = 10.0
 CONNECT_TIMEOUT_S = 30.0  # all subscribers of one case connected and snapshot read
 DRAIN_TIMEOUT_S = 15.0  # after publishing stops, until every subscriber has every frame
 COMMAND_TIMEOUT_S = 120.0  # one command to a client process
 MAX_SUBSCRIBERS = 100
 DROPPED = 1 << 60  # a subscriber's count once it was cut off: never holds the publisher back
 
-CREATE_BODY = b'{"intent":{"kind":"assistant","purpose":"benchmark"},"profile":{"kind":"runtime_default"}}'
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-
-# ------------------------------------------------------------------ processes
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def machine_busy_seconds() -> float:
-    """CPU time all processes of the machine used so far (every CPU, /proc/stat)."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return (sum(fields[:8]) - idle) / CLK_TCK
+# ------------------------------------------------------------------ other benchmarks
 
 
 def other_benchmarks() -> list[str]:
@@ -127,92 +106,12 @@ def wait_for_quiet(limit: float) -> list[str]:
     which still run if the time is up."""
     deadline = time.monotonic() + limit
     others = other_benchmarks()
-    if others:
-        print(f"waiting for {', '.join(others)} to finish (at most {limit:g} s)", file=sys.stderr)
+    if others and limit > 0:
+        log(f"waiting for {', '.join(others)} to finish (at most {limit:g} s)")
     while others and time.monotonic() < deadline:
-        time.sleep(5.0)
+        time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
         others = other_benchmarks()
     return others
-
-
-def rss_kib(pid: int, key: str = "VmRSS") -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-@dataclass
-class Server:
-    name: str
-    argv: list[str]
-    proc: subprocess.Popen | None = None
-    address: str = ""
-    log_path: str = ""
-    log_file: Any = None
-
-    @property
-    def base(self) -> str:
-        return f"http://{self.address}"
-
-    def start(self, log_dir: str) -> None:
-        self.log_path = os.path.join(log_dir, f"{self.name}-{time.monotonic_ns()}.log")
-        # stderr goes to a file, never a pipe: an access log line per request would fill a pipe.
-        self.log_file = open(self.log_path, "w+b")
-        self.proc = subprocess.Popen(
-            self.argv, cwd=REPO_DIR, stdin=subprocess.DEVNULL, stdout=self.log_file, stderr=subprocess.STDOUT
-        )
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            with open(self.log_path, "rb") as f:
-                text = f.read(64 * 1024).decode("utf-8", "replace")
-            match = LISTENING.search(text)
-            if match:
-                self.address = match.group(1)
-                return
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{text[-4000:]}")
-            time.sleep(0.05)
-        raise RuntimeError(f"{self.name} did not print its address within {START_TIMEOUT_S} s")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(STOP_TIMEOUT_S)
-        if self.log_file is not None:
-            self.log_file.close()
-            self.log_file = None
-
-    def post_json(self, path: str, body: bytes) -> dict[str, Any]:
-        request = urllib.request.Request(self.base + path, data=body, headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
-            return json.loads(response.read())
-
-    def get_text(self, path: str) -> str | None:
-        try:
-            with urllib.request.urlopen(self.base + path, timeout=HTTP_TIMEOUT_S) as response:
-                return response.read().decode()
-        except Exception:  # noqa: BLE001 - optional figures
-            return None
-
-    def create_worker(self) -> str:
-        return self.post_json("/v1/workers", CREATE_BODY)["worker"]["worker_id"]
-
-
-def runtimed_server(name: str = "runtimed", config: str | None = None) -> Server:
-    argv = [sys.executable, "-m", "runtimed", "serve", "--bind", "127.0.0.1:0"]
-    if config:
-        argv += ["--config", config]
-    return Server(name, argv)
-
-
-def bare_server() -> Server:
-    return Server("bare", [sys.executable, str(BENCH_DIR / "bare_ws_server.py"), "--bind", "127.0.0.1:0"])
 
 
 def metric(text: str | None, name: str) -> float | None:
@@ -221,6 +120,10 @@ def metric(text: str | None, name: str) -> float | None:
         return None
     match = re.search(rf"^{re.escape(name)}(?:_total)? ([0-9.e+-]+)$", text, re.MULTILINE)
     return float(match.group(1)) if match else None
+
+
+def ws_url(server: Server, worker_id: str) -> str:
+    return f"ws://{server.address}/v1/workers/{worker_id}/events/ws"
 
 
 # ------------------------------------------------------------------ subscriber processes
@@ -332,8 +235,8 @@ class SubscriberHost:
         return {"latencies": self.latencies.tobytes(), "received": received, "outcomes": outcomes}
 
     async def cmd_drain(self, timeout: float, published: int, idle: float) -> dict[str, Any]:
-        """Stalled subscribers: read everything they were sent, until a diagnostic, a close, or
-        ``idle`` seconds without a frame (all within ``timeout``)."""
+        """Stalled subscribers: read everything they were sent, until every event, a diagnostic,
+        a close, or ``idle`` seconds without a frame (all within ``timeout``)."""
         from aiohttp import WSMsgType
 
         async def one(ws: Any) -> dict[str, Any]:
@@ -353,17 +256,23 @@ class SubscriberHost:
                     if message.type is WSMsgType.TEXT:
                         frame = json.loads(message.data)
                         if frame.get("kind") == "diagnostic":
-                            result = {"outcome": "diagnostic " + frame["diagnostic"]["code"], "diagnostic": frame["diagnostic"]}
+                            diagnostic = frame["diagnostic"]
+                            result = {"outcome": "diagnostic " + diagnostic["code"], "diagnostic": diagnostic}
                             closing = await asyncio.wait_for(ws.receive(), 5.0)  # then the server closes
                             if closing.type is WSMsgType.CLOSE:
                                 result["close"] = f"close frame with code {closing.data}"
                             else:
-                                result["close"] = f"{closing.type.name.lower()} without a close frame (code {ws.close_code})"
+                                kind = closing.type.name.lower()
+                                result["close"] = f"{kind} without a close frame (code {ws.close_code})"
                             break
                         frames += 1
                         last_cursor = frame["envelope"]["cursor"]
+                        if frames >= published:  # no overrun: nothing more is coming
+                            result = {"outcome": "got every event (no overrun), still open"}
+                            break
                         continue
-                    result = {"outcome": f"socket {message.type.name.lower()} (code {ws.close_code}) without a diagnostic"}
+                    kind = message.type.name.lower()
+                    result = {"outcome": f"socket {kind} (code {ws.close_code}) without a diagnostic"}
                     break
             except (asyncio.CancelledError, asyncio.TimeoutError):
                 pass
@@ -378,7 +287,8 @@ class SubscriberHost:
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-        return {"results": [t.result() if not t.cancelled() else {"outcome": "still open at the time bound", "frames": -1} for t in tasks]}
+        unfinished = {"outcome": "still open at the time bound", "frames": -1}
+        return {"results": [unfinished if task.cancelled() else task.result() for task in tasks]}
 
     async def cmd_close(self) -> dict[str, Any]:
         await self._close_all()
@@ -445,8 +355,9 @@ class ClientProcs:
             slot += k
         return plan
 
-    def cpu_seconds(self) -> float:
-        return sum(cpu_seconds(p.pid) for p in self.procs if p.is_alive())
+    @property
+    def pids(self) -> list[int]:
+        return [proc.pid for proc in self.procs if proc.pid is not None]
 
     def close(self) -> None:
         for conn in self.conns:
@@ -465,102 +376,25 @@ class ClientProcs:
 # ------------------------------------------------------------------ publisher
 
 
-class Poster(asyncio.Protocol):
-    """One keep-alive HTTP/1.1 connection sending one POST at a time; the cheapest client."""
+async def publish(server: Server, worker_id: str, *, concurrency: int, duration: float, max_events: int = 10**9,
+                  gate: tuple[Any, int, int] | None = None, content: bytes | None = None,
+                  into: DriveResult | None = None) -> DriveResult:
+    """POST input events until ``duration`` or ``max_events``; with ``gate`` (counts, n, window),
+    only while the slowest of the n subscribers is fewer than window events behind. Without
+    ``content``, each event's content is the time it is sent (monotonic ns)."""
+    path = f"/v1/workers/{worker_id}/input"
 
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
-        self.waiter: asyncio.Future[int] | None = None
+    def request(index: int) -> bytes:
+        body = b'{"kind":"user","content":"%d"}' % time.monotonic_ns() if content is None else content
+        return http_request("POST", path, server.address, body)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+    def under_window(sent: int) -> bool:
+        assert gate is not None
+        counts, n, window = gate
+        return sent - min(counts[0:n]) < window
 
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        waiter = self.waiter
-        if waiter is None or waiter.done():
-            return
-        end = self.buffer.find(b"\r\n\r\n")
-        if end < 0:
-            return
-        head = bytes(self.buffer[:end]).lower()
-        i = head.find(b"\r\ncontent-length:")
-        if i < 0:
-            waiter.set_exception(RuntimeError(f"no content-length in {head[:200]!r}"))
-            return
-        j = head.find(b"\r\n", i + 2)
-        total = end + 4 + int(head[i + 17 : j if j >= 0 else len(head)])
-        if len(self.buffer) >= total:
-            status = int(self.buffer[9:12])
-            del self.buffer[:total]
-            waiter.set_result(status)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(ConnectionError("connection lost"))
-
-    async def post(self, head: bytes, body: bytes) -> int:
-        self.waiter = asyncio.get_running_loop().create_future()
-        self.transport.write(head + b"%d\r\n\r\n" % len(body) + body)  # type: ignore[union-attr]
-        return await self.waiter
-
-
-@dataclass
-class PublishResult:
-    published: int = 0
-    errors: Counter[str] = field(default_factory=Counter)
-    started_ns: int = 0
-    ended_ns: int = 0
-
-
-async def publish(
-    address: str,
-    worker_id: str,
-    *,
-    concurrency: int,
-    duration: float,
-    max_events: int,
-    gate: tuple[Any, int, int] | None,
-    content: bytes | None = None,
-    result: PublishResult | None = None,
-) -> PublishResult:
-    """POST input events until ``duration`` or ``max_events``; with ``gate`` (counts, n,
-    window), only while the slowest of the n subscribers is fewer than window events behind."""
-    host, port = address.rsplit(":", 1)
-    loop = asyncio.get_running_loop()
-    head = (
-        f"POST /v1/workers/{worker_id}/input HTTP/1.1\r\nHost: {address}\r\n"
-        "Content-Type: application/json\r\nContent-Length: "
-    ).encode()
-    conns = [(await loop.create_connection(Poster, host, int(port)))[1] for _ in range(concurrency)]
-    result = result if result is not None else PublishResult()
-    result.started_ns = time.monotonic_ns()
-    deadline = time.monotonic() + duration
-    mono = time.monotonic_ns
-    counts, n, window = gate if gate is not None else (None, 0, 0)
-
-    async def run(conn: Poster) -> None:
-        while result.published < max_events and time.monotonic() < deadline:
-            if counts is not None:
-                while result.published - min(counts[0:n]) >= window:
-                    if time.monotonic() >= deadline:
-                        return
-                    await asyncio.sleep(0.0005)
-            result.published += 1
-            body = b'{"kind":"user","content":"%d"}' % mono() if content is None else content
-            status = await conn.post(head, body)
-            if status != 200:
-                result.errors[f"HTTP {status}"] += 1
-
-    try:
-        await asyncio.wait_for(asyncio.gather(*(run(c) for c in conns)), duration + 60.0)
-    finally:
-        result.ended_ns = mono()
-        for conn in conns:
-            if conn.transport is not None:
-                conn.transport.close()
-    return result
+    return await drive(server.address, request, connections=concurrency, duration_s=duration,
+                       max_requests=max_events, ready=under_window if gate is not None else None, into=into)
 
 
 # ------------------------------------------------------------------ fan-out phase
@@ -588,12 +422,6 @@ class CaseResult:
         return self.frames / self.elapsed if self.elapsed > 0 else 0.0
 
 
-def percentile(sorted_values: array.array, q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
-
-
 def wait_drained(clients: ClientProcs, n: int, published: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and min(clients.counts[0:n]) < published:
@@ -602,35 +430,30 @@ def wait_drained(clients: ClientProcs, n: int, published: int, timeout: float) -
 
 def run_case(server: Server, clients: ClientProcs, n: int, round_no: int, args: argparse.Namespace) -> CaseResult:
     worker_id = server.create_worker()
-    url = f"{server.base.replace('http://', 'ws://')}/v1/workers/{worker_id}/events/ws"
     plan = clients.split(n)
     used = [p for p, _, _ in plan]
     for i, first, k in plan:  # sequential per process keeps connect storms small
-        clients.command([i], "connect", url, first, k, True)
+        clients.command([i], "connect", ws_url(server, worker_id), first, k, True)
     gate = (clients.counts, n, args.window)
     try:
         # Warm-up: same load, not counted.
-        warm = asyncio.run(publish(server.address, worker_id, concurrency=args.concurrency, duration=args.warmup, max_events=10**9, gate=gate))
-        wait_drained(clients, n, warm.published, DRAIN_TIMEOUT_S)
+        warm = asyncio.run(publish(server, worker_id, concurrency=args.concurrency, duration=args.warmup, gate=gate))
+        wait_drained(clients, n, warm.sent, DRAIN_TIMEOUT_S)
         clients.command(used, "reset")
         others = other_benchmarks()
         profiler = start_profiler(server, n, args)
-        server_cpu0, client_cpu0 = cpu_seconds(server.proc.pid), clients.cpu_seconds() + cpu_seconds(os.getpid())
-        machine0 = machine_busy_seconds()
-        result = asyncio.run(
-            publish(server.address, worker_id, concurrency=args.concurrency, duration=args.duration, max_events=10**9, gate=gate)
-        )
-        wait_drained(clients, n, result.published, DRAIN_TIMEOUT_S)
-        server_cpu1, client_cpu1 = cpu_seconds(server.proc.pid), clients.cpu_seconds() + cpu_seconds(os.getpid())
-        machine1 = machine_busy_seconds()
+        meter = CpuMeter(server.pid, clients.pids)
+        result = asyncio.run(publish(server, worker_id, concurrency=args.concurrency, duration=args.duration,
+                                     gate=gate))
+        wait_drained(clients, n, result.sent, DRAIN_TIMEOUT_S)
+        cpu = meter.stop()
         others = sorted(set(others) | set(other_benchmarks()))
         stop_profiler(profiler)
         replies = clients.command(used, "collect")
     finally:
         clients.command(used, "close")
     last = max((clients.last_recv[s] for s in range(n)), default=0)
-    end_ns = max(last, result.ended_ns)
-    elapsed = (end_ns - result.started_ns) / 1e9
+    elapsed = (max(last, result.ended_ns) - result.started_ns) / 1e9
     latencies = array.array("q")
     frames = 0
     outcomes: Counter[str] = Counter()
@@ -638,26 +461,16 @@ def run_case(server: Server, clients: ClientProcs, n: int, round_no: int, args: 
         latencies.frombytes(reply["latencies"])
         frames += reply["received"]
         outcomes.update(reply["outcomes"])
-    ordered = array.array("q", sorted(latencies))
+    ordered = sorted(latencies)
     return CaseResult(
-        server=server.name,
-        subscribers=n,
-        round=round_no,
-        frames=frames,
-        published=result.published,
-        elapsed=elapsed,
-        p50_ms=percentile(ordered, 0.50) / 1e6,
-        p99_ms=percentile(ordered, 0.99) / 1e6,
-        server_cpu=(server_cpu1 - server_cpu0) / elapsed * 100,
-        client_cpu=(client_cpu1 - client_cpu0) / elapsed * 100,
-        other_cpu=max(0.0, (machine1 - machine0) - (server_cpu1 - server_cpu0) - (client_cpu1 - client_cpu0)) / elapsed * 100,
-        outcomes=dict(outcomes),
-        publish_errors=dict(result.errors),
-        others=others,
+        server=server.name, subscribers=n, round=round_no, frames=frames, published=result.sent, elapsed=elapsed,
+        p50_ms=percentile(ordered, 0.50) / 1e6, p99_ms=percentile(ordered, 0.99) / 1e6,
+        server_cpu=cpu.percent(cpu.server_s), client_cpu=cpu.percent(cpu.client_s), other_cpu=cpu.percent(cpu.other_s),
+        outcomes=dict(outcomes), publish_errors=dict(result.errors), others=others,
     )
 
 
-def start_profiler(server: Server, n: int, args: argparse.Namespace) -> subprocess.Popen | None:
+def start_profiler(server: Server, n: int, args: argparse.Namespace) -> subprocess.Popen[bytes] | None:
     """With --profile DIR: py-spy records the server during the measured window (it costs CPU:
     never use a profiled run's figures)."""
     if not args.profile:
@@ -666,13 +479,13 @@ def start_profiler(server: Server, n: int, args: argparse.Namespace) -> subproce
     out = Path(args.profile) / f"{server.name}-{n}-{time.monotonic_ns()}.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
-        [str(py_spy), "record", "-p", str(server.proc.pid), "-d", str(int(args.duration) + 1), "-r", "200",
+        [str(py_spy), "record", "-p", str(server.pid), "-d", str(int(args.duration) + 1), "-r", "200",
          "--nonblocking", "--format", "raw", "-o", str(out)],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
 
 
-def stop_profiler(proc: subprocess.Popen | None) -> None:
+def stop_profiler(proc: subprocess.Popen[bytes] | None) -> None:
     if proc is None:
         return
     try:
@@ -706,21 +519,18 @@ class MemoryResult:
     ended_note: str = ""
 
 
-async def publish_sampling(server: Server, worker_id: str, events: int, args: argparse.Namespace, out: MemoryResult) -> PublishResult:
-    pid = server.proc.pid
-    result = PublishResult()
+async def publish_sampling(server: Server, worker_id: str, args: argparse.Namespace, out: MemoryResult) -> DriveResult:
+    result = DriveResult()
 
     async def sample() -> None:
         while True:
-            out.rss_samples.append((result.published, rss_kib(pid)))
+            out.rss_samples.append((result.sent, rss_kib(server.pid)))
             await asyncio.sleep(args.rss_interval)
 
     sampler = asyncio.create_task(sample())
     try:
-        return await publish(
-            server.address, worker_id, concurrency=args.concurrency, duration=args.mem_time_limit, max_events=events, gate=None,
-            content=b'{"kind":"user","content":"x"}', result=result,
-        )
+        return await publish(server, worker_id, concurrency=args.concurrency, duration=args.mem_time_limit,
+                             max_events=args.mem_events, content=b'{"kind":"user","content":"x"}', into=result)
     finally:
         sampler.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -729,15 +539,13 @@ async def publish_sampling(server: Server, worker_id: str, events: int, args: ar
 
 def session_ends(server: Server, n: int, started: float, ended: float) -> str:
     """When the daemon's access log says the WebSocket sessions ended, relative to the publish."""
-    if not n or not server.log_path or not server.name.startswith("runtimed"):
+    if not n or not server.name.startswith("runtimed"):
         return ""
     line = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*GET /v1/workers/[^ ]+/events/ws 101 ([0-9.]+)ms")
     ends = []
     with open(server.log_path, encoding="utf-8", errors="replace") as f:
         for text in f:
-            if "/events/ws" not in text:
-                continue
-            match = line.match(text)
+            match = line.match(text) if "/events/ws" in text else None
             if match:
                 when = datetime.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
                 ends.append((when, float(match.group(2)) / 1000))
@@ -746,43 +554,43 @@ def session_ends(server: Server, n: int, started: float, ended: float) -> str:
     first, last = min(e[0] for e in ends), max(e[0] for e in ends)
     lengths = sorted(e[1] for e in ends)
     return (
-        f"The daemon's access log: {len(ends)} sessions ended between {first - started:.1f} s and {last - started:.1f} s "
-        f"after publishing began (publishing took {ended - started:.1f} s); sessions lasted "
+        f"The daemon's access log: {len(ends)} sessions ended between {first - started:.1f} s and "
+        f"{last - started:.1f} s after publishing began (publishing took {ended - started:.1f} s); sessions lasted "
         f"{lengths[0]:.1f}–{lengths[-1]:.1f} s."
     )
 
 
-def memory_case(label: str, server: Server, clients: ClientProcs | None, n: int, args: argparse.Namespace) -> MemoryResult:
+def memory_case(label: str, server: Server, clients: ClientProcs, n: int, args: argparse.Namespace) -> MemoryResult:
     out = MemoryResult(label, n)
     worker_id = server.create_worker()
-    url = f"{server.base.replace('http://', 'ws://')}/v1/workers/{worker_id}/events/ws"
-    plan = clients.split(n) if clients is not None and n else []
+    plan = clients.split(n) if n else []
     used = [p for p, _, _ in plan]
     try:
-        for i, first, k in plan:
-            clients.command([i], "connect", url, first, k, False)  # stalled: snapshot read, then nothing
-        time.sleep(1.0)
-        out.rss_before = rss_kib(server.proc.pid)
+        for i, first, k in plan:  # stalled: snapshot read, then nothing
+            clients.command([i], "connect", ws_url(server, worker_id), first, k, False)
+        time.sleep(args.settle)
+        out.rss_before = rss_kib(server.pid)
         publish_started_wall = time.time()
-        result = asyncio.run(publish_sampling(server, worker_id, args.mem_events, args, out))
+        result = asyncio.run(publish_sampling(server, worker_id, args, out))
         publish_ended_wall = time.time()
-        out.published = result.published
+        out.published = result.sent
         out.publish_seconds = (result.ended_ns - result.started_ns) / 1e9
         out.publish_errors = dict(result.errors)
-        time.sleep(1.0)
-        out.rss_after_publish = rss_kib(server.proc.pid)
+        time.sleep(args.settle)
+        out.rss_after_publish = rss_kib(server.pid)
         if used:
-            for reply in clients.command(used, "drain", args.drain_time_limit, out.published, 3.0, timeout=args.drain_time_limit + 30):
-                for r in reply["results"]:
-                    out.outcomes[r["outcome"]] += 1
-                    out.frames.append(r.get("frames", -1))
-                    if "diagnostic" in r and "resume_from" in r["diagnostic"]:
-                        out.resume_from[r["diagnostic"]["resume_from"]] += 1
-                    if "close" in r:
-                        out.close[r["close"]] += 1
-        time.sleep(1.0)
-        out.rss_after_drain = rss_kib(server.proc.pid)
-        out.hwm = rss_kib(server.proc.pid, "VmHWM")
+            replies = clients.command(used, "drain", args.drain_time_limit, out.published, args.drain_idle,
+                                      timeout=args.drain_time_limit + 30)
+            for r in (r for reply in replies for r in reply["results"]):
+                out.outcomes[r["outcome"]] += 1
+                out.frames.append(r.get("frames", -1))
+                if "diagnostic" in r and "resume_from" in r["diagnostic"]:
+                    out.resume_from[r["diagnostic"]["resume_from"]] += 1
+                if "close" in r:
+                    out.close[r["close"]] += 1
+        time.sleep(args.settle)
+        out.rss_after_drain = rss_kib(server.pid)
+        out.hwm = rss_kib(server.pid, "VmHWM")
         text = server.get_text("/metrics")
         out.overruns = metric(text, "runtimed_subscriber_overruns")
         out.sessions_after = metric(text, "runtimed_websocket_sessions")
@@ -801,36 +609,36 @@ def mib(kib: int) -> str:
 
 
 def fanout_tables(results: list[CaseResult], sizes: list[int]) -> str:
-    lines = [
-        "| subscribers | server | round | events published | frames delivered | delivered frames/s | p50 ms | p99 ms | server CPU % | client CPU % | other processes CPU % | subscribers cut off |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for r in results:
+    def med(server: str, n: int, attr: str) -> float:
+        return median(getattr(r, attr) for r in results if r.server == server and r.subscribers == n)
+
+    def latency(server: str, n: int) -> str:
+        return f"{med(server, n, 'p50_ms'):.2f} / {med(server, n, 'p99_ms'):.2f}"
+
+    rows = []
+    for n in sizes:
+        rt, bare = med("runtimed", n, "frames_per_s"), med("bare", n, "frames_per_s")
+        ratio = rt / bare if bare else float("nan")
+        rows.append([n, f"{rt:,.0f}", f"{bare:,.0f}", f"{ratio:.0%}", "met" if ratio >= 0.7 else "NOT met",
+                     latency("runtimed", n), latency("bare", n), f"{med('runtimed', n, 'server_cpu'):.0f}",
+                     f"{med('bare', n, 'server_cpu'):.0f}"])
+    summary = markdown_table(
+        ["subscribers", "runtimed frames/s", "bare frames/s", "runtimed / bare", "goal ≥ 70 %",
+         "runtimed p50 / p99 ms", "bare p50 / p99 ms", "runtimed server CPU %", "bare server CPU %"], rows, "rrrrlrrrr")
+
+    def case_row(r: CaseResult) -> list[object]:
         cut = ", ".join(f"{k}: {v}" for k, v in r.outcomes.items()) or "0"
         if r.publish_errors:
             cut += "; POST errors " + ", ".join(f"{k}: {v}" for k, v in r.publish_errors.items())
         other = f"{r.other_cpu:.0f}" + (f" ({', '.join(r.others)} running)" if r.others else "")
-        lines.append(
-            f"| {r.subscribers} | {r.server} | {r.round} | {r.published:,} | {r.frames:,} | {r.frames_per_s:,.0f} | "
-            f"{r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.server_cpu:.0f} | {r.client_cpu:.0f} | {other} | {cut} |"
-        )
-    summary = [
-        "| subscribers | runtimed frames/s | bare frames/s | runtimed / bare | goal ≥ 70 % | runtimed p50 / p99 ms | bare p50 / p99 ms | runtimed server CPU % | bare server CPU % |",
-        "|---:|---:|---:|---:|---|---:|---:|---:|---:|",
-    ]
-    for n in sizes:
-        def med(server: str, attr: str) -> float:
-            values = [getattr(r, attr) for r in results if r.server == server and r.subscribers == n]
-            return statistics.median(values) if values else float("nan")
+        return [r.subscribers, r.server, r.round, f"{r.published:,}", f"{r.frames:,}", f"{r.frames_per_s:,.0f}",
+                f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", f"{r.server_cpu:.0f}", f"{r.client_cpu:.0f}", other, cut]
 
-        rt, bare = med("runtimed", "frames_per_s"), med("bare", "frames_per_s")
-        ratio = rt / bare if bare else float("nan")
-        summary.append(
-            f"| {n} | {rt:,.0f} | {bare:,.0f} | {ratio:.0%} | {'met' if ratio >= 0.7 else 'NOT met'} | "
-            f"{med('runtimed', 'p50_ms'):.2f} / {med('runtimed', 'p99_ms'):.2f} | {med('bare', 'p50_ms'):.2f} / {med('bare', 'p99_ms'):.2f} | "
-            f"{med('runtimed', 'server_cpu'):.0f} | {med('bare', 'server_cpu'):.0f} |"
-        )
-    return "\n".join(summary) + "\n\nEvery case (medians above are over the rounds):\n\n" + "\n".join(lines)
+    cases = markdown_table(
+        ["subscribers", "server", "round", "events published", "frames delivered", "delivered frames/s", "p50 ms",
+         "p99 ms", "server CPU %", "client CPU %", "other processes CPU %", "subscribers cut off"],
+        map(case_row, results), "rlrrrrrrrrrl")
+    return "\n".join(summary) + "\n\nEvery case (medians above are over the rounds):\n\n" + "\n".join(cases)
 
 
 def rss_at(m: MemoryResult, events: int) -> int:
@@ -846,49 +654,47 @@ def rss_at(m: MemoryResult, events: int) -> int:
 def memory_tables(results: list[MemoryResult], total: int) -> str:
     marks = [0, total // 4, total // 2, 3 * total // 4, total]
     head = " / ".join(f"{k:,}" for k in marks)
-    lines = [
-        f"| daemon | stalled subscribers | POST/s | VmRSS MiB after {head} events | after publishing | after the subscribers read | VmHWM |",
-        "|---|---:|---:|---|---:|---:|---:|",
-    ]
-    for m in results:
-        rate = m.published / m.publish_seconds if m.publish_seconds else 0
-        values = " / ".join(mib(rss_at(m, k)) for k in marks)
-        lines.append(
-            f"| {m.label} | {m.subscribers} | {rate:,.0f} | {values} | {mib(m.rss_after_publish)} | {mib(m.rss_after_drain)} | {mib(m.hwm)} |"
-        )
-    control = next((m for m in results if not m.subscribers), None)
+    lines = markdown_table(
+        ["daemon", "stalled subscribers", "POST/s", f"VmRSS MiB after {head} events", "after publishing",
+         "after the subscribers read", "VmHWM"],
+        ([m.label, m.subscribers, f"{m.published / m.publish_seconds if m.publish_seconds else 0:,.0f}",
+          " / ".join(mib(rss_at(m, k)) for k in marks), mib(m.rss_after_publish), mib(m.rss_after_drain), mib(m.hwm)]
+         for m in results), "lrrlrrr")
     out = "\n".join(lines)
+    control = next((m for m in results if not m.subscribers), None)
     if control is not None:
-        out += f"\n\nVmRSS growth since the start minus the control's, MiB, after {head} events (what the stalled subscribers cost):\n\n"
-        out += "| daemon | " + " | ".join(f"{k:,}" for k in marks) + " |\n|---|" + "---:|" * len(marks) + "\n"
-        for m in results:
-            if m is control:
-                continue
-            diffs = [(rss_at(m, k) - m.rss_before) - (rss_at(control, k) - control.rss_before) for k in marks]
-            out += f"| {m.label} | " + " | ".join(f"{d / 1024:+.1f}" for d in diffs) + " |\n"
+        def growth(m: MemoryResult, k: int) -> str:
+            kib = (rss_at(m, k) - m.rss_before) - (rss_at(control, k) - control.rss_before)
+            return f"{kib / 1024:+.1f}"
+
+        out += (f"\n\nVmRSS growth since the start minus the control's, MiB, after {head} events "
+                "(what the stalled subscribers cost):\n\n")
+        rows = ([m.label, *(growth(m, k) for k in marks)] for m in results if m is not control)
+        out += "\n".join(markdown_table(["daemon", *(f"{k:,}" for k in marks)], rows))
     for m in results:
-        if not m.subscribers:
-            continue
-        frames = sorted(f for f in m.frames if f >= 0)
-        out += (
-            f"\n\nWhat the {m.subscribers} stalled subscribers of `{m.label}` read once they read again "
-            f"(event frames each: min {frames[0] if frames else '-'}, median {statistics.median(frames) if frames else '-'}, "
-            f"max {frames[-1] if frames else '-'} of {m.published:,}):\n\n| outcome | subscribers |\n|---|---:|\n"
-        )
-        out += "\n".join(f"| {k} | {v} |" for k, v in m.outcomes.most_common())
-        if m.resume_from:
-            out += "\n\n`resume_from` in the diagnostics: " + ", ".join(f"`{k}` ×{v}" for k, v in m.resume_from.most_common(5))
-        if m.close:
-            out += "\n\nThen: " + ", ".join(f"{k} ×{v}" for k, v in m.close.most_common())
-        if m.overruns is not None:
-            out += (
-                f"\n\nThe daemon's `/metrics` afterwards: runtimed_subscriber_overruns = {m.overruns:.0f}, "
-                f"runtimed_websocket_sessions = {m.sessions_after:.0f}"
-            )
-        if m.ended_note:
-            out += "\n\n" + m.ended_note
-        if m.publish_errors:
-            out += "\n\nPOST errors: " + ", ".join(f"{k}: {v}" for k, v in m.publish_errors.items())
+        if m.subscribers:
+            out += stalled_note(m)
+    return out
+
+
+def stalled_note(m: MemoryResult) -> str:
+    frames = sorted(f for f in m.frames if f >= 0)
+    spread = f"min {frames[0]}, median {median(frames)}, max {frames[-1]}" if frames else "none"
+    out = (f"\n\nWhat the {m.subscribers} stalled subscribers of `{m.label}` read once they read again "
+           f"(event frames each: {spread} of {m.published:,}):\n\n")
+    out += "\n".join(markdown_table(["outcome", "subscribers"], m.outcomes.most_common()))
+    if m.resume_from:
+        out += "\n\n`resume_from` in the diagnostics: " + ", ".join(
+            f"`{k}` ×{v}" for k, v in m.resume_from.most_common(5))
+    if m.close:
+        out += "\n\nThen: " + ", ".join(f"{k} ×{v}" for k, v in m.close.most_common())
+    if m.overruns is not None:
+        out += (f"\n\nThe daemon's `/metrics` afterwards: runtimed_subscriber_overruns = {m.overruns:.0f}, "
+                f"runtimed_websocket_sessions = {m.sessions_after or 0:.0f}")
+    if m.ended_note:
+        out += "\n\n" + m.ended_note
+    if m.publish_errors:
+        out += "\n\nPOST errors: " + ", ".join(f"{k}: {v}" for k, v in m.publish_errors.items())
     return out
 
 
@@ -896,95 +702,103 @@ def memory_tables(results: list[MemoryResult], total: int) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="smoke run: 2 s per case, 1 round, 10,000-event memory test")
-    parser.add_argument("--subscribers", default="1,10,100", help="subscriber counts [1,10,100]")
-    parser.add_argument("--duration", type=float, help="seconds of publishing per case [10; quick 2]")
-    parser.add_argument("--warmup", type=float, help="seconds of warm-up per case [1; quick 0.3]")
-    parser.add_argument("--rounds", type=int, help="rounds, server order alternating [3; quick 1]")
-    parser.add_argument("--concurrency", type=int, default=16, help="POSTs in flight [16]")
-    parser.add_argument("--window", type=int, default=128, help="most events the slowest subscriber may lag [128]")
-    parser.add_argument("--client-procs", type=int, default=2, help="client processes holding the subscribers [2]")
-    parser.add_argument("--no-fanout", action="store_true", help="skip the fan-out phase")
-    parser.add_argument("--no-memory", action="store_true", help="skip the memory phase")
-    parser.add_argument("--mem-events", type=int, help="events published in the memory phase [100000; quick 10000]")
-    parser.add_argument("--mem-subscribers", type=int, default=100, help="stalled subscribers in the memory phase [100]")
-    parser.add_argument("--mem-time-limit", type=float, default=600.0, help="time bound of the memory phase's publishing [600 s]")
-    parser.add_argument("--drain-time-limit", type=float, default=60.0, help="time bound of the stalled subscribers' final read [60 s]")
-    parser.add_argument("--rss-interval", type=float, default=0.25, help="VmRSS sampling interval [0.25 s]")
-    parser.add_argument("--output", help="also write the Markdown report to this file")
-    parser.add_argument("--profile", metavar="DIR", help="py-spy the server during every fan-out case (raw stacks into DIR; figures then are not comparable)")
-    parser.add_argument("--quiet-wait", type=float, default=600.0,
-                        help="before each case, wait at most this long for other benchmarks (rest_bench.py, fs_bench.py, wrk) to end [600 s]")
-    parser.add_argument("--keep-logs", action="store_true", help="keep the servers' logs (their directory is printed)")
+    parser = bench_parser(__doc__, quick="1 s per case, 1 round, 500-event memory test, short settling, no "
+                                         "waiting for quiet", duration="seconds of publishing per case [10; quick 1]",
+                          rounds="rounds, server order alternating [3; quick 1]")
+    add = parser.add_argument
+    add("--subscribers", default="1,10,100", help="subscriber counts [1,10,100]")
+    add("--warmup", type=float, help="seconds of warm-up per case [1; quick 0.2]")
+    add("--concurrency", type=int, default=16, help="POSTs in flight [16]")
+    add("--window", type=int, default=128, help="most events the slowest subscriber may lag [128]")
+    add("--client-procs", type=int, default=2, help="client processes holding the subscribers [2]")
+    add("--no-fanout", action="store_true", help="skip the fan-out phase")
+    add("--no-memory", action="store_true", help="skip the memory phase")
+    add("--mem-events", type=int, help="events published in the memory phase [100000; quick 500]")
+    add("--mem-subscribers", type=int, default=100, help="stalled subscribers in the memory phase [100]")
+    add("--mem-time-limit", type=float, default=600.0, help="time bound of the memory phase's publishing [600 s]")
+    add("--drain-time-limit", type=float, default=60.0,
+        help="time bound of the stalled subscribers' final read [60 s]")
+    add("--rss-interval", type=float, default=0.25, help="VmRSS sampling interval [0.25 s]")
+    add("--output", help="also write the Markdown report to this file")
+    add("--profile", metavar="DIR", help="py-spy the server during every fan-out case (raw stacks into DIR; "
+                                        "figures then are not comparable)")
+    add("--quiet-wait", type=float, help="before each case, wait at most this long for other benchmarks "
+                                         "(rest_bench.py, fs_bench.py, wrk) to end [600 s; quick 0]")
+    add("--keep-logs", action="store_true", help="keep the servers' logs (their directory is printed)")
     args = parser.parse_args(argv)
     quick = args.quick
-    args.duration = args.duration if args.duration is not None else (2.0 if quick else 10.0)
-    args.warmup = args.warmup if args.warmup is not None else (0.3 if quick else 1.0)
-    args.rounds = args.rounds if args.rounds is not None else (1 if quick else 3)
-    args.mem_events = args.mem_events if args.mem_events is not None else (10_000 if quick else 100_000)
+    args.duration = by_mode(args.duration, 10.0, 1.0, quick)
+    args.warmup = by_mode(args.warmup, 1.0, 0.2, quick)
+    args.rounds = by_mode(args.rounds, 3, 1, quick)
+    args.mem_events = by_mode(args.mem_events, 100_000, 500, quick)
+    args.quiet_wait = by_mode(args.quiet_wait, 600.0, 0.0, quick)
+    args.settle = 0.2 if quick else 1.0  # seconds between the memory phase's steps, for VmRSS to settle
+    args.drain_idle = 0.5 if quick else 3.0  # a stalled subscriber's final read ends after this long silent
     args.sizes = [int(s) for s in args.subscribers.split(",")]
     if max(args.sizes) > MAX_SUBSCRIBERS or args.mem_subscribers > MAX_SUBSCRIBERS:
         parser.error(f"at most {MAX_SUBSCRIBERS} subscribers")
     return args
 
 
+def fanout_phase(args: argparse.Namespace, clients: ClientProcs, log_dir: Path) -> list[CaseResult]:
+    fanout: list[CaseResult] = []
+    servers = [Server("runtimed", runtimed_argv("serve"), log_dir), Server("bare", bare_argv(), log_dir)]
+    try:
+        for server in servers:
+            server.start()
+        log(", ".join(f"{s.name} at {s.address} (pid {s.pid})" for s in servers))
+        for round_index in range(args.rounds):
+            for n in args.sizes:
+                for server in round_order(servers, round_index):
+                    wait_for_quiet(args.quiet_wait)
+                    case = run_case(server, clients, n, round_index + 1, args)
+                    fanout.append(case)
+                    log(f"round {round_index + 1} n={n:>3} {server.name:<8} {case.frames_per_s:>10,.0f} frames/s "
+                        f"p50 {case.p50_ms:6.2f} ms p99 {case.p99_ms:6.2f} ms server CPU {case.server_cpu:3.0f} % "
+                        f"client CPU {case.client_cpu:3.0f} % other {case.other_cpu:3.0f} % "
+                        f"{case.outcomes or ''} {case.others or ''}")
+    finally:
+        stop_all(servers)
+    return fanout
+
+
+def memory_phase(args: argparse.Namespace, clients: ClientProcs, log_dir: Path) -> list[MemoryResult]:
+    config = log_dir / "no-heartbeat.toml"
+    config.write_text("[server]\nws_heartbeat_seconds = 0\n")
+    cases: list[tuple[str, int, list[str]]] = [
+        ("runtimed, no subscriber (control)", 0, []),
+        ("runtimed, default config (30 s heartbeat)", args.mem_subscribers, []),
+        ("runtimed, heartbeat off", args.mem_subscribers, ["--config", str(config)]),
+    ]
+    memory: list[MemoryResult] = []
+    for label, n, options in cases:
+        wait_for_quiet(args.quiet_wait)
+        with Server("runtimed", runtimed_argv("serve", *options), log_dir) as server:
+            server.start()
+            m = memory_case(label, server, clients, n, args)
+        memory.append(m)
+        peak = max((k for _, k in m.rss_samples), default=0)
+        log(f"memory {label}: {mib(m.rss_before)} -> {mib(peak)} -> {mib(m.rss_after_publish)} -> "
+            f"{mib(m.rss_after_drain)} MiB; {dict(m.outcomes)} {m.ended_note}")
+    return memory
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    command = "python bench/ws_bench.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = shlex.join(["python", "bench/ws_bench.py", *(argv if argv is not None else sys.argv[1:])])
     started = datetime.datetime.now(datetime.timezone.utc)
-    servers: list[Server] = []
-    clients: ClientProcs | None = None
     fanout: list[CaseResult] = []
     memory: list[MemoryResult] = []
-    log_dir = tempfile.mkdtemp(prefix="ws_bench-")
+    log_dir = Path(tempfile.mkdtemp(prefix="ws_bench-"))
+    exit_on_sigterm()
+    clients = ClientProcs(args.client_procs)
     try:
-        clients = ClientProcs(args.client_procs)
         if not args.no_fanout:
-            runtimed, bare = runtimed_server(), bare_server()
-            servers += [runtimed, bare]
-            runtimed.start(log_dir)
-            bare.start(log_dir)
-            print(f"runtimed at {runtimed.address} (pid {runtimed.proc.pid}), bare at {bare.address} (pid {bare.proc.pid})", file=sys.stderr)
-            for round_no in range(1, args.rounds + 1):
-                order = [runtimed, bare] if round_no % 2 else [bare, runtimed]
-                for n in args.sizes:
-                    for server in order:
-                        wait_for_quiet(args.quiet_wait)
-                        case = run_case(server, clients, n, round_no, args)
-                        fanout.append(case)
-                        print(
-                            f"round {round_no} n={n:>3} {server.name:<8} {case.frames_per_s:>10,.0f} frames/s "
-                            f"p50 {case.p50_ms:6.2f} ms p99 {case.p99_ms:6.2f} ms server CPU {case.server_cpu:3.0f} % "
-                            f"client CPU {case.client_cpu:3.0f} % other {case.other_cpu:3.0f} % {case.outcomes or ''} {case.others or ''}",
-                            file=sys.stderr,
-                        )
-            for server in (runtimed, bare):
-                server.stop()
+            fanout = fanout_phase(args, clients, log_dir)
         if not args.no_memory:
-            config = os.path.join(log_dir, "no-heartbeat.toml")
-            with open(config, "w") as f:
-                f.write("[server]\nws_heartbeat_seconds = 0\n")
-            cases = (
-                ("runtimed, no subscriber (control)", 0, None),
-                ("runtimed, default config (30 s heartbeat)", args.mem_subscribers, None),
-                ("runtimed, heartbeat off", args.mem_subscribers, config),
-            )
-            for label, n, config_path in cases:
-                wait_for_quiet(args.quiet_wait)
-                server = runtimed_server("runtimed", config_path)
-                servers.append(server)
-                server.start(log_dir)
-                m = memory_case(label, server, clients, n, args)
-                memory.append(m)
-                server.stop()
-                print(f"memory {label}: {mib(m.rss_before)} -> {mib(max((k for _, k in m.rss_samples), default=0))} -> {mib(m.rss_after_publish)} -> {mib(m.rss_after_drain)} MiB; {dict(m.outcomes)} {m.ended_note}", file=sys.stderr)
+            memory = memory_phase(args, clients, log_dir)
     finally:
-        for server in servers:
-            with contextlib.suppress(Exception):
-                server.stop()
-        if clients is not None:
-            clients.close()
+        clients.close()
         if args.keep_logs:
             print(f"server logs kept in {log_dir}", file=sys.stderr)
         else:
@@ -997,11 +811,11 @@ def main(argv: list[str] | None = None) -> int:
         f"Command: `flock /tmp/runtimed-bench.lock {command}` (from the repository root, interpreter {sys.executable}, "
         f"Python {platform.python_version()}, {os.cpu_count()} CPUs {cpu}, {platform.system()} {platform.release()}).",
         "",
-        f"Fan-out: {args.duration:g} s per case after {args.warmup:g} s warm-up, {args.rounds} round(s); publisher: raw keep-alive "
-        f"HTTP/1.1, {args.concurrency} POSTs in flight, gated to ≤ {args.window} events ahead of the slowest subscriber; "
-        f"subscribers: aiohttp client in {args.client_procs} extra process(es). Latency = subscriber's receive "
-        "time − publisher's send time (CLOCK_MONOTONIC), over every frame of every subscriber. CPU % = CPU time of the "
-        "process(es) / wall time of the case (100 % = one core).",
+        f"Fan-out: {args.duration:g} s per case after {args.warmup:g} s warm-up, {args.rounds} round(s); publisher: "
+        f"raw keep-alive HTTP/1.1, {args.concurrency} POSTs in flight, gated to ≤ {args.window} events ahead of the "
+        f"slowest subscriber; subscribers: aiohttp client in {args.client_procs} extra process(es). Latency = "
+        "subscriber's receive time − publisher's send time (CLOCK_MONOTONIC), over every frame of every subscriber. "
+        "CPU % = CPU time of the process(es) / wall time of the case (100 % = one core).",
     ]
     if fanout:
         report += ["", "## Fan-out", "", fanout_tables(fanout, args.sizes)]
@@ -1011,10 +825,11 @@ def main(argv: list[str] | None = None) -> int:
             f"## Memory with {args.mem_subscribers} stalled subscribers, {args.mem_events:,} events",
             "",
             f"A fresh daemon per line (memory store); {args.concurrency} POSTs in flight, content `x`; VmRSS from "
-            f"/proc/<pid>/status every {args.rss_interval:g} s. The subscribers connect, read their snapshot, then call "
-            "nothing (the aiohttp client stops reading the socket once its own buffer is full) until every event is "
-            "published; then they read until a diagnostic, a close, or 3 s of silence. The control daemon shows what "
-            "the memory store itself keeps (the transcript and the event log grow with every input).",
+            f"/proc/<pid>/status every {args.rss_interval:g} s. The subscribers connect, read their snapshot, then "
+            "call nothing (the aiohttp client stops reading the socket once its own buffer is full) until every "
+            f"event is published; then they read until every event, a diagnostic, a close, or {args.drain_idle:g} s "
+            "of silence. The control daemon shows what the memory store itself keeps (the transcript and the event "
+            "log grow with every input).",
             "",
             memory_tables(memory, args.mem_events),
         ]
