@@ -60,7 +60,7 @@ def cursor_of(sequence: int) -> str:
 
 
 class Subscriber:
-    __slots__ = ("queue", "dropped")
+    __slots__ = ("dropped", "queue")
 
     def __init__(self, size: int) -> None:
         self.queue: asyncio.Queue[str | None] = asyncio.Queue(size)
@@ -68,7 +68,7 @@ class Subscriber:
 
 
 class Worker:
-    __slots__ = ("worker_id", "ref", "intent", "profile", "status", "entries", "last_event_id", "subscribers")
+    __slots__ = ("entries", "intent", "last_event_id", "profile", "ref", "status", "subscribers", "worker_id")
 
     def __init__(self, ref: dict[str, str], intent: Any, profile: Any, event_id: int) -> None:
         self.worker_id = ref["worker_id"]
@@ -117,18 +117,22 @@ async def get_runtime(request: web.Request) -> web.Response:
     state = request.app[STATE]
     active = sum(1 for worker in state.workers.values() if worker.status == "running")
     limits = {"max_transcript_projection_items": MAX_TRANSCRIPT_ITEMS, "max_event_batch_items": MAX_EVENT_BATCH_ITEMS}
-    return respond({"runtime": {
-        "runtime_id": state.runtime_id,
-        "display_name": None,
-        "backend": "memory",
-        "status": "running",
-        "worker_count": len(state.workers),
-        "active_worker_count": active,
-        "stopped_worker_count": len(state.workers) - active,
-        "cancelled_worker_count": 0,
-        "diagnostic_count": state.diagnostic_count,
-        "limits": limits,
-    }})
+    return respond(
+        {
+            "runtime": {
+                "runtime_id": state.runtime_id,
+                "display_name": None,
+                "backend": "memory",
+                "status": "running",
+                "worker_count": len(state.workers),
+                "active_worker_count": active,
+                "stopped_worker_count": len(state.workers) - active,
+                "cancelled_worker_count": 0,
+                "diagnostic_count": state.diagnostic_count,
+                "limits": limits,
+            }
+        }
+    )
 
 
 async def create_worker(request: web.Request) -> web.Response:
@@ -138,20 +142,25 @@ async def create_worker(request: web.Request) -> web.Response:
         return error(400, "invalid_json", "expected an object with intent and profile")
     worker_id = f"worker-{len(state.workers) + 1:08x}"
     state.last_event_id += 1
-    worker = Worker({"runtime_id": state.runtime_id, "worker_id": worker_id}, body["intent"], body["profile"],
-                    state.last_event_id)
+    worker = Worker(
+        {"runtime_id": state.runtime_id, "worker_id": worker_id}, body["intent"], body["profile"], state.last_event_id
+    )
     state.workers[worker_id] = worker
     state.diagnostic_count += 2
-    return respond({"worker": {
-        "worker_ref": worker.ref,
-        "runtime_id": state.runtime_id,
-        "worker_id": worker_id,
-        "status": worker.status,
-        "intent": worker.intent,
-        "profile": worker.profile,
-        "transcript_len": 0,
-        "last_event_id": worker.last_event_id,
-    }})
+    return respond(
+        {
+            "worker": {
+                "worker_ref": worker.ref,
+                "runtime_id": state.runtime_id,
+                "worker_id": worker_id,
+                "status": worker.status,
+                "intent": worker.intent,
+                "profile": worker.profile,
+                "transcript_len": 0,
+                "last_event_id": worker.last_event_id,
+            }
+        }
+    )
 
 
 async def send_input(request: web.Request) -> web.Response:
@@ -165,18 +174,27 @@ async def send_input(request: web.Request) -> web.Response:
     state.last_event_id += 1
     state.sequence += 1
     sequence = len(worker.entries) + 1
-    entry = {"sequence": sequence, "worker_ref": worker.ref, "role": body["kind"], "content": body["content"],
-             "event_id": state.last_event_id}
+    entry = {
+        "sequence": sequence,
+        "worker_ref": worker.ref,
+        "role": body["kind"],
+        "content": body["content"],
+        "event_id": state.last_event_id,
+    }
     worker.entries.append(entry)
     worker.last_event_id = state.last_event_id
     if worker.subscribers:
         publish(worker, state.sequence, body)
-    return respond({"ack": {
-        "worker_ref": worker.ref,
-        "status": worker.status,
-        "transcript_sequence": sequence,
-        "event_id": state.last_event_id,
-    }})
+    return respond(
+        {
+            "ack": {
+                "worker_ref": worker.ref,
+                "status": worker.status,
+                "transcript_sequence": sequence,
+                "event_id": state.last_event_id,
+            }
+        }
+    )
 
 
 def publish(worker: Worker, sequence: int, body: dict[str, Any]) -> None:
@@ -211,14 +229,18 @@ async def get_transcript(request: web.Request) -> web.Response:
     entries = worker.entries
     items = entries[start : start + limit]
     end = start + len(items)
-    return respond({"transcript": {
-        "worker_ref": worker.ref,
-        "start": start,
-        "limit": limit,
-        "total_items": len(entries),
-        "items": items,
-        "next_start": end if end < len(entries) else None,
-    }})
+    return respond(
+        {
+            "transcript": {
+                "worker_ref": worker.ref,
+                "start": start,
+                "limit": limit,
+                "total_items": len(entries),
+                "items": items,
+                "next_start": end if end < len(entries) else None,
+            }
+        }
+    )
 
 
 async def _end(ws: web.WebSocketResponse, code: str, message: str, close_code: int = WSCloseCode.OK) -> None:
@@ -228,20 +250,27 @@ async def _end(ws: web.WebSocketResponse, code: str, message: str, close_code: i
     try:
         await asyncio.wait_for(ws.send_str(frame), DIAGNOSTIC_SEND_SECONDS)
         await asyncio.wait_for(ws.close(code=close_code), CLOSE_HANDSHAKE_SECONDS)
-    except (asyncio.TimeoutError, ConnectionError, RuntimeError):
-        if ws._req is not None and ws._req.transport is not None:  # noqa: SLF001
-            ws._req.transport.abort()  # noqa: SLF001
+    except (TimeoutError, ConnectionError, RuntimeError):
+        if ws._req is not None and ws._req.transport is not None:
+            ws._req.transport.abort()
 
 
 async def _write(ws: web.WebSocketResponse, worker: Worker, subscriber: Subscriber, sequence: int) -> None:
     cursor = cursor_of(sequence)
     data = {"worker": {"worker_id": worker.worker_id}, "status": worker.status, "entries": []}
-    await ws.send_str(dumps({"kind": "event", "envelope": {
-        "cursor": cursor,
-        "event_id": f"snapshot:{cursor}",
-        "worker_id": worker.worker_id,
-        "payload": {"event": "snapshot", "data": data},
-    }}))
+    await ws.send_str(
+        dumps(
+            {
+                "kind": "event",
+                "envelope": {
+                    "cursor": cursor,
+                    "event_id": f"snapshot:{cursor}",
+                    "worker_id": worker.worker_id,
+                    "payload": {"event": "snapshot", "data": data},
+                },
+            }
+        )
+    )
     queue = subscriber.queue
     while True:
         frame = await queue.get()
@@ -295,13 +324,15 @@ def create_app(queue_size: int = 256, heartbeat: float = 30.0) -> web.Applicatio
     app = web.Application()
     app[STATE] = State(queue_size, heartbeat)
     app.on_shutdown.append(close_sessions)
-    app.router.add_routes([
-        web.get("/v1/runtime", get_runtime),
-        web.post("/v1/workers", create_worker),
-        web.post("/v1/workers/{worker_id}/input", send_input),
-        web.get("/v1/workers/{worker_id}/transcript", get_transcript),
-        web.get("/v1/workers/{worker_id}/events/ws", events_ws),
-    ])
+    app.router.add_routes(
+        [
+            web.get("/v1/runtime", get_runtime),
+            web.post("/v1/workers", create_worker),
+            web.post("/v1/workers/{worker_id}/input", send_input),
+            web.get("/v1/workers/{worker_id}/transcript", get_transcript),
+            web.get("/v1/workers/{worker_id}/events/ws", events_ws),
+        ]
+    )
     return app
 
 
@@ -325,8 +356,12 @@ async def serve(host: str, port: int, queue_size: int, heartbeat: float) -> None
         await web.TCPSite(runner, host, port).start()
         bound_host, bound_port = runner.addresses[0][:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-        print(f"bare_server listening on http://{shown}:{bound_port} (runtime {app[STATE].runtime_id}, "
-              f"reference server, queue {queue_size}, heartbeat {heartbeat:g})", file=sys.stderr, flush=True)
+        print(
+            f"bare_server listening on http://{shown}:{bound_port} (runtime {app[STATE].runtime_id}, "
+            f"reference server, queue {queue_size}, heartbeat {heartbeat:g})",
+            file=sys.stderr,
+            flush=True,
+        )
         await stop.wait()
     finally:
         await runner.cleanup()
@@ -334,12 +369,22 @@ async def serve(host: str, port: int, queue_size: int, heartbeat: float) -> None
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bind", type=parse_bind, default=("127.0.0.1", 0), metavar="HOST:PORT",
-                        help="address to listen on [127.0.0.1:0]; port 0 picks one")
-    parser.add_argument("--queue", type=int, default=256,
-                        help="frames queued per WebSocket subscriber before it is dropped [256, as runtimed]")
-    parser.add_argument("--heartbeat", type=float, default=30.0,
-                        help="WebSocket ping interval, 0 disables [30, as runtimed]")
+    parser.add_argument(
+        "--bind",
+        type=parse_bind,
+        default=("127.0.0.1", 0),
+        metavar="HOST:PORT",
+        help="address to listen on [127.0.0.1:0]; port 0 picks one",
+    )
+    parser.add_argument(
+        "--queue",
+        type=int,
+        default=256,
+        help="frames queued per WebSocket subscriber before it is dropped [256, as runtimed]",
+    )
+    parser.add_argument(
+        "--heartbeat", type=float, default=30.0, help="WebSocket ping interval, 0 disables [30, as runtimed]"
+    )
     args = parser.parse_args(argv)
     host, port = args.bind
     asyncio.run(serve(host, port, args.queue, args.heartbeat))

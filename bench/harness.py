@@ -157,7 +157,7 @@ class CpuMeter:
         return time.perf_counter(), *server, client, machine_busy_seconds()
 
     def stop(self) -> CpuUsage:
-        wall, server, main, client, machine = (a - b for a, b in zip(self._sample(), self._before))
+        wall, server, main, client, machine = (a - b for a, b in zip(self._sample(), self._before, strict=True))
         return CpuUsage(wall, server, main, client, max(0.0, machine - server - client))
 
 
@@ -219,8 +219,9 @@ class Server:
         """Start it, wait (bounded) for its start-up line; return the seconds from exec to that line."""
         with open(self.log_path, "wb") as out:
             started = time.perf_counter()
-            self.process = subprocess.Popen(self.argv, cwd=REPO_DIR, stdin=subprocess.DEVNULL, stdout=out,
-                                            stderr=out, preexec_fn=pin_to(cpus))
+            self.process = subprocess.Popen(
+                self.argv, cwd=REPO_DIR, stdin=subprocess.DEVNULL, stdout=out, stderr=out, preexec_fn=pin_to(cpus)
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with open(self.log_path, "rb") as text:
@@ -264,8 +265,9 @@ class Server:
     def request_json(self, method: str, path: str, body: str | bytes | None = None) -> Any:
         """One set-up request (not measured); the JSON answer. No proxy: 127.0.0.1 only."""
         data = body.encode() if isinstance(body, str) else body
-        request = urllib.request.Request(self.base_url + path, data=data, method=method,
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            self.base_url + path, data=data, method=method, headers={"Content-Type": "application/json"}
+        )
         with _OPENER.open(request, timeout=HTTP_TIMEOUT_S) as response:
             return json.loads(response.read())
 
@@ -308,8 +310,14 @@ class Load:
             lines += [f"wrk.body = '{self.body}'", 'wrk.headers["Content-Type"] = "application/json"']
         if len(self.paths) > 1:  # else the path is in the URL, and wrk sends one prepared request
             paths = ", ".join(f'"{path}"' for path in self.paths)
-            lines += [f"local paths = {{{paths}}}", "local n = 0", "request = function()",
-                      "  n = n % #paths + 1", "  return wrk.format(nil, paths[n])", "end"]
+            lines += [
+                f"local paths = {{{paths}}}",
+                "local n = 0",
+                "request = function()",
+                "  n = n % #paths + 1",
+                "  return wrk.format(nil, paths[n])",
+                "end",
+            ]
         return "\n".join(lines) + WRK_DONE
 
 
@@ -352,9 +360,13 @@ LOAD_TOOLS = ("auto", "wrk", "python")
 
 
 def add_load_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--load", choices=LOAD_TOOLS, default="auto",
-                        help="load generator: wrk, or python (an asyncio closed loop in this process, for a "
-                             "machine without wrk); auto takes wrk where it is installed [auto]")
+    parser.add_argument(
+        "--load",
+        choices=LOAD_TOOLS,
+        default="auto",
+        help="load generator: wrk, or python (an asyncio closed loop in this process, for a "
+        "machine without wrk); auto takes wrk where it is installed [auto]",
+    )
 
 
 def load_tool(choice: str) -> str:
@@ -362,8 +374,10 @@ def load_tool(choice: str) -> str:
     if choice == "auto":
         return "wrk" if shutil.which("wrk") else "python"
     if choice == "wrk" and shutil.which("wrk") is None:
-        sys.exit("wrk is not installed: `apt-get install wrk` (Debian/Ubuntu), `dnf install wrk`, `brew install wrk`;"
-                 " or run with --load python")
+        sys.exit(
+            "wrk is not installed: `apt-get install wrk` (Debian/Ubuntu), `dnf install wrk`, `brew install wrk`;"
+            " or run with --load python"
+        )
     return choice
 
 
@@ -374,8 +388,17 @@ def load_version(tool: str) -> str:
     return " ".join(completed.stdout.split()[:2]) or "wrk"
 
 
-def run_load(server: Server, load: Load, *, connections: int, duration_s: float, tool: str, threads: int = 1,
-             cpus: set[int] | None = None, raw_log: Path | None = None) -> LoadResult:
+def run_load(
+    server: Server,
+    load: Load,
+    *,
+    connections: int,
+    duration_s: float,
+    tool: str,
+    threads: int = 1,
+    cpus: set[int] | None = None,
+    raw_log: Path | None = None,
+) -> LoadResult:
     """Keep ``connections`` requests of ``load`` in flight for ``duration_s`` (wrk takes whole
     seconds), measuring the server's CPU and the machine's meanwhile."""
     url = server.base_url + load.paths[0]
@@ -384,23 +407,38 @@ def run_load(server: Server, load: Load, *, connections: int, duration_s: float,
         result = _run_wrk(url, load, connections, duration_s, threads, cpus, raw_log)
     else:
         with pinned(cpus):
-            run = asyncio.run(drive(server.address, load_requests(load, server.address), connections=connections,
-                                    duration_s=duration_s))
+            run = asyncio.run(
+                drive(
+                    server.address, load_requests(load, server.address), connections=connections, duration_s=duration_s
+                )
+            )
         result = run.result()
     result.cpu = meter.stop()
     return result
 
 
-def _run_wrk(url: str, load: Load, connections: int, duration_s: float, threads: int, cpus: set[int] | None,
-             raw_log: Path | None) -> LoadResult:
+def _run_wrk(
+    url: str, load: Load, connections: int, duration_s: float, threads: int, cpus: set[int] | None, raw_log: Path | None
+) -> LoadResult:
     seconds = max(1, round(duration_s))
     with tempfile.NamedTemporaryFile("w", suffix=".lua", prefix="bench-") as script:
         script.write(load.wrk_script())
         script.flush()
-        argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "--latency",
-                "-s", script.name, url]
-        completed = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + LOAD_GRACE_S,
-                                   preexec_fn=pin_to(cpus), check=False)
+        argv = [
+            "wrk",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--timeout",
+            "5s",
+            "--latency",
+            "-s",
+            script.name,
+            url,
+        ]
+        completed = subprocess.run(
+            argv, capture_output=True, text=True, timeout=seconds + LOAD_GRACE_S, preexec_fn=pin_to(cpus), check=False
+        )
     if raw_log is not None:
         with raw_log.open("a") as out:
             out.write(f"$ {shlex.join(argv)}\n{completed.stdout}{completed.stderr}\n")
@@ -485,16 +523,28 @@ class DriveResult:
         def us(fraction: float) -> int:
             return int(percentile(ordered, fraction) / 1000) if ordered else 0
 
-        return LoadResult(requests=len(ordered),  # like wrk's count: every answer, non-2xx ones too
-                          duration_us=(self.ended_ns - self.started_ns) // 1000, p50_us=us(0.5), p90_us=us(0.9),
-                          p99_us=us(0.99), max_us=ordered[-1] // 1000 if ordered else 0,
-                          mean_us=statistics.fmean(ordered) / 1000 if ordered else 0.0,
-                          errors=sum(self.errors.values()))
+        return LoadResult(
+            requests=len(ordered),  # like wrk's count: every answer, non-2xx ones too
+            duration_us=(self.ended_ns - self.started_ns) // 1000,
+            p50_us=us(0.5),
+            p90_us=us(0.9),
+            p99_us=us(0.99),
+            max_us=ordered[-1] // 1000 if ordered else 0,
+            mean_us=statistics.fmean(ordered) / 1000 if ordered else 0.0,
+            errors=sum(self.errors.values()),
+        )
 
 
-async def drive(address: str, request_for: Callable[[int], bytes], *, connections: int, duration_s: float,
-                max_requests: int = 10**9, ready: Callable[[int], bool] | None = None,
-                into: DriveResult | None = None) -> DriveResult:
+async def drive(
+    address: str,
+    request_for: Callable[[int], bytes],
+    *,
+    connections: int,
+    duration_s: float,
+    max_requests: int = 10**9,
+    ready: Callable[[int], bool] | None = None,
+    into: DriveResult | None = None,
+) -> DriveResult:
     """A closed loop of requests over ``connections`` keep-alive connections: the i-th request is
     ``request_for(i)``, made when it is sent; it stops after ``max_requests`` or ``duration_s``.
     With ``ready``, a request is only sent while ``ready(requests sent so far)`` holds."""
@@ -535,8 +585,9 @@ async def drive(address: str, request_for: Callable[[int], bytes], *, connection
 def bench_parser(doc: str | None, *, quick: str, duration: str, rounds: str) -> argparse.ArgumentParser:
     """A parser with the options every benchmark has: ``--quick`` (a smoke run, well under a
     minute), ``--duration`` and ``--rounds``; the help texts say what each means there."""
-    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=(doc or "").split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help=f"smoke run: {quick}")
     parser.add_argument("--duration", type=float, help=duration)
     parser.add_argument("--rounds", type=int, help=rounds)
@@ -595,9 +646,11 @@ def fmt_pct(ratio: float) -> str:
 
 def git_revision() -> str:
     """The commit of the checkout, and whether runtimed/ has uncommitted changes."""
+
     def git(*argv: str) -> str:
-        return subprocess.run(["git", *argv], cwd=REPO_DIR, capture_output=True, text=True, timeout=10,
-                              check=False).stdout.strip()
+        return subprocess.run(
+            ["git", *argv], cwd=REPO_DIR, capture_output=True, text=True, timeout=10, check=False
+        ).stdout.strip()
 
     try:
         revision = git("rev-parse", "--short", "HEAD") or "unknown"

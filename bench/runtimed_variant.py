@@ -66,12 +66,15 @@ def patch_dumps(encode: Callable[[object], str]) -> list[str]:
         text = encode(data)
         return text.encode("utf-8") if returns_bytes else text
 
-    patched = [name for name, module in list(sys.modules.items())
-               if name.startswith("runtimed") and getattr(module, "dumps", None) is original]
+    patched = [
+        name
+        for name, module in list(sys.modules.items())
+        if name.startswith("runtimed") and getattr(module, "dumps", None) is original
+    ]
     if not patched:
         raise SystemExit("runtimed_variant: found no runtimed module using dumps; cannot replace the encoder")
     for name in patched:
-        setattr(sys.modules[name], "dumps", dumps)
+        sys.modules[name].dumps = dumps
     return patched
 
 

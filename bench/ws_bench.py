@@ -69,8 +69,23 @@ from pathlib import Path
 from typing import Any
 
 from harness import (
-    CpuMeter, DriveResult, Server, bare_argv, bench_parser, by_mode, drive, exit_on_sigterm, http_request, log,
-    markdown_table, median, percentile, round_order, rss_kib, runtimed_argv, stop_all
+    CpuMeter,
+    DriveResult,
+    Server,
+    bare_argv,
+    bench_parser,
+    by_mode,
+    drive,
+    exit_on_sigterm,
+    http_request,
+    log,
+    markdown_table,
+    median,
+    percentile,
+    round_order,
+    rss_kib,
+    runtimed_argv,
+    stop_all,
 )
 
 CONNECT_TIMEOUT_S = 30.0  # all subscribers of one case connected and snapshot read
@@ -153,7 +168,7 @@ class SubscriberHost:
                 command, *args = await loop.run_in_executor(None, self.conn.recv)
                 try:
                     reply = await getattr(self, "cmd_" + command)(*args)
-                except Exception as error:  # noqa: BLE001 - reported to the bench
+                except Exception as error:
                     reply = {"error": f"{type(error).__name__}: {error}"}
                 self.conn.send(reply)
                 if command == "exit":
@@ -200,10 +215,8 @@ class SubscriberHost:
                     if i >= 0:
                         now = mono()
                         i += 11
-                        try:
+                        with contextlib.suppress(ValueError):
                             latencies.append(now - int(data[i : data.index('"', i)]))
-                        except ValueError:
-                            pass
                         counts[slot] += 1
                         last_recv[slot] = now
                         continue
@@ -247,7 +260,7 @@ class SubscriberHost:
                 while True:
                     try:
                         message = await asyncio.wait_for(ws.receive(), idle)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         if frames >= published:
                             result = {"outcome": "got every event (no overrun), still open"}
                         else:
@@ -274,16 +287,16 @@ class SubscriberHost:
                     kind = message.type.name.lower()
                     result = {"outcome": f"socket {kind} (code {ws.close_code}) without a diagnostic"}
                     break
-            except (asyncio.CancelledError, asyncio.TimeoutError):
+            except (TimeoutError, asyncio.CancelledError):
                 pass
-            except Exception as error:  # noqa: BLE001
+            except Exception as error:
                 result = {"outcome": f"error {type(error).__name__}"}
             result["frames"] = frames
             result["last_cursor"] = last_cursor
             return result
 
         tasks = [asyncio.create_task(one(ws)) for _, ws in self.subs]
-        done, pending = await asyncio.wait(tasks, timeout=timeout)
+        _, pending = await asyncio.wait(tasks, timeout=timeout)
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
@@ -376,9 +389,17 @@ class ClientProcs:
 # ------------------------------------------------------------------ publisher
 
 
-async def publish(server: Server, worker_id: str, *, concurrency: int, duration: float, max_events: int = 10**9,
-                  gate: tuple[Any, int, int] | None = None, content: bytes | None = None,
-                  into: DriveResult | None = None) -> DriveResult:
+async def publish(
+    server: Server,
+    worker_id: str,
+    *,
+    concurrency: int,
+    duration: float,
+    max_events: int = 10**9,
+    gate: tuple[Any, int, int] | None = None,
+    content: bytes | None = None,
+    into: DriveResult | None = None,
+) -> DriveResult:
     """POST input events until ``duration`` or ``max_events``; with ``gate`` (counts, n, window),
     only while the slowest of the n subscribers is fewer than window events behind. Without
     ``content``, each event's content is the time it is sent (monotonic ns)."""
@@ -393,8 +414,15 @@ async def publish(server: Server, worker_id: str, *, concurrency: int, duration:
         counts, n, window = gate
         return sent - min(counts[0:n]) < window
 
-    return await drive(server.address, request, connections=concurrency, duration_s=duration,
-                       max_requests=max_events, ready=under_window if gate is not None else None, into=into)
+    return await drive(
+        server.address,
+        request,
+        connections=concurrency,
+        duration_s=duration,
+        max_requests=max_events,
+        ready=under_window if gate is not None else None,
+        into=into,
+    )
 
 
 # ------------------------------------------------------------------ fan-out phase
@@ -443,8 +471,9 @@ def run_case(server: Server, clients: ClientProcs, n: int, round_no: int, args: 
         others = other_benchmarks()
         profiler = start_profiler(server, n, args)
         meter = CpuMeter(server.pid, clients.pids)
-        result = asyncio.run(publish(server, worker_id, concurrency=args.concurrency, duration=args.duration,
-                                     gate=gate))
+        result = asyncio.run(
+            publish(server, worker_id, concurrency=args.concurrency, duration=args.duration, gate=gate)
+        )
         wait_drained(clients, n, result.sent, DRAIN_TIMEOUT_S)
         cpu = meter.stop()
         others = sorted(set(others) | set(other_benchmarks()))
@@ -463,10 +492,20 @@ def run_case(server: Server, clients: ClientProcs, n: int, round_no: int, args: 
         outcomes.update(reply["outcomes"])
     ordered = sorted(latencies)
     return CaseResult(
-        server=server.name, subscribers=n, round=round_no, frames=frames, published=result.sent, elapsed=elapsed,
-        p50_ms=percentile(ordered, 0.50) / 1e6, p99_ms=percentile(ordered, 0.99) / 1e6,
-        server_cpu=cpu.percent(cpu.server_s), client_cpu=cpu.percent(cpu.client_s), other_cpu=cpu.percent(cpu.other_s),
-        outcomes=dict(outcomes), publish_errors=dict(result.errors), others=others,
+        server=server.name,
+        subscribers=n,
+        round=round_no,
+        frames=frames,
+        published=result.sent,
+        elapsed=elapsed,
+        p50_ms=percentile(ordered, 0.50) / 1e6,
+        p99_ms=percentile(ordered, 0.99) / 1e6,
+        server_cpu=cpu.percent(cpu.server_s),
+        client_cpu=cpu.percent(cpu.client_s),
+        other_cpu=cpu.percent(cpu.other_s),
+        outcomes=dict(outcomes),
+        publish_errors=dict(result.errors),
+        others=others,
     )
 
 
@@ -479,9 +518,24 @@ def start_profiler(server: Server, n: int, args: argparse.Namespace) -> subproce
     out = Path(args.profile) / f"{server.name}-{n}-{time.monotonic_ns()}.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
-        [str(py_spy), "record", "-p", str(server.pid), "-d", str(int(args.duration) + 1), "-r", "200",
-         "--nonblocking", "--format", "raw", "-o", str(out)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            str(py_spy),
+            "record",
+            "-p",
+            str(server.pid),
+            "-d",
+            str(int(args.duration) + 1),
+            "-r",
+            "200",
+            "--nonblocking",
+            "--format",
+            "raw",
+            "-o",
+            str(out),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
 
 
@@ -529,8 +583,15 @@ async def publish_sampling(server: Server, worker_id: str, args: argparse.Namesp
 
     sampler = asyncio.create_task(sample())
     try:
-        return await publish(server, worker_id, concurrency=args.concurrency, duration=args.mem_time_limit,
-                             max_events=args.mem_events, content=b'{"kind":"user","content":"x"}', into=result)
+        return await publish(
+            server,
+            worker_id,
+            concurrency=args.concurrency,
+            duration=args.mem_time_limit,
+            max_events=args.mem_events,
+            content=b'{"kind":"user","content":"x"}',
+            into=result,
+        )
     finally:
         sampler.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -579,8 +640,9 @@ def memory_case(label: str, server: Server, clients: ClientProcs, n: int, args: 
         time.sleep(args.settle)
         out.rss_after_publish = rss_kib(server.pid)
         if used:
-            replies = clients.command(used, "drain", args.drain_time_limit, out.published, args.drain_idle,
-                                      timeout=args.drain_time_limit + 30)
+            replies = clients.command(
+                used, "drain", args.drain_time_limit, out.published, args.drain_idle, timeout=args.drain_time_limit + 30
+            )
             for r in (r for reply in replies for r in reply["results"]):
                 out.outcomes[r["outcome"]] += 1
                 out.frames.append(r.get("frames", -1))
@@ -619,25 +681,73 @@ def fanout_tables(results: list[CaseResult], sizes: list[int]) -> str:
     for n in sizes:
         rt, bare = med("runtimed", n, "frames_per_s"), med("bare", n, "frames_per_s")
         ratio = rt / bare if bare else float("nan")
-        rows.append([n, f"{rt:,.0f}", f"{bare:,.0f}", f"{ratio:.0%}", "met" if ratio >= 0.7 else "NOT met",
-                     latency("runtimed", n), latency("bare", n), f"{med('runtimed', n, 'server_cpu'):.0f}",
-                     f"{med('bare', n, 'server_cpu'):.0f}"])
+        rows.append(
+            [
+                n,
+                f"{rt:,.0f}",
+                f"{bare:,.0f}",
+                f"{ratio:.0%}",
+                "met" if ratio >= 0.7 else "NOT met",
+                latency("runtimed", n),
+                latency("bare", n),
+                f"{med('runtimed', n, 'server_cpu'):.0f}",
+                f"{med('bare', n, 'server_cpu'):.0f}",
+            ]
+        )
     summary = markdown_table(
-        ["subscribers", "runtimed frames/s", "bare frames/s", "runtimed / bare", "goal ≥ 70 %",
-         "runtimed p50 / p99 ms", "bare p50 / p99 ms", "runtimed server CPU %", "bare server CPU %"], rows, "rrrrlrrrr")
+        [
+            "subscribers",
+            "runtimed frames/s",
+            "bare frames/s",
+            "runtimed / bare",
+            "goal ≥ 70 %",
+            "runtimed p50 / p99 ms",
+            "bare p50 / p99 ms",
+            "runtimed server CPU %",
+            "bare server CPU %",
+        ],
+        rows,
+        "rrrrlrrrr",
+    )
 
     def case_row(r: CaseResult) -> list[object]:
         cut = ", ".join(f"{k}: {v}" for k, v in r.outcomes.items()) or "0"
         if r.publish_errors:
             cut += "; POST errors " + ", ".join(f"{k}: {v}" for k, v in r.publish_errors.items())
         other = f"{r.other_cpu:.0f}" + (f" ({', '.join(r.others)} running)" if r.others else "")
-        return [r.subscribers, r.server, r.round, f"{r.published:,}", f"{r.frames:,}", f"{r.frames_per_s:,.0f}",
-                f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", f"{r.server_cpu:.0f}", f"{r.client_cpu:.0f}", other, cut]
+        return [
+            r.subscribers,
+            r.server,
+            r.round,
+            f"{r.published:,}",
+            f"{r.frames:,}",
+            f"{r.frames_per_s:,.0f}",
+            f"{r.p50_ms:.2f}",
+            f"{r.p99_ms:.2f}",
+            f"{r.server_cpu:.0f}",
+            f"{r.client_cpu:.0f}",
+            other,
+            cut,
+        ]
 
     cases = markdown_table(
-        ["subscribers", "server", "round", "events published", "frames delivered", "delivered frames/s", "p50 ms",
-         "p99 ms", "server CPU %", "client CPU %", "other processes CPU %", "subscribers cut off"],
-        map(case_row, results), "rlrrrrrrrrrl")
+        [
+            "subscribers",
+            "server",
+            "round",
+            "events published",
+            "frames delivered",
+            "delivered frames/s",
+            "p50 ms",
+            "p99 ms",
+            "server CPU %",
+            "client CPU %",
+            "other processes CPU %",
+            "subscribers cut off",
+        ],
+        map(case_row, results),
+        "rlrrrrrrrrrl",
+    )
     return "\n".join(summary) + "\n\nEvery case (medians above are over the rounds):\n\n" + "\n".join(cases)
 
 
@@ -655,20 +765,41 @@ def memory_tables(results: list[MemoryResult], total: int) -> str:
     marks = [0, total // 4, total // 2, 3 * total // 4, total]
     head = " / ".join(f"{k:,}" for k in marks)
     lines = markdown_table(
-        ["daemon", "stalled subscribers", "POST/s", f"VmRSS MiB after {head} events", "after publishing",
-         "after the subscribers read", "VmHWM"],
-        ([m.label, m.subscribers, f"{m.published / m.publish_seconds if m.publish_seconds else 0:,.0f}",
-          " / ".join(mib(rss_at(m, k)) for k in marks), mib(m.rss_after_publish), mib(m.rss_after_drain), mib(m.hwm)]
-         for m in results), "lrrlrrr")
+        [
+            "daemon",
+            "stalled subscribers",
+            "POST/s",
+            f"VmRSS MiB after {head} events",
+            "after publishing",
+            "after the subscribers read",
+            "VmHWM",
+        ],
+        (
+            [
+                m.label,
+                m.subscribers,
+                f"{m.published / m.publish_seconds if m.publish_seconds else 0:,.0f}",
+                " / ".join(mib(rss_at(m, k)) for k in marks),
+                mib(m.rss_after_publish),
+                mib(m.rss_after_drain),
+                mib(m.hwm),
+            ]
+            for m in results
+        ),
+        "lrrlrrr",
+    )
     out = "\n".join(lines)
     control = next((m for m in results if not m.subscribers), None)
     if control is not None:
+
         def growth(m: MemoryResult, k: int) -> str:
             kib = (rss_at(m, k) - m.rss_before) - (rss_at(control, k) - control.rss_before)
             return f"{kib / 1024:+.1f}"
 
-        out += (f"\n\nVmRSS growth since the start minus the control's, MiB, after {head} events "
-                "(what the stalled subscribers cost):\n\n")
+        out += (
+            f"\n\nVmRSS growth since the start minus the control's, MiB, after {head} events "
+            "(what the stalled subscribers cost):\n\n"
+        )
         rows = ([m.label, *(growth(m, k) for k in marks)] for m in results if m is not control)
         out += "\n".join(markdown_table(["daemon", *(f"{k:,}" for k in marks)], rows))
     for m in results:
@@ -680,17 +811,22 @@ def memory_tables(results: list[MemoryResult], total: int) -> str:
 def stalled_note(m: MemoryResult) -> str:
     frames = sorted(f for f in m.frames if f >= 0)
     spread = f"min {frames[0]}, median {median(frames)}, max {frames[-1]}" if frames else "none"
-    out = (f"\n\nWhat the {m.subscribers} stalled subscribers of `{m.label}` read once they read again "
-           f"(event frames each: {spread} of {m.published:,}):\n\n")
+    out = (
+        f"\n\nWhat the {m.subscribers} stalled subscribers of `{m.label}` read once they read again "
+        f"(event frames each: {spread} of {m.published:,}):\n\n"
+    )
     out += "\n".join(markdown_table(["outcome", "subscribers"], m.outcomes.most_common()))
     if m.resume_from:
         out += "\n\n`resume_from` in the diagnostics: " + ", ".join(
-            f"`{k}` ×{v}" for k, v in m.resume_from.most_common(5))
+            f"`{k}` ×{v}" for k, v in m.resume_from.most_common(5)
+        )
     if m.close:
         out += "\n\nThen: " + ", ".join(f"{k} ×{v}" for k, v in m.close.most_common())
     if m.overruns is not None:
-        out += (f"\n\nThe daemon's `/metrics` afterwards: runtimed_subscriber_overruns = {m.overruns:.0f}, "
-                f"runtimed_websocket_sessions = {m.sessions_after or 0:.0f}")
+        out += (
+            f"\n\nThe daemon's `/metrics` afterwards: runtimed_subscriber_overruns = {m.overruns:.0f}, "
+            f"runtimed_websocket_sessions = {m.sessions_after or 0:.0f}"
+        )
     if m.ended_note:
         out += "\n\n" + m.ended_note
     if m.publish_errors:
@@ -702,9 +838,12 @@ def stalled_note(m: MemoryResult) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = bench_parser(__doc__, quick="1 s per case, 1 round, 500-event memory test, short settling, no "
-                                         "waiting for quiet", duration="seconds of publishing per case [10; quick 1]",
-                          rounds="rounds, server order alternating [3; quick 1]")
+    parser = bench_parser(
+        __doc__,
+        quick="1 s per case, 1 round, 500-event memory test, short settling, no waiting for quiet",
+        duration="seconds of publishing per case [10; quick 1]",
+        rounds="rounds, server order alternating [3; quick 1]",
+    )
     add = parser.add_argument
     add("--subscribers", default="1,10,100", help="subscriber counts [1,10,100]")
     add("--warmup", type=float, help="seconds of warm-up per case [1; quick 0.2]")
@@ -716,14 +855,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--mem-events", type=int, help="events published in the memory phase [100000; quick 500]")
     add("--mem-subscribers", type=int, default=100, help="stalled subscribers in the memory phase [100]")
     add("--mem-time-limit", type=float, default=600.0, help="time bound of the memory phase's publishing [600 s]")
-    add("--drain-time-limit", type=float, default=60.0,
-        help="time bound of the stalled subscribers' final read [60 s]")
+    add("--drain-time-limit", type=float, default=60.0, help="time bound of the stalled subscribers' final read [60 s]")
     add("--rss-interval", type=float, default=0.25, help="VmRSS sampling interval [0.25 s]")
     add("--output", help="also write the Markdown report to this file")
-    add("--profile", metavar="DIR", help="py-spy the server during every fan-out case (raw stacks into DIR; "
-                                        "figures then are not comparable)")
-    add("--quiet-wait", type=float, help="before each case, wait at most this long for other benchmarks "
-                                         "(rest_bench.py, fs_bench.py, wrk) to end [600 s; quick 0]")
+    add(
+        "--profile",
+        metavar="DIR",
+        help="py-spy the server during every fan-out case (raw stacks into DIR; figures then are not comparable)",
+    )
+    add(
+        "--quiet-wait",
+        type=float,
+        help="before each case, wait at most this long for other benchmarks "
+        "(rest_bench.py, fs_bench.py, wrk) to end [600 s; quick 0]",
+    )
     add("--keep-logs", action="store_true", help="keep the servers' logs (their directory is printed)")
     args = parser.parse_args(argv)
     quick = args.quick
@@ -753,10 +898,12 @@ def fanout_phase(args: argparse.Namespace, clients: ClientProcs, log_dir: Path) 
                     wait_for_quiet(args.quiet_wait)
                     case = run_case(server, clients, n, round_index + 1, args)
                     fanout.append(case)
-                    log(f"round {round_index + 1} n={n:>3} {server.name:<8} {case.frames_per_s:>10,.0f} frames/s "
+                    log(
+                        f"round {round_index + 1} n={n:>3} {server.name:<8} {case.frames_per_s:>10,.0f} frames/s "
                         f"p50 {case.p50_ms:6.2f} ms p99 {case.p99_ms:6.2f} ms server CPU {case.server_cpu:3.0f} % "
                         f"client CPU {case.client_cpu:3.0f} % other {case.other_cpu:3.0f} % "
-                        f"{case.outcomes or ''} {case.others or ''}")
+                        f"{case.outcomes or ''} {case.others or ''}"
+                    )
     finally:
         stop_all(servers)
     return fanout
@@ -778,15 +925,17 @@ def memory_phase(args: argparse.Namespace, clients: ClientProcs, log_dir: Path) 
             m = memory_case(label, server, clients, n, args)
         memory.append(m)
         peak = max((k for _, k in m.rss_samples), default=0)
-        log(f"memory {label}: {mib(m.rss_before)} -> {mib(peak)} -> {mib(m.rss_after_publish)} -> "
-            f"{mib(m.rss_after_drain)} MiB; {dict(m.outcomes)} {m.ended_note}")
+        log(
+            f"memory {label}: {mib(m.rss_before)} -> {mib(peak)} -> {mib(m.rss_after_publish)} -> "
+            f"{mib(m.rss_after_drain)} MiB; {dict(m.outcomes)} {m.ended_note}"
+        )
     return memory
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = shlex.join(["python", "bench/ws_bench.py", *(argv if argv is not None else sys.argv[1:])])
-    started = datetime.datetime.now(datetime.timezone.utc)
+    started = datetime.datetime.now(datetime.UTC)
     fanout: list[CaseResult] = []
     memory: list[MemoryResult] = []
     log_dir = Path(tempfile.mkdtemp(prefix="ws_bench-"))

@@ -48,8 +48,17 @@ def test_rest_bench(tmp_path: Path) -> None:
 def test_rest_bench_python_load_and_variant(tmp_path: Path) -> None:
     """The load generator for machines without wrk, and a third server: runtimed_variant.py."""
     variant = shlex.join([sys.executable, "bench/runtimed_variant.py", "--orjson", "--no-access-log", "serve"])
-    out = run_bench("rest_bench.py", "--load", "python", "--cases", "runtime", "--server", f"variant={variant}",
-                    "--output-dir", str(tmp_path))
+    out = run_bench(
+        "rest_bench.py",
+        "--load",
+        "python",
+        "--cases",
+        "runtime",
+        "--server",
+        f"variant={variant}",
+        "--output-dir",
+        str(tmp_path),
+    )
     assert "load python asyncio loop" in out
     assert "| case | runtimed req/s | bare req/s | variant req/s |" in out
 
