@@ -48,14 +48,18 @@ class Received:
 class RecordingClient:
     """The client side of ACP for tests: records what the agent sends, answers permission requests.
 
-    ``permission_answer`` is the option id to select, or None to answer ``cancelled``. Methods a
-    test client does not need (files, terminals) are left out, so the SDK answers the agent
-    "method not found".
+    ``permission_answer`` is the option id to select, or None to answer ``cancelled``. With
+    ``hold_permissions``, each answer waits until ``release_permissions`` is set, as a user who
+    has not decided yet. Methods a test client does not need (files, terminals) are left out, so
+    the SDK answers the agent "method not found".
     """
 
-    def __init__(self, permission_answer: str | None = "allow_once") -> None:
+    def __init__(self, permission_answer: str | None = "allow_once", hold_permissions: bool = False) -> None:
         self.permission_answer = permission_answer
         self.received: list[Received] = []
+        self.release_permissions = asyncio.Event()
+        if not hold_permissions:
+            self.release_permissions.set()
 
     async def session_update(self, session_id: str, update: Any, **kwargs: Any) -> None:
         self.received.append(Received("update", session_id, update))
@@ -64,6 +68,7 @@ class RecordingClient:
         self, session_id: str, tool_call: Any, options: list[Any], **kwargs: Any
     ) -> RequestPermissionResponse:
         self.received.append(Received("permission", session_id, {"tool_call": tool_call, "options": options}))
+        await self.release_permissions.wait()
         if self.permission_answer is None:
             return RequestPermissionResponse(outcome=DeniedOutcome(outcome="cancelled"))
         return RequestPermissionResponse(outcome=AllowedOutcome(outcome="selected", option_id=self.permission_answer))

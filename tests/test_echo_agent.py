@@ -127,6 +127,23 @@ async def test_cancel_ends_a_sleeping_turn_as_cancelled_before_it_is_over():
         assert client.message_text() == "echo: again"
 
 
+async def test_cancel_while_permission_is_pending_ends_the_turn_as_cancelled_once_it_is_answered():
+    client = RecordingClient(hold_permissions=True)
+    async with AgentProcess(client) as agent:
+        session_id = await open_session(agent)
+        turn = asyncio.create_task(prompt(agent, session_id, "/permission delete"))
+        await wait_until(lambda: any(r.kind == "permission" for r in client.received), what="the permission request")
+        await agent.connection.cancel(session_id=session_id)
+        # ACP has the client answer its pending requests `cancelled` after a session/cancel.
+        client.permission_answer = None
+        client.release_permissions.set()
+        assert await turn == "cancelled"
+
+    [closed] = client.updates("tool_call_update")
+    assert closed.status == "failed"
+    assert client.message_chunks() == []
+
+
 async def test_sleep_zero_ends_the_turn_without_a_dot():
     client = RecordingClient()
     async with AgentProcess(client) as agent:
