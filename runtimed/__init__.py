@@ -2,7 +2,8 @@
 
 The package is layered: ``domain`` (values and typed errors) <- ``store`` <- ``runtime`` (the
 Runtime and its observation bus) <- ``web`` (aiohttp, marshmallow) <- ``daemon`` (config,
-logging, serving) <- ``cli`` (click). One exception: the web app takes its ``ServerConfig``
+logging, serving) <- ``cli`` (click); ``agents`` (agent processes over ACP, and the built-in
+agents) sits beside ``web``, above ``runtime``. One exception: the web app takes its ``ServerConfig``
 from ``daemon.config``. Nothing below ``web`` imports aiohttp, click or marshmallow.
 """
 

@@ -1,4 +1,4 @@
-"""The package layout's arrows point one way: domain <- store <- runtime <- web <- daemon <- cli.
+"""The package layout's arrows point one way: domain <- store <- runtime <- (agents, web) <- daemon <- cli.
 
 A module may import its own package and the packages below it, never one above: the Runtime
 knows nothing of HTTP, the web layer nothing of the daemon that configures it.
@@ -18,10 +18,14 @@ ALLOWED: dict[str, set[str]] = {
     "domain": set(),
     "store": {"domain"},
     "runtime": {"domain", "store"},
+    "agents": {"domain", "runtime"},
     "web": {"domain", "store", "runtime"},
-    "daemon": {"domain", "store", "runtime", "web"},
-    "cli": {"domain", "store", "runtime", "web", "daemon"},
+    "daemon": {"domain", "store", "runtime", "agents", "web"},
+    "cli": {"domain", "store", "runtime", "agents", "web", "daemon"},
 }
+
+#: Third-party packages only one part of runtimed may import: the ACP SDK and its pydantic.
+CONFINED: dict[str, str] = {"acp": "agents", "pydantic": "agents"}
 
 
 def part_of(module: Path) -> str:
@@ -29,10 +33,10 @@ def part_of(module: Path) -> str:
     return relative.parts[0] if len(relative.parts) > 1 else relative.stem
 
 
-def imported_parts(module: Path) -> set[str]:
-    """The top-level parts of runtimed that ``module`` imports."""
+def imported_names(module: Path) -> set[tuple[str, ...]]:
+    """The dotted names ``module`` imports, split into their parts (relative imports resolved)."""
     package = module.relative_to(PACKAGE.parent).with_suffix("").parts[:-1]
-    found: set[str] = set()
+    found: set[tuple[str, ...]] = set()
     for node in ast.walk(ast.parse(module.read_text())):
         if isinstance(node, ast.ImportFrom):
             if node.level:
@@ -40,13 +44,15 @@ def imported_parts(module: Path) -> set[str]:
                 target = (*base, *(node.module.split(".") if node.module else ()))
             else:
                 target = tuple((node.module or "").split("."))
-            names = [target] if len(target) > 1 else [(*target, alias.name) for alias in node.names]
+            found.update([target] if len(target) > 1 else [(*target, alias.name) for alias in node.names])
         elif isinstance(node, ast.Import):
-            names = [tuple(alias.name.split(".")) for alias in node.names]
-        else:
-            continue
-        found.update(name[1] for name in names if name[0] == "runtimed" and len(name) > 1)
+            found.update(tuple(alias.name.split(".")) for alias in node.names)
     return found
+
+
+def imported_parts(module: Path) -> set[str]:
+    """The top-level parts of runtimed that ``module`` imports."""
+    return {name[1] for name in imported_names(module) if name[0] == "runtimed" and len(name) > 1}
 
 
 MODULES = sorted(p for p in PACKAGE.rglob("*.py") if part_of(p) in ALLOWED)
@@ -62,3 +68,10 @@ def test_a_module_imports_only_what_lies_below_it(module):
 def test_every_part_of_the_package_is_placed_in_the_layout():
     parts = {part_of(p) for p in PACKAGE.rglob("*.py")} - {"__init__", "__main__"}
     assert parts <= set(ALLOWED), parts - set(ALLOWED)
+
+
+@pytest.mark.parametrize("module", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_the_acp_sdk_and_its_pydantic_stay_inside_agents(module):
+    packages = {name[0] for name in imported_names(module)}
+    strays = {package for package, part in CONFINED.items() if package in packages and part_of(module) != part}
+    assert not strays, f"{module.relative_to(PACKAGE)} imports {sorted(strays)}"
