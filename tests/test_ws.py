@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 from typing import Any
 
@@ -18,8 +19,9 @@ from runtimed.runtime import Runtime
 from runtimed.store import MemoryStore
 from runtimed.web import schemas
 from runtimed.web.app import create_app
+from runtimed.web.keys import WS_SESSIONS
 
-from .helpers import create_worker
+from .helpers import create_worker, wait_until
 
 _event_frame = schemas.EventFrameSchema()
 _diagnostic_frame = schemas.DiagnosticFrameSchema()
@@ -50,6 +52,16 @@ async def expect_close(ws, code: int, timeout: float = 5.0) -> None:
     message = await ws.receive(timeout=timeout)
     assert message.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING), (message.type, message.data)
     assert ws.close_code == code
+
+
+async def expect_close_once_the_server_closed(client, ws, code: int) -> None:
+    """Read the close only after the server has sent it: a client that reads late (busy, or far
+    away) must still get the server's close code, not 1006 from a connection already gone."""
+    await wait_until(
+        lambda: all(session.ws.closed for session in client.server.app[WS_SESSIONS]),
+        what="the server to close the socket",
+    )
+    await expect_close(ws, code)
 
 
 async def input_(client, worker_id: str, content: str, kind: str = "user") -> dict[str, Any]:
@@ -514,4 +526,83 @@ async def test_a_stalled_subscriber_is_told_it_overran_without_waiting_for_its_n
         last_cursor = envelope(frame)["cursor"]
     assert frame["diagnostic"]["code"] == "runtime.cursor_expired"
     assert frame["diagnostic"]["resume_from"] == last_cursor  # nothing repeated on resume
-    await expect_close(stalled, 1000)
+    await expect_close_once_the_server_closed(client, stalled, 1000)
+
+
+# ------------------------------------------------- close codes of late readers
+
+
+async def test_a_malformed_cursor_closes_1000_for_a_client_that_reads_late(client):
+    worker = await create_worker(client)
+    async with client.ws_connect(ws_path(worker["worker_id"], "wo_bad")) as ws:
+        assert (await next_frame(ws))["diagnostic"]["code"] == "runtime.cursor_malformed"
+        await expect_close_once_the_server_closed(client, ws, 1000)
+
+
+async def test_an_unknown_cursor_closes_1000_for_a_client_that_reads_late(client):
+    worker = await create_worker(client)
+    async with client.ws_connect(ws_path(worker["worker_id"], encode_cursor(99))) as ws:
+        await next_frame(ws)
+        assert (await next_frame(ws))["diagnostic"]["code"] == "runtime.cursor_unknown_or_expired"
+        await expect_close_once_the_server_closed(client, ws, 1000)
+
+
+async def test_an_overrun_found_by_the_session_closes_1000_for_a_client_that_reads_late(aiohttp_client):
+    runtime, client = await make_client(aiohttp_client, RuntimeLimits(subscriber_queue=4))
+    worker = (await create_worker(client))["worker_id"]
+    async with client.ws_connect(ws_path(worker)) as ws:
+        start = envelope(await next_frame(ws))["cursor"]
+        # The memory store never makes observe wait, so the session cannot read in between: its
+        # queue overflows while it waits for the next event, and it finds out when it reads.
+        for _ in range(5):
+            await runtime.observe(runtime.worker_ref(worker), "text_delta", {"text": "x"})
+        diagnostic = (await next_frame(ws))["diagnostic"]
+        assert (diagnostic["code"], diagnostic["resume_from"]) == ("runtime.cursor_expired", start)
+        await expect_close_once_the_server_closed(client, ws, 1000)
+
+
+async def test_an_observation_only_close_reaches_a_client_that_reads_late(client):
+    worker = await create_worker(client)
+    async with client.ws_connect(ws_path(worker["worker_id"])) as ws:
+        await next_frame(ws)
+        await ws.send_str("hello")
+        assert (await next_frame(ws))["diagnostic"]["code"] == "runtime.observation_only"
+        await expect_close_once_the_server_closed(client, ws, 1008)
+
+
+async def test_shutdown_closes_1001_for_a_client_that_reads_late(aiohttp_server):
+    runtime = await Runtime.open(MemoryStore())
+    server = await aiohttp_server(create_app(runtime))
+    async with aiohttp.ClientSession() as session:
+        response = await session.post(
+            server.make_url("/v1/workers"),
+            json={"intent": {"kind": "assistant"}, "profile": {"kind": "runtime_default"}},
+        )
+        worker = (await response.json())["worker"]["worker_id"]
+        ws = await session.ws_connect(server.make_url(ws_path(worker)))
+        await next_frame(ws)
+        closing = asyncio.create_task(server.close())
+        await wait_until(lambda: all(s.ws.closed for s in server.app[WS_SESSIONS]), what="the server to close")
+        assert (await next_frame(ws))["diagnostic"]["code"] == "runtime.upstream_closed"
+        await expect_close(ws, 1001)
+        await closing
+
+
+async def test_an_internal_error_closes_1011_for_a_client_that_reads_late(client, runtime, monkeypatch, caplog):
+    worker = await create_worker(client)
+
+    def explode(ref):
+        raise ZeroDivisionError("secret internals")
+
+    monkeypatch.setattr(runtime, "observation_snapshot", explode)
+    with caplog.at_level(logging.ERROR, logger="runtimed.ws"):
+        async with client.ws_connect(ws_path(worker["worker_id"])) as ws:
+            assert await next_frame(ws) == {
+                "kind": "diagnostic",
+                "diagnostic": {
+                    "code": "runtime.internal_error",
+                    "message": "internal error; the daemon's log has the details",
+                },
+            }
+            await expect_close_once_the_server_closed(client, ws, 1011)
+    assert any(record.exc_info and record.exc_info[0] is ZeroDivisionError for record in caplog.records)
