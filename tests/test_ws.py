@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import random
 from typing import Any
 
@@ -73,6 +74,82 @@ async def input_(client, worker_id: str, content: str, kind: str = "user") -> di
 def envelope(frame: dict[str, Any]) -> dict[str, Any]:
     assert frame["kind"] == "event", frame
     return frame["envelope"]
+
+
+UPGRADE_HEADERS = {
+    "Connection": "Upgrade",
+    "Upgrade": "websocket",
+    "Sec-WebSocket-Version": "13",
+    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+}
+
+TEXT, CONTINUATION, CLOSE, PING, PONG = 0x1, 0x0, 0x8, 0x9, 0xA
+
+
+def client_frame(
+    opcode: int, payload: bytes, *, fin: bool = True, masked: bool = True, length: int | None = None
+) -> bytes:
+    """One frame as a client sends it (RFC 6455 §5.2); ``length`` may claim another payload length."""
+    length = len(payload) if length is None else length
+    mask_bit = 0x80 if masked else 0
+    header = bytes([(0x80 if fin else 0) | opcode])
+    if length < 126:
+        header += bytes([mask_bit | length])
+    elif length < 1 << 16:
+        header += bytes([mask_bit | 126]) + length.to_bytes(2, "big")
+    else:
+        header += bytes([mask_bit | 127]) + length.to_bytes(8, "big")
+    if not masked:
+        return header + payload
+    key = os.urandom(4)
+    return header + key + bytes(byte ^ key[i % 4] for i, byte in enumerate(payload))
+
+
+class RawWebSocket:
+    """A WebSocket client written by hand over a plain connection, for what aiohttp's client
+    will not send: unmasked frames, unfinished fragmented messages."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def connect(cls, client, path: str) -> RawWebSocket:
+        reader, writer = await asyncio.open_connection(client.host, client.port)
+        head = "".join(f"{name}: {value}\r\n" for name, value in UPGRADE_HEADERS.items())
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {client.host}:{client.port}\r\n{head}\r\n".encode())
+        response = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert response.startswith(b"HTTP/1.1 101 "), response
+        return cls(reader, writer)
+
+    async def send(self, frame: bytes) -> None:
+        self.writer.write(frame)
+        await self.writer.drain()
+
+    async def receive(self) -> tuple[int, bytes]:
+        """The next frame from the server: its opcode and payload (servers do not mask)."""
+        first, second = await asyncio.wait_for(self.reader.readexactly(2), 5)
+        length = second & 0x7F
+        if length == 126:
+            length = int.from_bytes(await self.reader.readexactly(2), "big")
+        elif length == 127:
+            length = int.from_bytes(await self.reader.readexactly(8), "big")
+        return first & 0x0F, await asyncio.wait_for(self.reader.readexactly(length), 5)
+
+    async def close_code(self) -> int:
+        """Skip to the server's close frame and return its code."""
+        while True:
+            opcode, payload = await self.receive()
+            if opcode == CLOSE:
+                return int.from_bytes(payload[:2], "big")
+
+    async def closed_by_server(self) -> bool:
+        """Read to the end of the connection: whether the server closed it (within a bound)."""
+        await asyncio.wait_for(self.reader.read(), 5)
+        return self.reader.at_eof()
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 # ------------------------------------------------------------------ sessions
@@ -472,6 +549,47 @@ async def test_the_token_is_checked_before_the_upgrade(aiohttp_client):
         assert envelope(await next_frame(ws))["payload"]["event"] == "snapshot"
 
 
+async def test_past_the_session_limit_an_upgrade_is_429_and_an_ended_session_frees_its_slot(aiohttp_client):
+    _, client = await make_client(aiohttp_client, max_observation_sessions=2)
+    worker = (await create_worker(client))["worker_id"]
+    other = (await create_worker(client))["worker_id"]
+    sessions = client.server.app[WS_SESSIONS]
+    first = await client.ws_connect(ws_path(worker))
+    second = await client.ws_connect(ws_path(other))  # the limit counts every worker's sessions
+    for ws in (first, second):
+        await next_frame(ws)
+    response = await client.get(ws_path(worker), headers=UPGRADE_HEADERS)
+    assert response.status == 429
+    assert await response.json() == {
+        "error": {
+            "code": "too_many_sessions",
+            "message": "too many observation sessions: at most 2 may be open at once",
+        }
+    }
+    with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+        await client.ws_connect(ws_path(worker))
+    assert caught.value.status == 429
+    assert len(sessions) == 2
+
+    await first.close()
+    await wait_until(lambda: len(sessions) == 1, what="the closed session to free its slot")
+    async with client.ws_connect(ws_path(worker)) as third:
+        assert envelope(await next_frame(third))["payload"]["event"] == "snapshot"
+        await input_(client, worker, "live")
+        assert envelope(await next_frame(third))["payload"]["data"]["content"] == "live"
+    await second.close()
+    await wait_until(lambda: not sessions, what="every session to end")
+
+
+async def test_a_missing_worker_is_404_even_past_the_session_limit(aiohttp_client):
+    _, client = await make_client(aiohttp_client, max_observation_sessions=1)
+    worker = (await create_worker(client))["worker_id"]
+    async with client.ws_connect(ws_path(worker)) as ws:
+        await next_frame(ws)
+        response = await client.get(ws_path("worker-0000ffff"), headers=UPGRADE_HEADERS)
+        assert (response.status, (await response.json())["error"]["code"]) == (404, "worker_not_found")
+
+
 async def test_an_origin_is_refused_before_the_upgrade(client):
     worker = await create_worker(client)
     with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
@@ -606,3 +724,66 @@ async def test_an_internal_error_closes_1011_for_a_client_that_reads_late(client
             }
             await expect_close_once_the_server_closed(client, ws, 1011)
     assert any(record.exc_info and record.exc_info[0] is ZeroDivisionError for record in caplog.records)
+
+
+# ------------------------------------------------------------ client messages
+
+
+async def test_a_client_message_over_the_size_limit_closes_1009_while_one_at_it_is_observation_only(aiohttp_client):
+    _, client = await make_client(aiohttp_client, ws_max_message_bytes=64)
+    worker = (await create_worker(client))["worker_id"]
+    async with client.ws_connect(ws_path(worker)) as ws:
+        await next_frame(ws)
+        await ws.send_str("x" * 64)
+        assert (await next_frame(ws))["diagnostic"]["code"] == "runtime.observation_only"
+        await expect_close(ws, 1008)
+    raw = await RawWebSocket.connect(client, ws_path(worker))
+    try:
+        await raw.send(client_frame(TEXT, b"x" * 65))
+        # No diagnostic: the close is the next frame after the snapshot.
+        opcode, payload = await raw.receive()
+        assert (opcode, json.loads(payload)["envelope"]["payload"]["event"]) == (TEXT, "snapshot")
+        assert await raw.close_code() == 1009
+        assert await raw.closed_by_server()
+    finally:
+        raw.close()
+    await wait_until(lambda: not client.server.app[WS_SESSIONS], what="the session to end")
+
+
+async def test_a_frame_claiming_more_than_the_limit_is_refused_from_its_header(aiohttp_client):
+    _, client = await make_client(aiohttp_client, ws_max_message_bytes=64)
+    worker = (await create_worker(client))["worker_id"]
+    raw = await RawWebSocket.connect(client, ws_path(worker))
+    try:
+        # Only the header (and mask) is sent: the server does not wait for a byte of the payload.
+        await raw.send(client_frame(TEXT, b"", length=65))
+        assert await raw.close_code() == 1009
+        assert await raw.closed_by_server()
+    finally:
+        raw.close()
+
+
+async def test_unfinished_fragmented_messages_hold_at_most_the_limit_per_session(aiohttp_client):
+    """Each session may hold part of a message up to ``ws_max_message_bytes``; the fragment that
+    takes it past the limit closes the socket, so many such clients cannot pile up memory."""
+    _, client = await make_client(aiohttp_client, ws_max_message_bytes=1024)
+    worker = (await create_worker(client))["worker_id"]
+    sessions = client.server.app[WS_SESSIONS]
+    sockets = [await RawWebSocket.connect(client, ws_path(worker)) for _ in range(20)]
+    try:
+        for raw in sockets:
+            assert (await raw.receive())[0] == TEXT  # the snapshot
+            await raw.send(client_frame(TEXT, b"x" * 1000, fin=False))
+            # A ping between fragments is allowed; its pong shows the fragment was read and held.
+            await raw.send(client_frame(PING, b"still here"))
+            assert await raw.receive() == (PONG, b"still here")
+        assert len(sessions) == 20 and not any(session.ws.closed for session in sessions)
+        for raw in sockets:
+            await raw.send(client_frame(CONTINUATION, b"x" * 25, fin=False))  # 1025 bytes in all
+        for raw in sockets:
+            assert await raw.close_code() == 1009
+            assert await raw.closed_by_server()
+        await wait_until(lambda: not sessions, what="every session to end")
+    finally:
+        for raw in sockets:
+            raw.close()

@@ -21,7 +21,7 @@ from ..domain.errors import CursorError, CursorMalformed, Overrun
 from ..domain.identity import WorkerRef
 from ..domain.observation import Observation, decode_cursor
 from ..runtime import Runtime
-from .errors import UpgradeRequired
+from .errors import TooManySessions, UpgradeRequired
 from .frames import FrameCache, diagnostic_frame, snapshot_frame
 from .handlers import worker_ref
 from .keys import RUNTIME, SERVER_CONFIG, WS_FRAMES, WS_SESSIONS
@@ -225,19 +225,26 @@ async def _cancel(task: asyncio.Task[None] | None) -> None:
 
 async def worker_events(request: web.Request) -> web.StreamResponse:
     """``GET /v1/workers/{worker_id}/events/ws[?cursor=wo_…]``."""
-    heartbeat = request.app[SERVER_CONFIG].ws_heartbeat_seconds
+    config = request.app[SERVER_CONFIG]
     ws = web.WebSocketResponse(
-        heartbeat=heartbeat or None,
+        heartbeat=config.ws_heartbeat_seconds or None,
         compress=False,  # loopback: compressing each frame per observer would only cost CPU
         timeout=CLOSE_HANDSHAKE_SECONDS,
+        # A client has nothing to send but pings, pongs and a close; this bounds what the reader
+        # buffers of a message, fragmented or not, before it closes the socket with 1009.
+        # aiohttp refuses a message of max_msg_size bytes or more, hence the + 1.
+        max_msg_size=config.ws_max_message_bytes + 1,
     )
     if not ws.can_prepare(request).ok:
         raise UpgradeRequired("this route is a WebSocket: connect with an 'Upgrade: websocket' request")
     ref = worker_ref(request)
     runtime = request.app[RUNTIME]
     runtime.worker_detail(ref)  # worker_not_found before the upgrade
-    session = ObservationSession(runtime, ref, ws, request.app[WS_FRAMES])
     sessions = request.app[WS_SESSIONS]
+    if len(sessions) >= config.max_observation_sessions:
+        raise TooManySessions(config.max_observation_sessions)
+    session = ObservationSession(runtime, ref, ws, request.app[WS_FRAMES])
+    # The slot is taken before the upgrade's first await, so upgrades at once cannot overshoot.
     sessions.add(session)
     try:
         await session.serve(request, request.query.get("cursor"))
