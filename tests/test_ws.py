@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ from runtimed.store import MemoryStore
 from runtimed.web import schemas
 from runtimed.web.app import create_app
 from runtimed.web.keys import WS_SESSIONS
+from runtimed.web.masking import MaskCheck
 
 from .helpers import create_worker, wait_until
 
@@ -83,7 +85,7 @@ UPGRADE_HEADERS = {
     "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
 }
 
-TEXT, CONTINUATION, CLOSE, PING, PONG = 0x1, 0x0, 0x8, 0x9, 0xA
+CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
 
 def client_frame(
@@ -114,10 +116,11 @@ class RawWebSocket:
         self.writer = writer
 
     @classmethod
-    async def connect(cls, client, path: str) -> RawWebSocket:
+    async def connect(cls, client, path: str, then: bytes = b"") -> RawWebSocket:
+        """Upgrade by hand; ``then`` goes in the same write as the request, before any answer."""
         reader, writer = await asyncio.open_connection(client.host, client.port)
         head = "".join(f"{name}: {value}\r\n" for name, value in UPGRADE_HEADERS.items())
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: {client.host}:{client.port}\r\n{head}\r\n".encode())
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {client.host}:{client.port}\r\n{head}\r\n".encode() + then)
         response = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
         assert response.startswith(b"HTTP/1.1 101 "), response
         return cls(reader, writer)
@@ -787,3 +790,97 @@ async def test_unfinished_fragmented_messages_hold_at_most_the_limit_per_session
     finally:
         for raw in sockets:
             raw.close()
+
+
+# ------------------------------------------------------------ unmasked frames
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        pytest.param([client_frame(TEXT, b"hello", masked=False)], id="text"),
+        pytest.param([client_frame(PING, b"ping", masked=False)], id="ping"),
+        pytest.param([client_frame(PING, b"ok"), client_frame(CLOSE, b"\x03\xe8", masked=False)], id="after-masked"),
+        pytest.param(
+            [client_frame(TEXT, b"x" * 10, fin=False), client_frame(CONTINUATION, b"y" * 10, masked=False)],
+            id="continuation",
+        ),
+        # One write holding the upgrade request and the frame: it reaches the server before the
+        # upgrade is done, and must be checked all the same.
+        pytest.param("with-the-request", id="with-the-request"),
+    ],
+)
+async def test_an_unmasked_client_frame_fails_the_connection_with_1002(client, frames):
+    """RFC 6455 §5.1: a server MUST close the connection upon receiving a frame that is not masked."""
+    worker = (await create_worker(client))["worker_id"]
+    if frames == "with-the-request":
+        raw = await RawWebSocket.connect(client, ws_path(worker), then=client_frame(TEXT, b"early", masked=False))
+    else:
+        raw = await RawWebSocket.connect(client, ws_path(worker))
+        for frame in frames:
+            await raw.send(frame)
+    try:
+        assert await raw.close_code() == 1002
+        assert await raw.closed_by_server()
+    finally:
+        raw.close()
+    await wait_until(lambda: not client.server.app[WS_SESSIONS], what="the session to end")
+
+
+async def test_masked_frames_from_a_raw_client_are_accepted(client):
+    """The counterpart of the test above: the same hand-written client, masking as it must."""
+    worker = (await create_worker(client))["worker_id"]
+    raw = await RawWebSocket.connect(client, ws_path(worker))
+    try:
+        assert (await raw.receive())[0] == TEXT  # the snapshot
+        await raw.send(client_frame(PING, b"ping"))
+        assert await raw.receive() == (PONG, b"ping")
+        await raw.send(client_frame(TEXT, b"hello"))
+        opcode, payload = await raw.receive()
+        assert (opcode, json.loads(payload)["diagnostic"]["code"]) == (TEXT, "runtime.observation_only")
+        assert await raw.close_code() == 1008
+    finally:
+        raw.close()
+
+
+def first_unmasked_at(chunks: list[bytes]) -> int | None:
+    """Feed ``chunks`` to a ``MaskCheck``: where in the whole stream it says the unmasked frame
+    starts (the start of the chunk it is found in, when its header began in an earlier one)."""
+    check = MaskCheck()
+    offset = 0
+    for chunk in chunks:
+        found = check.first_unmasked(chunk)
+        if found is not None:
+            return offset + found
+        offset += len(chunk)
+    return None
+
+
+def masked_frames(*sizes: int) -> bytes:
+    """Masked frames with payloads of these sizes: short, 16-bit and 64-bit lengths alike."""
+    return b"".join(client_frame(BINARY if size % 2 else TEXT, bytes(size)) for size in sizes)
+
+
+def test_the_mask_check_finds_the_unmasked_frame_wherever_the_stream_is_cut():
+    head = client_frame(PING, b"") + masked_frames(0, 5, 125, 126, 300) + client_frame(CLOSE, b"\x03\xe8")
+    stream = head + client_frame(TEXT, b"bad", masked=False) + client_frame(TEXT, b"after")
+    bad = len(head)
+    assert first_unmasked_at([stream]) == bad
+    assert first_unmasked_at([bytes([byte]) for byte in stream]) == bad + 1  # found on the mask bit's byte
+    for cut in range(1, len(stream)):
+        # Cut just after the first byte of the bad header, the mask bit is found in the second
+        # chunk, which is all the check can point at: it reports that chunk's start.
+        assert first_unmasked_at([stream[:cut], stream[cut:]]) == (bad + 1 if cut == bad + 1 else bad), cut
+    assert first_unmasked_at([head[:7], head[7:]]) is None
+
+
+def test_the_mask_check_follows_long_frames_split_at_random():
+    head = masked_frames(65536, 3, 70000, 126, 65535)
+    stream = head + client_frame(BINARY, bytes(200), masked=False)
+    rng = random.Random(6455)
+    for _ in range(50):
+        cuts = [0, *sorted(rng.sample(range(1, len(stream)), rng.randint(1, 40))), len(stream)]
+        chunks = [stream[a:b] for a, b in itertools.pairwise(cuts)]
+        mask_chunk_start = max(c for c in cuts if c <= len(head) + 1)  # the chunk holding the mask bit
+        assert first_unmasked_at(chunks) == max(len(head), mask_chunk_start)
+        assert first_unmasked_at([head[a:b] for a, b in itertools.pairwise(cuts)]) is None

@@ -107,7 +107,8 @@ with `resume_from`), `runtime.observation_only` (the client sent a data frame), 
 `runtime.upstream_closed` (shutdown).
 
 The socket is observation-only: anything but ping/pong/close ends the session, and a message \
-larger than `[server] ws_max_message_bytes` closes it with 1009 (no diagnostic). The server pings \
+larger than `[server] ws_max_message_bytes` closes it with 1009, and an unmasked or otherwise \
+malformed frame with 1002 (no diagnostic for either). The server pings \
 every `[server] ws_heartbeat_seconds`. Close codes: 1001 on shutdown, 1008 after \
 `runtime.observation_only`, 1011 after an internal error, 1000 otherwise.
 """

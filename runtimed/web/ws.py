@@ -25,6 +25,7 @@ from .errors import TooManySessions, UpgradeRequired
 from .frames import FrameCache, diagnostic_frame, snapshot_frame
 from .handlers import worker_ref
 from .keys import RUNTIME, SERVER_CONFIG, WS_FRAMES, WS_SESSIONS
+from .masking import ObservationSocket
 
 log = logging.getLogger("runtimed.ws")
 
@@ -226,7 +227,7 @@ async def _cancel(task: asyncio.Task[None] | None) -> None:
 async def worker_events(request: web.Request) -> web.StreamResponse:
     """``GET /v1/workers/{worker_id}/events/ws[?cursor=wo_…]``."""
     config = request.app[SERVER_CONFIG]
-    ws = web.WebSocketResponse(
+    ws = ObservationSocket(
         heartbeat=config.ws_heartbeat_seconds or None,
         compress=False,  # loopback: compressing each frame per observer would only cost CPU
         timeout=CLOSE_HANDSHAKE_SECONDS,
