@@ -65,6 +65,8 @@ def test_without_file_or_flags_every_value_is_the_default():
     assert config.server.max_request_body_bytes == 1024 * 1024
     assert (config.server.allowed_origins, config.server.allowed_hosts) == ((), ())
     assert config.server.ws_heartbeat_seconds == 30.0
+    assert config.server.ws_max_message_bytes == 4096
+    assert config.server.max_observation_sessions == 256
     assert (config.runtime.runtime_id, config.runtime.display_name) == (None, None)
     assert (
         config.limits.max_transcript_projection_items,
@@ -184,8 +186,8 @@ def test_the_file_sets_the_keys_that_have_no_flag(tmp_path):
         tmp_path,
         "[server]\nmax_request_body_bytes = 2048\n"
         'allowed_origins = ["https://ops.example"]\nallowed_hosts = ["runtimed.internal"]\n'
-        "ws_heartbeat_seconds = 0.5\n"
-        "[limits]\nobservation_backlog = 64\nsubscriber_queue = 8\n",
+        "ws_heartbeat_seconds = 0.5\nws_max_message_bytes = 512\n"
+        "[limits]\nobservation_backlog = 64\nsubscriber_queue = 8\nmax_observation_sessions = 3\n",
     )
 
     config = load_config(path, environ={})
@@ -194,7 +196,10 @@ def test_the_file_sets_the_keys_that_have_no_flag(tmp_path):
     assert config.server.allowed_origins == ("https://ops.example",)
     assert config.server.allowed_hosts == ("runtimed.internal",)
     assert config.server.ws_heartbeat_seconds == 0.5
+    assert config.server.ws_max_message_bytes == 512
     assert (config.limits.observation_backlog, config.limits.subscriber_queue) == (64, 8)
+    # The web layer counts observation sessions: the cap is the server's, not the Runtime's.
+    assert config.server.max_observation_sessions == 3
 
 
 def test_an_integer_heartbeat_becomes_a_float_and_zero_is_allowed(tmp_path):
@@ -255,6 +260,8 @@ def test_a_flag_may_be_given_an_enum_member():
         ("limits", "max_event_batch_items", '"10"', "must be an integer, not a string"),
         ("limits", "observation_backlog", "1.5", "must be an integer, not a float"),
         ("limits", "subscriber_queue", "true", "must be an integer, not a boolean"),
+        ("limits", "max_observation_sessions", "2.0", "must be an integer, not a float"),
+        ("server", "ws_max_message_bytes", '"4 KiB"', "must be an integer, not a string"),
         ("server", "max_request_body_bytes", "false", "must be an integer, not a boolean"),
         ("runtime", "display_name", "5", "must be a string, not an integer"),
         ("runtime", "runtime_id", "7", "must be a string, not an integer"),
@@ -289,11 +296,12 @@ def test_a_limit_below_1_names_the_file_and_key(tmp_path, key, value):
     assert config_error(path) == f"{path}: [limits] {key} must be at least 1, not {value}"
 
 
+@pytest.mark.parametrize("key", ["max_request_body_bytes", "ws_max_message_bytes"])
 @pytest.mark.parametrize("value", [0, -1])
-def test_a_body_limit_below_1_names_the_file_and_key(tmp_path, value):
-    path = write_config(tmp_path, f"[server]\nmax_request_body_bytes = {value}\n")
+def test_a_byte_limit_below_1_names_the_file_and_key(tmp_path, key, value):
+    path = write_config(tmp_path, f"[server]\n{key} = {value}\n")
 
-    assert config_error(path) == f"{path}: [server] max_request_body_bytes must be at least 1, not {value}"
+    assert config_error(path) == f"{path}: [server] {key} must be at least 1, not {value}"
 
 
 @pytest.mark.parametrize(("value", "shown"), [("-1", "-1"), ("-0.5", "-0.5"), ("nan", "nan"), ("inf", "inf")])
@@ -412,7 +420,7 @@ def test_an_unknown_key_names_the_file_section_and_key(tmp_path):
 
     assert config_error(path) == (
         f"{path}: unknown key [server] bnid (known: bind, local_token_env, max_request_body_bytes, "
-        "allowed_origins, allowed_hosts, ws_heartbeat_seconds, unix_socket, metrics_public)"
+        "allowed_origins, allowed_hosts, ws_heartbeat_seconds, ws_max_message_bytes, unix_socket, metrics_public)"
     )
 
 

@@ -14,12 +14,19 @@ from runtimed.runtime import Runtime
 from runtimed.web import errors as web_errors
 from runtimed.web import schemas
 from runtimed.web.app import create_app
+from runtimed.web.settings import ServerConfig
 
 from .helpers import TASK_REQUEST, FailingStore, create_worker, failed
 
 W = "worker-00000001"  # created by the fixture below
 MISSING = "worker-0000ffff"
 BIG = 1024 * 1024 + 1
+UPGRADE = {
+    "Connection": "Upgrade",
+    "Upgrade": "websocket",
+    "Sec-WebSocket-Version": "13",
+    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+}
 
 # (method, path, body bytes or None, status, code, message or None when it varies)
 # One case per line, whatever its length: the formatter leaves this table alone.
@@ -123,6 +130,26 @@ async def test_error_shape(seeded_client, runtime, method, path, body, status, c
         assert payload["error"]["message"] == message
     assert payload["error"]["message"]
     assert _state(runtime) == before
+
+
+async def test_too_many_sessions_is_429_before_the_upgrade_and_changes_nothing(aiohttp_client, runtime):
+    client = await aiohttp_client(create_app(runtime, ServerConfig(max_observation_sessions=1)))
+    await create_worker(client)
+    async with client.ws_connect(f"/v1/workers/{W}/events/ws") as ws:
+        await ws.receive(timeout=5)  # the snapshot: the one session is open
+        before = _state(runtime)
+        response = await client.get(f"/v1/workers/{W}/events/ws", headers=UPGRADE)
+        assert response.status == 429
+        assert response.content_type == "application/json"
+        payload = await response.json()
+        schemas.ErrorResponseSchema().load(payload)
+        assert payload == {
+            "error": {
+                "code": "too_many_sessions",
+                "message": "too many observation sessions: at most 1 may be open at once",
+            }
+        }
+        assert _state(runtime) == before
 
 
 async def test_worker_not_found_message_names_worker_and_runtime(seeded_client, runtime):

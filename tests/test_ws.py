@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import logging
+import os
 import random
 from typing import Any
 
@@ -18,8 +21,10 @@ from runtimed.runtime import Runtime
 from runtimed.store import MemoryStore
 from runtimed.web import schemas
 from runtimed.web.app import create_app
+from runtimed.web.keys import WS_SESSIONS
+from runtimed.web.masking import MaskCheck
 
-from .helpers import create_worker
+from .helpers import create_worker, wait_until
 
 _event_frame = schemas.EventFrameSchema()
 _diagnostic_frame = schemas.DiagnosticFrameSchema()
@@ -52,6 +57,16 @@ async def expect_close(ws, code: int, timeout: float = 5.0) -> None:
     assert ws.close_code == code
 
 
+async def expect_close_once_the_server_closed(client, ws, code: int) -> None:
+    """Read the close only after the server has sent it: a client that reads late (busy, or far
+    away) must still get the server's close code, not 1006 from a connection already gone."""
+    await wait_until(
+        lambda: all(session.ws.closed for session in client.server.app[WS_SESSIONS]),
+        what="the server to close the socket",
+    )
+    await expect_close(ws, code)
+
+
 async def input_(client, worker_id: str, content: str, kind: str = "user") -> dict[str, Any]:
     response = await client.post(f"/v1/workers/{worker_id}/input", json={"kind": kind, "content": content})
     assert response.status == 200, await response.text()
@@ -61,6 +76,83 @@ async def input_(client, worker_id: str, content: str, kind: str = "user") -> di
 def envelope(frame: dict[str, Any]) -> dict[str, Any]:
     assert frame["kind"] == "event", frame
     return frame["envelope"]
+
+
+UPGRADE_HEADERS = {
+    "Connection": "Upgrade",
+    "Upgrade": "websocket",
+    "Sec-WebSocket-Version": "13",
+    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+}
+
+CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+
+
+def client_frame(
+    opcode: int, payload: bytes, *, fin: bool = True, masked: bool = True, length: int | None = None
+) -> bytes:
+    """One frame as a client sends it (RFC 6455 §5.2); ``length`` may claim another payload length."""
+    length = len(payload) if length is None else length
+    mask_bit = 0x80 if masked else 0
+    header = bytes([(0x80 if fin else 0) | opcode])
+    if length < 126:
+        header += bytes([mask_bit | length])
+    elif length < 1 << 16:
+        header += bytes([mask_bit | 126]) + length.to_bytes(2, "big")
+    else:
+        header += bytes([mask_bit | 127]) + length.to_bytes(8, "big")
+    if not masked:
+        return header + payload
+    key = os.urandom(4)
+    return header + key + bytes(byte ^ key[i % 4] for i, byte in enumerate(payload))
+
+
+class RawWebSocket:
+    """A WebSocket client written by hand over a plain connection, for what aiohttp's client
+    will not send: unmasked frames, unfinished fragmented messages."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def connect(cls, client, path: str, then: bytes = b"") -> RawWebSocket:
+        """Upgrade by hand; ``then`` goes in the same write as the request, before any answer."""
+        reader, writer = await asyncio.open_connection(client.host, client.port)
+        head = "".join(f"{name}: {value}\r\n" for name, value in UPGRADE_HEADERS.items())
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {client.host}:{client.port}\r\n{head}\r\n".encode() + then)
+        response = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert response.startswith(b"HTTP/1.1 101 "), response
+        return cls(reader, writer)
+
+    async def send(self, frame: bytes) -> None:
+        self.writer.write(frame)
+        await self.writer.drain()
+
+    async def receive(self) -> tuple[int, bytes]:
+        """The next frame from the server: its opcode and payload (servers do not mask)."""
+        first, second = await asyncio.wait_for(self.reader.readexactly(2), 5)
+        length = second & 0x7F
+        if length == 126:
+            length = int.from_bytes(await self.reader.readexactly(2), "big")
+        elif length == 127:
+            length = int.from_bytes(await self.reader.readexactly(8), "big")
+        return first & 0x0F, await asyncio.wait_for(self.reader.readexactly(length), 5)
+
+    async def close_code(self) -> int:
+        """Skip to the server's close frame and return its code."""
+        while True:
+            opcode, payload = await self.receive()
+            if opcode == CLOSE:
+                return int.from_bytes(payload[:2], "big")
+
+    async def closed_by_server(self) -> bool:
+        """Read to the end of the connection: whether the server closed it (within a bound)."""
+        await asyncio.wait_for(self.reader.read(), 5)
+        return self.reader.at_eof()
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 # ------------------------------------------------------------------ sessions
@@ -460,6 +552,47 @@ async def test_the_token_is_checked_before_the_upgrade(aiohttp_client):
         assert envelope(await next_frame(ws))["payload"]["event"] == "snapshot"
 
 
+async def test_past_the_session_limit_an_upgrade_is_429_and_an_ended_session_frees_its_slot(aiohttp_client):
+    _, client = await make_client(aiohttp_client, max_observation_sessions=2)
+    worker = (await create_worker(client))["worker_id"]
+    other = (await create_worker(client))["worker_id"]
+    sessions = client.server.app[WS_SESSIONS]
+    first = await client.ws_connect(ws_path(worker))
+    second = await client.ws_connect(ws_path(other))  # the limit counts every worker's sessions
+    for ws in (first, second):
+        await next_frame(ws)
+    response = await client.get(ws_path(worker), headers=UPGRADE_HEADERS)
+    assert response.status == 429
+    assert await response.json() == {
+        "error": {
+            "code": "too_many_sessions",
+            "message": "too many observation sessions: at most 2 may be open at once",
+        }
+    }
+    with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+        await client.ws_connect(ws_path(worker))
+    assert caught.value.status == 429
+    assert len(sessions) == 2
+
+    await first.close()
+    await wait_until(lambda: len(sessions) == 1, what="the closed session to free its slot")
+    async with client.ws_connect(ws_path(worker)) as third:
+        assert envelope(await next_frame(third))["payload"]["event"] == "snapshot"
+        await input_(client, worker, "live")
+        assert envelope(await next_frame(third))["payload"]["data"]["content"] == "live"
+    await second.close()
+    await wait_until(lambda: not sessions, what="every session to end")
+
+
+async def test_a_missing_worker_is_404_even_past_the_session_limit(aiohttp_client):
+    _, client = await make_client(aiohttp_client, max_observation_sessions=1)
+    worker = (await create_worker(client))["worker_id"]
+    async with client.ws_connect(ws_path(worker)) as ws:
+        await next_frame(ws)
+        response = await client.get(ws_path("worker-0000ffff"), headers=UPGRADE_HEADERS)
+        assert (response.status, (await response.json())["error"]["code"]) == (404, "worker_not_found")
+
+
 async def test_an_origin_is_refused_before_the_upgrade(client):
     worker = await create_worker(client)
     with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
@@ -514,4 +647,240 @@ async def test_a_stalled_subscriber_is_told_it_overran_without_waiting_for_its_n
         last_cursor = envelope(frame)["cursor"]
     assert frame["diagnostic"]["code"] == "runtime.cursor_expired"
     assert frame["diagnostic"]["resume_from"] == last_cursor  # nothing repeated on resume
-    await expect_close(stalled, 1000)
+    await expect_close_once_the_server_closed(client, stalled, 1000)
+
+
+# ------------------------------------------------- close codes of late readers
+
+
+async def test_a_malformed_cursor_closes_1000_for_a_client_that_reads_late(client):
+    worker = await create_worker(client)
+    async with client.ws_connect(ws_path(worker["worker_id"], "wo_bad")) as ws:
+        assert (await next_frame(ws))["diagnostic"]["code"] == "runtime.cursor_malformed"
+        await expect_close_once_the_server_closed(client, ws, 1000)
+
+
+async def test_an_unknown_cursor_closes_1000_for_a_client_that_reads_late(client):
+    worker = await create_worker(client)
+    async with client.ws_connect(ws_path(worker["worker_id"], encode_cursor(99))) as ws:
+        await next_frame(ws)
+        assert (await next_frame(ws))["diagnostic"]["code"] == "runtime.cursor_unknown_or_expired"
+        await expect_close_once_the_server_closed(client, ws, 1000)
+
+
+async def test_an_overrun_found_by_the_session_closes_1000_for_a_client_that_reads_late(aiohttp_client):
+    runtime, client = await make_client(aiohttp_client, RuntimeLimits(subscriber_queue=4))
+    worker = (await create_worker(client))["worker_id"]
+    async with client.ws_connect(ws_path(worker)) as ws:
+        start = envelope(await next_frame(ws))["cursor"]
+        # The memory store never makes observe wait, so the session cannot read in between: its
+        # queue overflows while it waits for the next event, and it finds out when it reads.
+        for _ in range(5):
+            await runtime.observe(runtime.worker_ref(worker), "text_delta", {"text": "x"})
+        diagnostic = (await next_frame(ws))["diagnostic"]
+        assert (diagnostic["code"], diagnostic["resume_from"]) == ("runtime.cursor_expired", start)
+        await expect_close_once_the_server_closed(client, ws, 1000)
+
+
+async def test_an_observation_only_close_reaches_a_client_that_reads_late(client):
+    worker = await create_worker(client)
+    async with client.ws_connect(ws_path(worker["worker_id"])) as ws:
+        await next_frame(ws)
+        await ws.send_str("hello")
+        assert (await next_frame(ws))["diagnostic"]["code"] == "runtime.observation_only"
+        await expect_close_once_the_server_closed(client, ws, 1008)
+
+
+async def test_shutdown_closes_1001_for_a_client_that_reads_late(aiohttp_server):
+    runtime = await Runtime.open(MemoryStore())
+    server = await aiohttp_server(create_app(runtime))
+    async with aiohttp.ClientSession() as session:
+        response = await session.post(
+            server.make_url("/v1/workers"),
+            json={"intent": {"kind": "assistant"}, "profile": {"kind": "runtime_default"}},
+        )
+        worker = (await response.json())["worker"]["worker_id"]
+        ws = await session.ws_connect(server.make_url(ws_path(worker)))
+        await next_frame(ws)
+        closing = asyncio.create_task(server.close())
+        await wait_until(lambda: all(s.ws.closed for s in server.app[WS_SESSIONS]), what="the server to close")
+        assert (await next_frame(ws))["diagnostic"]["code"] == "runtime.upstream_closed"
+        await expect_close(ws, 1001)
+        await closing
+
+
+async def test_an_internal_error_closes_1011_for_a_client_that_reads_late(client, runtime, monkeypatch, caplog):
+    worker = await create_worker(client)
+
+    def explode(ref):
+        raise ZeroDivisionError("secret internals")
+
+    monkeypatch.setattr(runtime, "observation_snapshot", explode)
+    with caplog.at_level(logging.ERROR, logger="runtimed.ws"):
+        async with client.ws_connect(ws_path(worker["worker_id"])) as ws:
+            assert await next_frame(ws) == {
+                "kind": "diagnostic",
+                "diagnostic": {
+                    "code": "runtime.internal_error",
+                    "message": "internal error; the daemon's log has the details",
+                },
+            }
+            await expect_close_once_the_server_closed(client, ws, 1011)
+    assert any(record.exc_info and record.exc_info[0] is ZeroDivisionError for record in caplog.records)
+
+
+# ------------------------------------------------------------ client messages
+
+
+async def test_a_client_message_over_the_size_limit_closes_1009_while_one_at_it_is_observation_only(aiohttp_client):
+    _, client = await make_client(aiohttp_client, ws_max_message_bytes=64)
+    worker = (await create_worker(client))["worker_id"]
+    async with client.ws_connect(ws_path(worker)) as ws:
+        await next_frame(ws)
+        await ws.send_str("x" * 64)
+        assert (await next_frame(ws))["diagnostic"]["code"] == "runtime.observation_only"
+        await expect_close(ws, 1008)
+    raw = await RawWebSocket.connect(client, ws_path(worker))
+    try:
+        await raw.send(client_frame(TEXT, b"x" * 65))
+        # No diagnostic: the close is the next frame after the snapshot.
+        opcode, payload = await raw.receive()
+        assert (opcode, json.loads(payload)["envelope"]["payload"]["event"]) == (TEXT, "snapshot")
+        assert await raw.close_code() == 1009
+        assert await raw.closed_by_server()
+    finally:
+        raw.close()
+    await wait_until(lambda: not client.server.app[WS_SESSIONS], what="the session to end")
+
+
+async def test_a_frame_claiming_more_than_the_limit_is_refused_from_its_header(aiohttp_client):
+    _, client = await make_client(aiohttp_client, ws_max_message_bytes=64)
+    worker = (await create_worker(client))["worker_id"]
+    raw = await RawWebSocket.connect(client, ws_path(worker))
+    try:
+        # Only the header (and mask) is sent: the server does not wait for a byte of the payload.
+        await raw.send(client_frame(TEXT, b"", length=65))
+        assert await raw.close_code() == 1009
+        assert await raw.closed_by_server()
+    finally:
+        raw.close()
+
+
+async def test_unfinished_fragmented_messages_hold_at_most_the_limit_per_session(aiohttp_client):
+    """Each session may hold part of a message up to ``ws_max_message_bytes``; the fragment that
+    takes it past the limit closes the socket, so many such clients cannot pile up memory."""
+    _, client = await make_client(aiohttp_client, ws_max_message_bytes=1024)
+    worker = (await create_worker(client))["worker_id"]
+    sessions = client.server.app[WS_SESSIONS]
+    sockets = [await RawWebSocket.connect(client, ws_path(worker)) for _ in range(20)]
+    try:
+        for raw in sockets:
+            assert (await raw.receive())[0] == TEXT  # the snapshot
+            await raw.send(client_frame(TEXT, b"x" * 1000, fin=False))
+            # A ping between fragments is allowed; its pong shows the fragment was read and held.
+            await raw.send(client_frame(PING, b"still here"))
+            assert await raw.receive() == (PONG, b"still here")
+        assert len(sessions) == 20 and not any(session.ws.closed for session in sessions)
+        for raw in sockets:
+            await raw.send(client_frame(CONTINUATION, b"x" * 25, fin=False))  # 1025 bytes in all
+        for raw in sockets:
+            assert await raw.close_code() == 1009
+            assert await raw.closed_by_server()
+        await wait_until(lambda: not sessions, what="every session to end")
+    finally:
+        for raw in sockets:
+            raw.close()
+
+
+# ------------------------------------------------------------ unmasked frames
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        pytest.param([client_frame(TEXT, b"hello", masked=False)], id="text"),
+        pytest.param([client_frame(PING, b"ping", masked=False)], id="ping"),
+        pytest.param([client_frame(PING, b"ok"), client_frame(CLOSE, b"\x03\xe8", masked=False)], id="after-masked"),
+        pytest.param(
+            [client_frame(TEXT, b"x" * 10, fin=False), client_frame(CONTINUATION, b"y" * 10, masked=False)],
+            id="continuation",
+        ),
+        # One write holding the upgrade request and the frame: it reaches the server before the
+        # upgrade is done, and must be checked all the same.
+        pytest.param("with-the-request", id="with-the-request"),
+    ],
+)
+async def test_an_unmasked_client_frame_fails_the_connection_with_1002(client, frames):
+    """RFC 6455 §5.1: a server MUST close the connection upon receiving a frame that is not masked."""
+    worker = (await create_worker(client))["worker_id"]
+    if frames == "with-the-request":
+        raw = await RawWebSocket.connect(client, ws_path(worker), then=client_frame(TEXT, b"early", masked=False))
+    else:
+        raw = await RawWebSocket.connect(client, ws_path(worker))
+        for frame in frames:
+            await raw.send(frame)
+    try:
+        assert await raw.close_code() == 1002
+        assert await raw.closed_by_server()
+    finally:
+        raw.close()
+    await wait_until(lambda: not client.server.app[WS_SESSIONS], what="the session to end")
+
+
+async def test_masked_frames_from_a_raw_client_are_accepted(client):
+    """The counterpart of the test above: the same hand-written client, masking as it must."""
+    worker = (await create_worker(client))["worker_id"]
+    raw = await RawWebSocket.connect(client, ws_path(worker))
+    try:
+        assert (await raw.receive())[0] == TEXT  # the snapshot
+        await raw.send(client_frame(PING, b"ping"))
+        assert await raw.receive() == (PONG, b"ping")
+        await raw.send(client_frame(TEXT, b"hello"))
+        opcode, payload = await raw.receive()
+        assert (opcode, json.loads(payload)["diagnostic"]["code"]) == (TEXT, "runtime.observation_only")
+        assert await raw.close_code() == 1008
+    finally:
+        raw.close()
+
+
+def first_unmasked_at(chunks: list[bytes]) -> int | None:
+    """Feed ``chunks`` to a ``MaskCheck``: where in the whole stream it says the unmasked frame
+    starts (the start of the chunk it is found in, when its header began in an earlier one)."""
+    check = MaskCheck()
+    offset = 0
+    for chunk in chunks:
+        found = check.first_unmasked(chunk)
+        if found is not None:
+            return offset + found
+        offset += len(chunk)
+    return None
+
+
+def masked_frames(*sizes: int) -> bytes:
+    """Masked frames with payloads of these sizes: short, 16-bit and 64-bit lengths alike."""
+    return b"".join(client_frame(BINARY if size % 2 else TEXT, bytes(size)) for size in sizes)
+
+
+def test_the_mask_check_finds_the_unmasked_frame_wherever_the_stream_is_cut():
+    head = client_frame(PING, b"") + masked_frames(0, 5, 125, 126, 300) + client_frame(CLOSE, b"\x03\xe8")
+    stream = head + client_frame(TEXT, b"bad", masked=False) + client_frame(TEXT, b"after")
+    bad = len(head)
+    assert first_unmasked_at([stream]) == bad
+    assert first_unmasked_at([bytes([byte]) for byte in stream]) == bad + 1  # found on the mask bit's byte
+    for cut in range(1, len(stream)):
+        # Cut just after the first byte of the bad header, the mask bit is found in the second
+        # chunk, which is all the check can point at: it reports that chunk's start.
+        assert first_unmasked_at([stream[:cut], stream[cut:]]) == (bad + 1 if cut == bad + 1 else bad), cut
+    assert first_unmasked_at([head[:7], head[7:]]) is None
+
+
+def test_the_mask_check_follows_long_frames_split_at_random():
+    head = masked_frames(65536, 3, 70000, 126, 65535)
+    stream = head + client_frame(BINARY, bytes(200), masked=False)
+    rng = random.Random(6455)
+    for _ in range(50):
+        cuts = [0, *sorted(rng.sample(range(1, len(stream)), rng.randint(1, 40))), len(stream)]
+        chunks = [stream[a:b] for a, b in itertools.pairwise(cuts)]
+        mask_chunk_start = max(c for c in cuts if c <= len(head) + 1)  # the chunk holding the mask bit
+        assert first_unmasked_at(chunks) == max(len(head), mask_chunk_start)
+        assert first_unmasked_at([head[a:b] for a, b in itertools.pairwise(cuts)]) is None

@@ -287,6 +287,7 @@ class ServerSection(Section):
     allowed_origins = StringList()
     allowed_hosts = StringList()
     ws_heartbeat_seconds = Seconds(validate=finite_and_not_negative)
+    ws_max_message_bytes = Integer(validate=at_least_1)
     unix_socket = FilePath()
     metrics_public = Boolean()
 
@@ -297,12 +298,18 @@ class RuntimeSection(Section):
 
 
 class LimitsSection(Section):
-    """The fields of ``RuntimeLimits``."""
+    """The fields of ``RuntimeLimits``, and the limits the web layer enforces (``WEB_LIMITS``)."""
 
     max_transcript_projection_items = Integer(validate=at_least_1)
     max_event_batch_items = Integer(validate=at_least_1)
     observation_backlog = Integer(validate=at_least_1)
     subscriber_queue = Integer(validate=at_least_1)
+    max_observation_sessions = Integer(validate=at_least_1)
+
+
+#: ``[limits]`` keys that set a ``ServerConfig`` attribute of the same name, not a ``RuntimeLimits``
+#: one: the web layer counts observation sessions, the Runtime never sees them.
+WEB_LIMITS = ("max_observation_sessions",)
 
 
 class StoreSection(Section):
@@ -448,8 +455,10 @@ def load_config(
     def where(section: str, key: str) -> str:
         return sources.get((section, key), f"[{section}] {key}")
 
-    server = _server_config(values["server"], where, environ)
-    runtime = RuntimeOptions(**values["runtime"], limits=RuntimeLimits(**values["limits"]))
+    limits = dict(values["limits"])
+    web_limits = {key: limits.pop(key) for key in WEB_LIMITS if key in limits}
+    server = _server_config({**values["server"], **web_limits}, where, environ)
+    runtime = RuntimeOptions(**values["runtime"], limits=RuntimeLimits(**limits))
     store = StoreConfig(**values["store"])
     if store.kind is StoreKind.FS and store.root is None:
         raise ConfigError(f"{where('store', 'kind')}: the fs store needs a root ([store] root or --fs-root)")

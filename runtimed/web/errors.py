@@ -68,6 +68,13 @@ class UpgradeRequired(RuntimedError):
     code = "upgrade_required"
 
 
+class TooManySessions(RuntimedError):
+    code = "too_many_sessions"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"too many observation sessions: at most {limit} may be open at once")
+
+
 class NotReady(RuntimedError):
     code = "not_ready"
 
@@ -97,6 +104,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "runtime_stopped": 409,
     "payload_too_large": 413,
     "upgrade_required": 426,
+    "too_many_sessions": 429,
     "store_io": 500,
     "store_missing": 500,
     "store_corrupt": 500,

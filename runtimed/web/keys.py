@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 
 RUNTIME = web.AppKey("runtime", Runtime)
 SERVER_CONFIG = web.AppKey("server_config", ServerConfig)
-#: Open observation sessions (``ws.ObservationSession``), closed on shutdown.
+#: Open observation sessions (``ws.ObservationSession``), counted against
+#: ``max_observation_sessions`` from before their upgrade, and closed on shutdown.
 WS_SESSIONS: web.AppKey[set[ObservationSession]] = web.AppKey("ws_sessions", set)
 #: Encoded event frames shared by every session (``frames.FrameCache``).
 WS_FRAMES = web.AppKey("ws_frames", FrameCache)

@@ -65,6 +65,7 @@ CODE_MEANINGS: Mapping[str, str] = MappingProxyType(
         "runtime_stopped": "the runtime is stopped; `POST /v1/runtime/start` reopens it",
         "payload_too_large": "the body exceeds `[server] max_request_body_bytes`",
         "upgrade_required": "a plain GET on the WebSocket route",
+        "too_many_sessions": "`[limits] max_observation_sessions` observation sessions are open",
         "not_ready": "the store is not loaded or does not take writes",
         "store_io": "the filesystem store failed to write (the message names the operation and the path)",
         "state_poisoned": "a failed write could not be undone; the daemon must be restarted",
@@ -105,7 +106,9 @@ else is published for the worker.
 with `resume_from`), `runtime.observation_only` (the client sent a data frame), \
 `runtime.upstream_closed` (shutdown).
 
-The socket is observation-only: anything but ping/pong/close ends the session. The server pings \
+The socket is observation-only: anything but ping/pong/close ends the session, and a message \
+larger than `[server] ws_max_message_bytes` closes it with 1009, and an unmasked or otherwise \
+malformed frame with 1002 (no diagnostic for either). The server pings \
 every `[server] ws_heartbeat_seconds`. Close codes: 1001 on shutdown, 1008 after \
 `runtime.observation_only`, 1011 after an internal error, 1000 otherwise.
 """
@@ -384,7 +387,7 @@ def _operations(converter: OpenAPIConverter) -> dict[tuple[str, str], dict[str, 
                     "discriminator": {"propertyName": "kind", "mapping": frames},
                 },
             },
-            ("invalid_worker_id", "worker_not_found", "upgrade_required"),
+            ("invalid_worker_id", "worker_not_found", "upgrade_required", "too_many_sessions"),
             ok_status="101",
             parameters=[
                 *worker,

@@ -15,6 +15,9 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7420
 DEFAULT_MAX_REQUEST_BODY_BYTES = 1024 * 1024
 DEFAULT_WS_HEARTBEAT_SECONDS = 30.0
+#: The observation WebSocket only ever expects pings, pongs and a close from a client.
+DEFAULT_WS_MAX_MESSAGE_BYTES = 4096
+DEFAULT_MAX_OBSERVATION_SESSIONS = 256
 
 
 class Secret:
@@ -50,6 +53,10 @@ class ServerConfig:
     allowed_origins: tuple[str, ...] = ()
     allowed_hosts: tuple[str, ...] = ()
     ws_heartbeat_seconds: float = DEFAULT_WS_HEARTBEAT_SECONDS
+    #: A client message larger than this closes its observation WebSocket with 1009.
+    ws_max_message_bytes: int = DEFAULT_WS_MAX_MESSAGE_BYTES
+    #: Observation sessions open at once; past it, ``429 too_many_sessions`` before the upgrade.
+    max_observation_sessions: int = DEFAULT_MAX_OBSERVATION_SESSIONS
     #: A Unix socket to serve on (mode 0600), and whether to serve on ``host:port`` as well:
     #: with a socket configured, TCP is off unless ``bind`` is given explicitly.
     unix_socket: Path | None = None

@@ -1,17 +1,19 @@
 """The observation WebSocket (contract §7): a snapshot, then every event of the worker since
 the client's cursor, then live events — never one lost, never one twice.
 
-One session is one task writing frames (snapshot, backlog, live tail) while the handler reads
-what the client sends, which is only ever pings and a close. The writer subscribes *before*
-reading the backlog and drops live events it already sent, so nothing published between the
-two is lost or repeated.
+One session is two tasks and the handler that owns them. The writer sends frames (snapshot,
+backlog, live tail); it subscribes *before* reading the backlog and drops live events it already
+sent, so nothing published between the two is lost or repeated. The reader takes what the client
+sends, which is only ever pings and a close. Whoever decides the session is over (the writer, the
+reader, the bus on an overrun, shutdown) only asks for the end; the handler then stops both tasks
+and, alone on the socket, sends the diagnostic and closes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+from dataclasses import dataclass
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -19,16 +21,27 @@ from ..domain.errors import CursorError, CursorMalformed, Overrun
 from ..domain.identity import WorkerRef
 from ..domain.observation import Observation, decode_cursor
 from ..runtime import Runtime
-from .errors import UpgradeRequired
+from .errors import TooManySessions, UpgradeRequired
 from .frames import FrameCache, diagnostic_frame, snapshot_frame
 from .handlers import worker_ref
 from .keys import RUNTIME, SERVER_CONFIG, WS_FRAMES, WS_SESSIONS
+from .masking import ObservationSocket
 
 log = logging.getLogger("runtimed.ws")
 
 #: How long a diagnostic may wait for a slow peer, and how long a close handshake may take.
 DIAGNOSTIC_SEND_SECONDS = 5.0
 CLOSE_HANDSHAKE_SECONDS = 3.0
+
+
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """The diagnostic a session ends with, and the close code after it."""
+
+    code: str
+    message: str
+    close_code: int = WSCloseCode.OK
+    resume_from: int | None = None
 
 
 class ObservationSession:
@@ -42,23 +55,62 @@ class ObservationSession:
         self.writer: asyncio.Task[None] | None = None
         self.last_sent = 0  # the sequence of the last event frame handed to the socket
         self._sending = False
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._ending = False
+        self._ending: Ending | None = None  # the first end asked for wins
+        self._stopping = asyncio.Event()  # set once the session is to end, with or without a diagnostic
+        self._done = asyncio.Event()
 
-    async def run(self, raw_cursor: str | None) -> None:
-        """Stream until the client leaves, breaks the protocol, or the stream ends."""
-        self.writer = asyncio.create_task(self._write(raw_cursor))
+    async def serve(self, request: web.Request, raw_cursor: str | None) -> None:
+        """Upgrade, then stream until the client leaves, breaks the protocol, or the stream ends."""
         try:
-            async for message in self.ws:
-                if message.type in (WSMsgType.TEXT, WSMsgType.BINARY):
-                    await self.end(
+            await self.ws.prepare(request)
+            await self._run(raw_cursor)
+        finally:
+            self._done.set()
+
+    async def _run(self, raw_cursor: str | None) -> None:
+        self.writer = asyncio.create_task(self._write(raw_cursor))
+        reader = asyncio.create_task(self._read())
+        try:
+            await self._stopping.wait()
+            # Nothing may be receiving while the socket closes: aiohttp's close() while another
+            # task waits in receive() drops the connection right after sending its close frame,
+            # without waiting for the client's, and a client that reads late then sees 1006.
+            await _cancel(reader)
+            await _cancel(self.writer)
+            if self._ending is not None:
+                await self._say(self._ending)
+        finally:
+            await _cancel(reader)
+            await _cancel(self.writer)
+
+    async def end(self, code: str, message: str, close_code: int = WSCloseCode.OK) -> None:
+        """End the session from outside (shutdown): the diagnostic, then ``close_code``."""
+        self._end(Ending(code, message, close_code))
+        await self._done.wait()
+
+    def _end(self, ending: Ending | None) -> None:
+        """Ask for the end (``None``: the peer is gone, nothing to say). The writer stops at
+        once, so that no event frame follows the diagnostic and ``last_sent`` stays put."""
+        if not self._stopping.is_set():
+            self._ending = ending
+            self._stopping.set()
+        writer = self.writer
+        if writer is not None and writer is not asyncio.current_task():
+            writer.cancel()
+
+    async def _read(self) -> None:
+        # receive() answers pings itself, and ends the iteration on a close or a lost connection.
+        async for message in self.ws:
+            if message.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                self._end(
+                    Ending(
                         "runtime.observation_only",
                         "runtime worker event WebSocket is observation-only",
                         WSCloseCode.POLICY_VIOLATION,
                     )
-                    break
-        finally:
-            await self._stop_writer()
+                )
+                return
+        self._end(None)
 
     async def _write(self, raw_cursor: str | None) -> None:
         try:
@@ -67,11 +119,12 @@ class ObservationSession:
             raise
         except Exception:
             log.exception("observation session for %s failed", self.ref.worker_id)
-            await self.end(
-                "runtime.internal_error",
-                "internal error; the daemon's log has the details",
-                WSCloseCode.INTERNAL_ERROR,
-                from_writer=True,
+            self._end(
+                Ending(
+                    "runtime.internal_error",
+                    "internal error; the daemon's log has the details",
+                    WSCloseCode.INTERNAL_ERROR,
+                )
             )
 
     async def _stream(self, raw_cursor: str | None) -> None:
@@ -80,7 +133,7 @@ class ObservationSession:
             try:
                 start = decode_cursor(raw_cursor)
             except CursorMalformed as error:
-                await self.end(error.code, error.message, from_writer=True)
+                self._end(Ending(error.code, error.message))
                 return
         # Subscribe before reading the backlog, or events published between the two are lost.
         with self.runtime.subscribe(self.ref) as subscription:
@@ -90,7 +143,7 @@ class ObservationSession:
             try:
                 backlog = self.runtime.replay_observations(self.ref, start)
             except CursorError as error:
-                await self.end(error.code, error.message, resume_from=error.resume_from, from_writer=True)
+                self._end(Ending(error.code, error.message, resume_from=error.resume_from))
                 return
             self.last_sent = start
             subscription.on_overrun(self._overrun_while_sending)
@@ -100,14 +153,11 @@ class ObservationSession:
                 try:
                     live = await subscription.get()
                 except Overrun:
-                    await self.end(*self._overrun_diagnostic(), from_writer=True)
+                    self._end(self._overrun_ending())
                     return
                 if live is None:
-                    await self.end(
-                        "runtime.upstream_closed",
-                        "runtime observation bus closed",
-                        WSCloseCode.GOING_AWAY,
-                        from_writer=True,
+                    self._end(
+                        Ending("runtime.upstream_closed", "runtime observation bus closed", WSCloseCode.GOING_AWAY)
                     )
                     return
                 if live.sequence <= self.last_sent:
@@ -124,49 +174,37 @@ class ObservationSession:
         finally:
             self._sending = False
 
-    def _overrun_diagnostic(self) -> tuple[str, str, int, int]:
+    def _overrun_ending(self) -> Ending:
         resume_from = self.runtime.observation_resume_point(self.ref, self.last_sent)
-        return "runtime.cursor_expired", "runtime observation backlog was overrun", WSCloseCode.OK, resume_from
+        return Ending("runtime.cursor_expired", "runtime observation backlog was overrun", resume_from=resume_from)
 
     def _overrun_while_sending(self) -> None:
         """The subscription overran. A writer waiting for a peer that stopped reading would
-        never get to say so: stop it, and try the diagnostic (with its bounded wait) at once."""
-        if self._sending and self.writer is not None and not self.writer.done():
-            self.writer.cancel()
-            self._tasks.add(task := asyncio.get_running_loop().create_task(self.end(*self._overrun_diagnostic())))
-            task.add_done_callback(self._tasks.discard)
+        never get to say so: end the session now, which stops the writer, and the diagnostic
+        (with its bounded wait) is tried at once."""
+        if self._sending:
+            self._end(self._overrun_ending())
 
     async def _send(self, text: str) -> None:
         # A peer that stops reading blocks this send; its subscription then overruns (the bus
         # never waits), and a peer that stopped answering pings is cut off by the heartbeat.
         await self.ws.send_str(text)
 
-    async def end(
-        self,
-        code: str,
-        message: str,
-        close_code: int = WSCloseCode.OK,
-        resume_from: int | None = None,
-        from_writer: bool = False,
-    ) -> None:
-        """Send one diagnostic (with a bounded wait), then close the socket with ``close_code``."""
-        if self._ending:
-            return
-        self._ending = True
-        if not from_writer:
-            await self._stop_writer()
+    async def _say(self, ending: Ending) -> None:
+        """Send the diagnostic (with a bounded wait), then close with its code (a bounded handshake)."""
         if self.ws.closed:
             return
         try:
             await asyncio.wait_for(
-                self.ws.send_str(diagnostic_frame(code, message, resume_from)), DIAGNOSTIC_SEND_SECONDS
+                self.ws.send_str(diagnostic_frame(ending.code, ending.message, ending.resume_from)),
+                DIAGNOSTIC_SEND_SECONDS,
             )
         except (TimeoutError, ConnectionError, RuntimeError):
             # The peer cannot take even one more frame: drop the connection without a handshake.
             self._abort()
             return
         try:
-            await asyncio.wait_for(self.ws.close(code=close_code), CLOSE_HANDSHAKE_SECONDS)
+            await asyncio.wait_for(self.ws.close(code=ending.close_code), CLOSE_HANDSHAKE_SECONDS)
         except (TimeoutError, ConnectionError):
             self._abort()
 
@@ -175,33 +213,42 @@ class ObservationSession:
         if transport is not None:
             transport.abort()
 
-    async def _stop_writer(self) -> None:
-        writer = self.writer
-        if writer is not None and writer is not asyncio.current_task() and not writer.done():
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer
+
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    """Cancel ``task`` and wait for it to finish; a cancellation of the caller still propagates."""
+    if task is None or task.done():
+        return
+    task.cancel()
+    await asyncio.wait({task})
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.error("observation session task failed while stopping", exc_info=error)
 
 
 async def worker_events(request: web.Request) -> web.StreamResponse:
     """``GET /v1/workers/{worker_id}/events/ws[?cursor=wo_…]``."""
-    heartbeat = request.app[SERVER_CONFIG].ws_heartbeat_seconds
-    ws = web.WebSocketResponse(
-        heartbeat=heartbeat or None,
+    config = request.app[SERVER_CONFIG]
+    ws = ObservationSocket(
+        heartbeat=config.ws_heartbeat_seconds or None,
         compress=False,  # loopback: compressing each frame per observer would only cost CPU
         timeout=CLOSE_HANDSHAKE_SECONDS,
+        # A client has nothing to send but pings, pongs and a close; this bounds what the reader
+        # buffers of a message, fragmented or not, before it closes the socket with 1009.
+        # aiohttp refuses a message of max_msg_size bytes or more, hence the + 1.
+        max_msg_size=config.ws_max_message_bytes + 1,
     )
     if not ws.can_prepare(request).ok:
         raise UpgradeRequired("this route is a WebSocket: connect with an 'Upgrade: websocket' request")
     ref = worker_ref(request)
     runtime = request.app[RUNTIME]
     runtime.worker_detail(ref)  # worker_not_found before the upgrade
-    await ws.prepare(request)
-    session = ObservationSession(runtime, ref, ws, request.app[WS_FRAMES])
     sessions = request.app[WS_SESSIONS]
+    if len(sessions) >= config.max_observation_sessions:
+        raise TooManySessions(config.max_observation_sessions)
+    session = ObservationSession(runtime, ref, ws, request.app[WS_FRAMES])
+    # The slot is taken before the upgrade's first await, so upgrades at once cannot overshoot.
     sessions.add(session)
     try:
-        await session.run(request.query.get("cursor"))
+        await session.serve(request, request.query.get("cursor"))
     finally:
         sessions.discard(session)
     return ws
