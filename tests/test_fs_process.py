@@ -207,3 +207,55 @@ def test_a_root_that_is_a_file_stops_the_daemon_with_exit_1(tmp_path):
     assert result.returncode == 1
     assert str(root) in result.stderr.splitlines()[-1]
     assert "Traceback" not in result.stderr
+
+
+def test_a_second_daemon_on_the_same_root_exits_1_and_the_first_keeps_serving(tmp_path):
+    root = tmp_path / "root"
+    with serve_fs(root) as first:
+        status, _, body = request_json("POST", first.base_url + "/v1/workers", CREATE)
+        assert (status, body["worker"]["worker_id"]) == (200, "worker-00000001")
+        result = run_runtimed("serve", "--bind", "127.0.0.1:0", "--store", "fs", "--fs-root", str(root))
+        assert result.returncode == 1
+        last = result.stderr.splitlines()[-1]
+        assert str(root) in last and f"pid {first.process.pid}" in last, result.stderr
+        assert "Traceback" not in result.stderr
+        # The first daemon is undisturbed: its worker is there and its sequences continue.
+        status, _, body = request_json("POST", first.base_url + "/v1/workers", CREATE)
+        assert (status, body["worker"]["worker_id"]) == (200, "worker-00000002")
+        assert body["worker"]["last_event_id"] == 3
+        assert first.stop() == 0
+    with serve_fs(root) as third:  # the lock went with the first daemon
+        status, _, body = request_json("GET", third.base_url + "/v1/workers")
+        assert [w["worker_id"] for w in body["workers"]] == ["worker-00000001", "worker-00000002"]
+        assert third.stop() == 0
+
+
+def test_the_lock_of_a_killed_daemon_does_not_block_a_restart(tmp_path):
+    root = tmp_path / "root"
+    with serve_fs(root) as daemon:
+        request_json("POST", daemon.base_url + "/v1/workers", CREATE)
+        pid = daemon.process.pid
+        daemon.process.send_signal(signal.SIGKILL)
+        daemon.process.wait(5)
+    assert (root / "runtimed.lock").read_text().strip() == str(pid)  # stale, but flock died with it
+    with serve_fs(root) as daemon:
+        status, _, body = request_json("GET", daemon.base_url + "/v1/workers")
+        assert status == 200
+        assert [w["worker_id"] for w in body["workers"]] == ["worker-00000001"]
+        assert daemon.stop() == 0
+
+
+def test_a_lost_acknowledged_observation_stops_the_daemon_with_exit_1_naming_the_file(tmp_path):
+    root = tmp_path / "root"
+    with serve_fs(root) as daemon:
+        worker = request_json("POST", daemon.base_url + "/v1/workers", CREATE)[2]["worker"]["worker_id"]
+        request_json("POST", f"{daemon.base_url}/v1/workers/{worker}/input", {"kind": "user", "content": "hi"})
+        request_json("POST", f"{daemon.base_url}/v1/workers/{worker}/stop")
+        assert daemon.stop() == 0
+    (observations,) = root.glob("runtimes/*/workers/*/observations.jsonl")
+    observations.write_bytes(b"".join(observations.read_bytes().splitlines(keepends=True)[:-1]))
+    result = run_runtimed("serve", "--bind", "127.0.0.1:0", "--store", "fs", "--fs-root", str(root))
+    assert result.returncode == 1
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith(f"runtimed: restore {observations}: "), result.stderr
+    assert "Traceback" not in result.stderr

@@ -199,7 +199,10 @@ async def test_the_files_follow_the_seed_layout(root):
     await runtime.close()
     directory = runtime_dir(root)
     assert directory.name == "id-" + runtime.runtime_id.encode().hex()
-    assert json.loads((directory / "runtime.json").read_text())["schema_version"] == 1
+    # runtime.json is at schema version 2 since the store keeps a commit log; worker.json at 1.
+    assert json.loads((directory / "runtime.json").read_text())["schema_version"] == 2
+    assert json.loads((worker_dir(root, "worker-00000001") / "worker.json").read_text())["schema_version"] == 1
+    assert iter_jsonl(directory / "commits.jsonl")[-1]["event_id"] == 9
     assert [e["kind"] for e in iter_jsonl(directory / "events.jsonl")][:2] == ["runtime_started", "worker_created"]
     first = worker_dir(root, "worker-00000001")
     assert json.loads((first / "worker.json").read_text())["worker_ref"]["worker_id"] == "worker-00000001"
@@ -290,7 +293,7 @@ async def test_records_of_an_unacknowledged_request_are_discarded(root):
     [
         ("middle_line", "line 2 is not a JSON object"),
         ("other_runtime", "names another runtime"),
-        ("schema_version", "schema_version 2 is not one this runtimed knows"),
+        ("schema_version", "schema_version 3 is not one this runtimed knows"),
         ("workers_is_a_file", "is a file where a directory should be"),
         ("worker_dir_is_a_file", "is a file where a directory should be"),
         ("missing_transcript_entry", "holds 1 entries, but the event log accepted 2 inputs"),
@@ -313,7 +316,7 @@ async def test_corruption_is_refused_naming_the_file_and_the_problem(root, damag
         (first / "worker.json").write_text(json.dumps(record))
     elif damage == "schema_version":
         record = json.loads((directory / "runtime.json").read_text())
-        record["schema_version"] = 2
+        record["schema_version"] = 3
         (directory / "runtime.json").write_text(json.dumps(record))
     elif damage == "workers_is_a_file":
         import shutil
@@ -456,6 +459,9 @@ async def test_an_older_worker_without_its_created_event_is_corruption(root):
     for index, record in enumerate(records, start=1):
         record["id"] = index
     events.write_bytes(b"".join(json.dumps(r).encode() + b"\n" for r in records))
+    commits = runtime_dir(root) / "commits.jsonl"  # and the commit log agrees with it
+    lines = [{**line, "event_id": min(line["event_id"], len(records))} for line in iter_jsonl(commits)]
+    commits.write_bytes(b"".join(json.dumps(line).encode() + b"\n" for line in lines))
     with pytest.raises(StoreCorrupt) as caught:
         await open_runtime(root)
     assert "worker-00000001 has no worker_created event, but later workers do" in caught.value.message
@@ -476,7 +482,10 @@ async def test_a_first_start_cut_short_leaves_a_root_that_starts_cleanly(root):
 async def test_a_runtime_created_but_never_started_gets_its_first_event_on_open(root):
     runtime = await open_runtime(root)
     await runtime.close()
-    (runtime_dir(root) / "events.jsonl").unlink()  # as if the first event never reached the disk
+    # As if the first event never reached the disk: the commit log holds only what creating wrote.
+    (runtime_dir(root) / "events.jsonl").unlink()
+    commits = runtime_dir(root) / "commits.jsonl"
+    commits.write_bytes(commits.read_bytes().splitlines(keepends=True)[0])
     restored = await open_runtime(root)
     assert [(e.id, e.kind.value) for e in restored.events().events] == [(1, "runtime_started")]
     await restored.close()
@@ -566,3 +575,309 @@ async def test_a_lone_surrogate_a_client_sent_survives_a_restart(root):
     restored = await open_runtime(root)
     assert [e.content for e in restored.transcript(worker.worker_ref).items] == ["lone \ud800 surrogate"]
     await restored.close()
+
+
+# ------------------------------------------------------- one daemon per root
+
+
+async def test_a_second_store_on_a_held_root_is_refused_naming_the_root_and_the_holder(root):
+    import os
+
+    from runtimed.domain.errors import StoreLocked
+
+    first = await open_runtime(root)
+    lock = root / "runtimed.lock"
+    assert lock.read_text().strip() == str(os.getpid())
+    with pytest.raises(StoreLocked) as caught:
+        await open_runtime(root)
+    assert str(root) in caught.value.message and f"pid {os.getpid()}" in caught.value.message
+    worker = await first.create_worker(TASK)  # the holder is undisturbed
+    await first.close()
+    again = await open_runtime(root)  # closing released the lock
+    assert [w.worker_id for w in again.list_workers()] == [worker.worker_id]
+    await again.close()
+
+
+# ------------------------------------- observations and diagnostics are committed
+
+
+def files_of(root: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in root.rglob("*") if p.is_file() and p.name != "runtimed.lock"}
+
+
+@pytest.mark.parametrize(
+    ("damage", "file", "problem"),
+    [
+        ("drop_last_observation", "observations", "observations"),
+        ("drop_middle_observation", "observations", "observations"),
+        ("delete_observations", "observations", "missing"),
+        ("delete_diagnostics", "diagnostics", "missing"),
+        ("cut_diagnostics", "diagnostics", "diagnostics"),
+    ],
+)
+async def test_missing_acknowledged_observations_or_diagnostics_refuse_the_start(root, damage, file, problem):
+    runtime = await populated(root)
+    await runtime.close()
+    first = worker_dir(root, "worker-00000001")
+    path = first / "observations.jsonl" if file == "observations" else runtime_dir(root) / "diagnostics.jsonl"
+    lines = path.read_bytes().splitlines(keepends=True)
+    if damage in ("drop_last_observation", "cut_diagnostics"):
+        path.write_bytes(b"".join(lines[:-1]))
+    elif damage == "drop_middle_observation":
+        path.write_bytes(b"".join(lines[:1] + lines[2:]))
+    else:
+        path.unlink()
+    before = files_of(root)
+    with pytest.raises(StoreError) as caught:
+        await open_runtime(root)
+    assert isinstance(caught.value, (StoreCorrupt, StoreMissing))
+    assert str(path) in caught.value.message
+    assert problem in caught.value.message
+    assert files_of(root) == before  # refused before anything was repaired
+
+
+async def test_the_observation_sequence_continues_from_the_commit_record(root):
+    runtime = await populated(root)
+    first, second = runtime.list_workers()[:2]
+    handed_out = runtime.observation_sequence  # the newest: worker 1's text_delta, which has no event
+    await runtime.close()
+    restored = await open_runtime(root)
+    observation = await restored.observe(second.worker_ref, "log", {"line": "x"})
+    assert observation.sequence == handed_out + 1
+    assert restored.observation_cursor_now(first.worker_ref) == handed_out
+    await restored.close()
+
+
+async def test_an_unacknowledged_observation_tail_is_set_aside_with_an_honest_warning(root):
+    runtime = await populated(root)
+    sequence = runtime.observation_sequence
+    await runtime.close()
+    path = worker_dir(root, "worker-00000001") / "observations.jsonl"
+    with open(path, "ab") as file:
+        # A whole line nobody acknowledged (an observe() whose flush never finished) and a torn one.
+        file.write(b'{"sequence":%d,"event":"log","data":{"n":1}}\n' % (sequence + 1))
+        file.write(b'{"sequence":%d,"event":"lo' % (sequence + 2))
+    restored = await open_runtime(root)
+    warnings = {d.code: d.message for d in restored.diagnostics() if d.severity.value == "warning"}
+    assert set(warnings) == {"store.torn_tail", "store.uncommitted_discarded"}
+    assert str(path) in warnings["store.torn_tail"]
+    assert "every acknowledged observation is present" in warnings["store.torn_tail"]
+    assert restored.observation_sequence == sequence
+    assert (await restored.observe(restored.worker_ref("worker-00000001"), "log")).sequence == sequence + 1
+    await restored.close()
+
+
+def make_legacy(root: Path) -> None:
+    """Turn a root into what runtimed wrote before its commit log: no commits.jsonl,
+    runtime.json at schema_version 1."""
+    directory = runtime_dir(root)
+    (directory / "commits.jsonl").unlink()
+    snapshot = json.loads((directory / "runtime.json").read_text())
+    snapshot["schema_version"] = 1
+    (directory / "runtime.json").write_text(json.dumps(snapshot, indent=1))
+    for path in root.rglob("observations.jsonl"):
+        lines = iter_jsonl(path)
+        if lines and "trimmed_through" in lines[0]:
+            lines[0] = {"trimmed_through": lines[0]["trimmed_through"]}
+        path.write_bytes(b"".join(json.dumps(line).encode() + b"\n" for line in lines))
+
+
+async def test_a_store_written_before_the_commit_log_opens_and_is_checked_from_then_on(root):
+    runtime = await open_runtime(root, observation_backlog=2)
+    worker = await runtime.create_worker(TASK)
+    for i in range(6):  # enough to compact the observations, leaving a marker
+        await runtime.observe(worker.worker_ref, "log", {"n": i})
+    before = reads(runtime)
+    sequence = runtime.observation_sequence
+    await runtime.close()
+    make_legacy(root)
+    path = worker_dir(root, worker.worker_id) / "observations.jsonl"
+    with open(path, "ab") as file:
+        file.write(b'{"sequence":99,"ev')
+
+    restored = await open_runtime(root, observation_backlog=2)
+    assert reads(restored)[1:5] == before[1:5]
+    assert restored.observation_sequence == sequence
+    (torn,) = [d.message for d in restored.diagnostics() if d.code == "store.torn_tail"]
+    assert "cannot tell whether it was acknowledged" in torn
+    assert "did not acknowledge" not in torn
+    await restored.close()
+    assert json.loads((runtime_dir(root) / "runtime.json").read_text())["schema_version"] == 2
+    assert (runtime_dir(root) / "commits.jsonl").exists()
+
+    path.write_bytes(b"".join(path.read_bytes().splitlines(keepends=True)[:-1]))
+    with pytest.raises(StoreCorrupt) as caught:
+        await open_runtime(root, observation_backlog=2)
+    assert str(path) in caught.value.message
+
+
+async def test_a_store_from_a_newer_runtimed_is_refused(root):
+    await (await open_runtime(root)).close()
+    path = runtime_dir(root) / "runtime.json"
+    snapshot = json.loads(path.read_text())
+    snapshot["schema_version"] = 3
+    path.write_text(json.dumps(snapshot))
+    with pytest.raises(StoreCorrupt) as caught:
+        await open_runtime(root)
+    assert "schema_version 3 is not one this runtimed knows" in caught.value.message
+
+
+async def test_a_missing_commit_log_is_refused(root):
+    runtime = await populated(root)
+    await runtime.close()
+    path = runtime_dir(root) / "commits.jsonl"
+    path.unlink()
+    with pytest.raises(StoreMissing) as caught:
+        await open_runtime(root)
+    assert str(path) in caught.value.message
+
+
+async def test_the_commit_log_stays_short(root, monkeypatch):
+    import runtimed.store.fs.store as fs_store
+
+    monkeypatch.setattr(fs_store, "COMMIT_LOG_LINES", 8)
+    runtime = await open_runtime(root)
+    worker = await runtime.create_worker(TASK)
+    for i in range(40):
+        await runtime.observe(worker.worker_ref, "log", {"n": i})
+    before = reads(runtime)
+    await runtime.close()
+    assert len((runtime_dir(root) / "commits.jsonl").read_bytes().splitlines()) <= 8 + 2
+    restored = await open_runtime(root)
+    assert reads(restored) == before
+    assert len(restored.replay_observations(worker.worker_ref, 0)) == 40
+    await restored.close()
+
+
+# ------------------------------------------------------- what is under runtimes/
+
+
+async def test_a_foreign_dot_entry_under_runtimes_is_refused_and_kept(root):
+    await (await open_runtime(root)).close()
+    backup = root / "runtimes" / ".important-backup"
+    (backup / "nested").mkdir(parents=True)
+    (backup / "nested" / "data").write_text("precious")
+    with pytest.raises(StoreCorrupt) as caught:
+        await open_runtime(root)
+    assert str(backup) in caught.value.message
+    assert (backup / "nested" / "data").read_text() == "precious"
+
+
+async def test_a_dot_entry_that_only_looks_like_a_half_made_runtime_is_refused_and_kept(root):
+    half = root / "runtimes" / ("." + hex_id("runtime-fs-0000000000000001"))
+    (half / "workers").mkdir(parents=True)
+    (half / "notes.txt").write_text("mine")
+    with pytest.raises(StoreCorrupt) as caught:
+        await open_runtime(root)
+    assert str(half) in caught.value.message
+    assert (half / "notes.txt").read_text() == "mine"
+
+
+async def test_runtimeds_own_leftovers_under_runtimes_are_removed_with_a_log_line(root, caplog):
+    runtimes = root / "runtimes"
+    runtimes.mkdir(parents=True)
+    (runtimes / ".write-probe").write_bytes(b"x" * 100)
+    half = runtimes / ("." + hex_id("runtime-fs-0000000000000001"))
+    (half / "workers").mkdir(parents=True)
+    (half / "runtime.json").write_text("{}")
+    with caplog.at_level("INFO", logger="runtimed.store"):
+        runtime = await open_runtime(root)
+    await runtime.close()
+    assert sorted(p.name for p in runtimes.iterdir()) == [hex_id(runtime.runtime_id)]
+    removed = [r.getMessage() for r in caplog.records if "removed" in r.getMessage()]
+    assert any(str(runtimes / ".write-probe") in m for m in removed), removed
+    assert any(str(half) in m for m in removed), removed
+
+
+# ------------------------------------------------------------- file names in errors
+
+
+async def test_a_write_error_without_a_file_name_still_names_the_file(root, monkeypatch):
+    import runtimed.store.fs.files as fs_files
+
+    runtime = await open_runtime(root)
+    worker = await runtime.create_worker(TASK)
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fs_files, "write_all", full)
+    with pytest.raises(StoreIo) as caught:
+        await runtime.send_input(worker.worker_ref, user("lost"))
+    assert caught.value.path.startswith(str(runtime_dir(root)) + "/")
+    assert Path(caught.value.path).name.endswith(".jsonl"), caught.value.message
+    assert "No space left on device" in caught.value.message
+    monkeypatch.undo()
+    await runtime.close()
+
+
+async def test_a_failed_repair_at_start_names_the_file(root, monkeypatch):
+    import runtimed.store.fs.files as fs_files
+
+    runtime = await populated(root)
+    await runtime.close()
+    transcript = worker_dir(root, "worker-00000001") / "transcript.jsonl"
+    with open(transcript, "ab") as file:
+        file.write(b'{"sequence":3,"ro')
+
+    real_write_all = fs_files.write_all
+
+    def full_when_setting_aside(fd, data):
+        if data.startswith(b'{"sequence":3,"ro'):  # the disk fills up just as restore sets the tail aside
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write_all(fd, data)
+
+    monkeypatch.setattr(fs_files, "write_all", full_when_setting_aside)
+    with pytest.raises(StoreIo) as caught:
+        await open_runtime(root)
+    assert "transcript.jsonl" in caught.value.path, caught.value.message
+    assert "No space left on device" in caught.value.message
+
+
+# ------------------------------------------------------------------- file modes
+
+
+def modes(root: Path) -> dict[str, int]:
+    import stat
+
+    return {str(p.relative_to(root.parent)): stat.S_IMODE(p.lstat().st_mode) for p in [root, *root.rglob("*")]}
+
+
+async def test_a_new_root_is_private_whatever_the_umask(tmp_path):
+    import os
+    import stat
+
+    root = tmp_path / "made" / "for" / "root"
+    previous = os.umask(0o022)
+    try:
+        runtime = await open_runtime(root)
+        worker = await runtime.create_worker(TASK)
+        await runtime.send_input(worker.worker_ref, user("private"))
+        await runtime.observe(worker.worker_ref, "log", {"n": 1})
+        await runtime.stop()
+        await runtime.close()
+        with open(worker_dir(root, worker.worker_id) / "transcript.jsonl", "ab") as file:
+            file.write(b'{"torn')  # restore sets it aside into a new .corrupt file
+        await (await open_runtime(root)).close()
+    finally:
+        os.umask(previous)
+    for parent in (tmp_path / "made", tmp_path / "made" / "for"):
+        assert stat.S_IMODE(parent.stat().st_mode) == 0o700, parent
+    found = modes(root)
+    assert any(name.endswith(".corrupt") for name in found)
+    for name, mode in found.items():
+        path = tmp_path / "made" / "for" / name
+        assert mode == (0o700 if path.is_dir() else 0o600), (name, oct(mode))
+
+
+async def test_an_existing_root_readable_by_others_is_tightened_at_start(root):
+    import os
+
+    runtime = await populated(root)
+    await runtime.close()
+    for path in [root, *root.rglob("*")]:
+        os.chmod(path, 0o755 if path.is_dir() else 0o644)
+    await (await open_runtime(root)).close()
+    for name, mode in modes(root).items():
+        path = root.parent / name
+        assert mode == (0o700 if path.is_dir() else 0o600), (name, oct(mode))

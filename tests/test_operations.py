@@ -433,6 +433,40 @@ async def test_readyz_is_503_while_the_store_cannot_write_and_200_again_after(tm
     await runtime.close()
 
 
+async def test_readyz_is_503_on_a_full_disk_and_200_again_after(tmp_path, aiohttp_client, monkeypatch):
+    import errno
+
+    import runtimed.store.fs.files as fs_files
+
+    runtime = await Runtime.open(FsStore(tmp_path / "root"))
+    client = await aiohttp_client(create_app(runtime))
+    (runtime_dir,) = (tmp_path / "root" / "runtimes").iterdir()
+    real_write_all = fs_files.write_all
+
+    def full_disk(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")  # an empty file would still fit
+
+    monkeypatch.setattr(fs_files, "write_all", full_disk)
+    response = await client.get("/readyz")
+    assert response.status == 503
+    body = await response.json()
+    assert body["error"]["code"] == "not_ready"
+    assert "No space left on device" in body["error"]["message"]
+    assert str(runtime_dir) + "/" in body["error"]["message"]  # names the file, not only the directory
+    response = await client.post("/v1/workers", json=TASK_REQUEST)
+    assert response.status == 500
+    error = (await response.json())["error"]
+    assert error["code"] == "store_io" and "No space left on device" in error["message"]
+    assert ".jsonl" in error["message"]
+    assert (await client.get("/readyz")).status == 503
+
+    monkeypatch.setattr(fs_files, "write_all", real_write_all)
+    assert (await client.get("/readyz")).status == 200
+    assert (await client.post("/v1/workers", json=TASK_REQUEST)).status == 200
+    assert list(runtime_dir.glob(".*")) == []  # the probe removes what it wrote
+    await runtime.close()
+
+
 async def test_readyz_is_503_when_the_runtime_is_poisoned(aiohttp_client):
     from .test_errors import BrokenStore
 

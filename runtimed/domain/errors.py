@@ -79,6 +79,11 @@ class StoreIo(StoreError):
     code = "store_io"
 
 
+class StoreLocked(StoreIo):
+    """Another daemon holds the store's root. Found at start only, so never an HTTP answer: it
+    shares ``store_io``'s code rather than adding one to the contract."""
+
+
 class StoreMissing(StoreError):
     code = "store_missing"
 

@@ -1,23 +1,43 @@
 """The fs store's files: hex-encoded names, the framing of records (JSON lines, versioned
-snapshot documents), durable appends and atomic replacement.
+snapshot documents), durable appends, atomic replacement, private modes, the root's lock and
+the write probe.
 
 Nothing here knows what a record means (that is ``runtimed.store.codec``) or when to write it
-(the store's flush and restore).
+(the store's flush and restore). An ``OSError`` raised here names the file it concerns
+(``filename``), even where the failing call was given only a descriptor.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
+import stat
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-SCHEMA_VERSION = 1  # of snapshot documents (runtime.json, worker.json)
+WORKER_SCHEMA_VERSION = 1  # of worker.json
+#: Of runtime.json: 2 since the store keeps a commit log. Version 1 is read (a store written
+#: before it); runtimed that knows only 1 refuses 2, so it never writes past the commit log.
+RUNTIME_SCHEMA_VERSION = 2
+RUNTIME_SCHEMA_VERSIONS = (1, 2)
 OPEN_FILES = 128  # append handles kept open at once (an LRU: a runtime may have many workers)
+#: Modes of everything the store makes, whatever the umask: only the daemon's user may look.
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+#: The lock on the root (``flock``), held for the daemon's life; it holds the holder's pid.
+LOCK_FILE = "runtimed.lock"
+#: The write probe's name, and how much it writes: enough to need a free block, unlike an empty file.
+PROBE_FILE = ".write-probe"
+PROBE_BYTES = 8192
+#: Suffix of the temp file ``replace_atomically`` writes beside its target.
+TEMP_SUFFIX = ".tmp"
 
 
 def hex_id(value: str) -> str:
@@ -48,9 +68,21 @@ def jsonl_line(record: dict[str, Any]) -> bytes:
     return (json.dumps(record, separators=(",", ":")) + "\n").encode("ascii")
 
 
-def snapshot_document(record: dict[str, Any]) -> bytes:
+def snapshot_document(record: dict[str, Any], version: int) -> bytes:
     """A snapshot file's content: ``record`` led by the ``schema_version`` restore checks."""
-    return json.dumps({"schema_version": SCHEMA_VERSION, **record}, indent=1).encode("ascii")
+    return json.dumps({"schema_version": version, **record}, indent=1).encode("ascii")
+
+
+@contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """Give an ``OSError`` raised inside the file it concerns, when the call that failed knew
+    only a descriptor: messages name the file, not just an errno."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is None:
+            error.filename = str(path)
+        raise
 
 
 class OpenFiles:
@@ -64,7 +96,7 @@ class OpenFiles:
         if fd is not None:
             self._handles.move_to_end(path)
             return fd
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
         self._handles[path] = fd
         return fd
 
@@ -89,9 +121,14 @@ class OpenFiles:
 def fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        os.fsync(fd)
+        fsync_fd(fd, path)
     finally:
         os.close(fd)
+
+
+def fsync_fd(fd: int, path: Path) -> None:
+    with naming(path):
+        os.fsync(fd)
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -105,16 +142,34 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
+def write_file(path: Path, data: bytes, *, sync: bool = False) -> None:
+    """Create or truncate ``path`` (mode ``FILE_MODE``) and write ``data`` to it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+    try:
+        with naming(path):
+            write_all(fd, data)
+            if sync:
+                os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def append_durably(path: Path, data: bytes) -> None:
+    """Append ``data`` to ``path`` (created with mode ``FILE_MODE``) and fsync it."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    try:
+        with naming(path):
+            write_all(fd, data)
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def replace_atomically(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a crash leaves the old file or the new, never half:
     temp file, fsync, rename, fsync of the directory."""
-    temp = path.with_name(path.name + ".tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    temp = path.with_name(path.name + TEMP_SUFFIX)
+    write_file(temp, data, sync=True)
     os.replace(temp, path)
     fsync_path(path.parent)
 
@@ -128,7 +183,98 @@ def size_of(path: Path) -> int:
 
 
 def truncate(path: Path, size: int) -> None:
-    with open(path, "r+b") as file:
-        file.truncate(size)
-        file.flush()
-        os.fsync(file.fileno())
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        with naming(path):
+            os.ftruncate(fd, size)
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ------------------------------------------------------- directories and modes
+
+
+def make_dir(path: Path) -> None:
+    """``mkdir`` with mode ``DIR_MODE``, set again afterwards so that no umask can widen it."""
+    os.mkdir(path, DIR_MODE)
+    os.chmod(path, DIR_MODE)
+
+
+def make_dirs(path: Path) -> None:
+    """``mkdir -p`` whose every new directory gets ``DIR_MODE`` (``Path.mkdir(parents=True)``
+    gives the parents the umask's default instead). Existing directories are left as they are."""
+    missing: list[Path] = []
+    current = path
+    while not os.path.lexists(current) and current != current.parent:
+        missing.append(current)
+        current = current.parent
+    for directory in reversed(missing):
+        try:
+            make_dir(directory)
+        except FileExistsError:
+            if not directory.is_dir():
+                raise
+
+
+def tighten(root: Path) -> list[tuple[Path, OSError]]:
+    """Give ``root`` and every directory and regular file under it ``DIR_MODE`` or ``FILE_MODE``
+    (symbolic links are neither followed nor changed); returns what could not be changed."""
+    failed: list[tuple[Path, OSError]] = []
+
+    def set_mode(path: Path) -> None:
+        try:
+            mode = os.lstat(path).st_mode
+            wanted = DIR_MODE if stat.S_ISDIR(mode) else FILE_MODE if stat.S_ISREG(mode) else None
+            if wanted is not None and stat.S_IMODE(mode) != wanted:
+                os.chmod(path, wanted)
+        except FileNotFoundError:
+            pass
+        except OSError as error:
+            failed.append((path, error))
+
+    set_mode(root)
+    for directory, dirs, names in os.walk(root):
+        for name in [*dirs, *names]:
+            set_mode(Path(directory, name))
+    return failed
+
+
+# ------------------------------------------------------------ lock and probe
+
+
+def lock(path: Path) -> int:
+    """Take the exclusive ``flock`` of ``path`` (created with ``FILE_MODE``) and write this
+    process's pid into it; returns the descriptor, which holds the lock until it is closed (or
+    the process ends: the kernel releases it, so a lock file left by a killed daemon is no
+    obstacle). Raises ``BlockingIOError`` when another process holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    try:
+        with naming(path):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # Only once the lock is ours: truncating before would erase the holder's pid.
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def lock_holder(path: Path) -> str:
+    """The pid written in the lock file ``path``, or ``"unknown"``."""
+    try:
+        text = path.read_text("ascii", errors="replace").strip()
+    except OSError:
+        return "unknown"
+    return text if text.isdigit() else "unknown"
+
+
+def probe(path: Path) -> None:
+    """Write ``PROBE_BYTES`` to ``path``, fsync them and remove the file: a full disk refuses
+    this where it would accept an empty file."""
+    try:
+        write_file(path, b"\0" * PROBE_BYTES, sync=True)
+    finally:
+        with suppress(FileNotFoundError):
+            os.unlink(path)

@@ -2,16 +2,20 @@
 
 ``Restorer`` reads the files and hands back a ``Restored``: the state for the Runtime and what
 the store must know of the files to write on from there. It keeps nothing of the store's.
+
+Every check runs before anything is changed on disk: what restore would set aside, discard or
+rewrite is collected as repairs, applied only once the whole directory has passed, so a
+refused start leaves the files exactly as it found them.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,12 +26,23 @@ from ...domain.management import RuntimeStatus
 from ...domain.observation import EventKind, Observation, RuntimeDiagnostic, RuntimeEvent, TranscriptEntry
 from .. import codec
 from ..base import RestoredState
-from . import files
-from .files import SCHEMA_VERSION, hex_id, unhex_id
+from . import commit, files
+from .commit import COMMIT_LOG, CommitRecord
+from .files import RUNTIME_SCHEMA_VERSIONS, WORKER_SCHEMA_VERSION, hex_id, unhex_id
 
 log = logging.getLogger("runtimed.store")
 
 V = TypeVar("V")
+
+#: Why a torn last line is no acknowledged record, by what restore knows of its file.
+_TORN_COMMIT = "runtimed leaves such a line only when a commit never finished, and such a commit acknowledged nothing"
+_TORN_UNCHECKED = (
+    "this store was written before runtimed kept a commit log, so restore cannot tell whether it was acknowledged"
+)
+
+
+def _torn_checked(what: str) -> str:
+    return f"every acknowledged {what} is present, so it is what is left of a write that was never acknowledged"
 
 
 @dataclass(slots=True)
@@ -41,11 +56,26 @@ class Restored:
     created_event: dict[str, int]
     #: Per worker id, the status its ``worker.json`` holds.
     snapshot_status: dict[str, WorkerStatus]
-    #: Per worker id, the lines of its ``observations.jsonl``.
+    #: Per worker id, the observation lines of its ``observations.jsonl``.
     observation_lines: dict[str, int]
-    #: The runtime's status in ``runtime.json`` (the log's, once restore is done) and the log's last event.
+    #: The runtime's status in ``runtime.json`` (the log's, once restore is done).
     runtime_status: RuntimeStatus
-    last_event_id: int
+    #: What is committed: the commit log's record, or for a store written before the commit
+    #: log, what restore found (every observation count included).
+    committed: CommitRecord
+    #: Lines of the commit log; 0 for a store written before it.
+    commit_lines: int
+    #: The ``schema_version`` of ``runtime.json``.
+    runtime_schema: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Repair:
+    """A change restore makes once every check has passed; ``path`` is what it touches."""
+
+    path: Path
+    action: Callable[[], None]
+    warning: tuple[str, str] | None = None  # (code, message) to report once it is done
 
 
 def worker_number(worker_id: str) -> int:
@@ -56,31 +86,58 @@ def worker_number(worker_id: str) -> int:
         return 0
 
 
+def _above(record: dict[str, Any], key: str, limit: int) -> bool:
+    """Whether ``record[key]`` is a number past ``limit`` (a record the commit did not reach)."""
+    value = record.get(key)
+    return isinstance(value, int) and value > limit
+
+
 class Restorer:
     """Loads and validates the runtime directory ``runtime_dir`` of ``runtime_id``; sets aside
-    what a crash left half-written. Runs before the store has opened any of the files."""
+    what a crash left half-written. Runs before the store has opened any of the files.
+
+    With a commit log, the last whole line of ``commits.jsonl`` says what is committed: events
+    up to its event id, transcript entries of those events, observations up to its sequence
+    (and per worker, how many), diagnostics up to its id. Records beyond it are an unacknowledged
+    tail, set aside; a committed record that is missing is corruption. A store written before
+    the commit log (``runtime.json`` at schema version 1, no ``commits.jsonl``) is read as it
+    always was: the event log commits events and the records that name them, and observations
+    and diagnostics are taken as found.
+    """
 
     def __init__(self, runtime_dir: Path, runtime_id: str) -> None:
         self.runtime_id = runtime_id
         self.dir = runtime_dir
         self.warnings: list[tuple[str, str]] = []
+        self.repairs: list[_Repair] = []
         self.trimmed: dict[str, int] = {}  # worker id -> newest observation sequence compacted away
         self.refs: dict[str, WorkerRef] = {}
         self.snapshots: dict[Path, bytes] = {}
         self.created_event: dict[str, int] = {}
         self.snapshot_status: dict[str, WorkerStatus] = {}
         self.observation_lines: dict[str, int] = {}
+        self.observation_counts: dict[str, int] = {}
+        self.commit: CommitRecord | None = None  # None: a store written before the commit log
 
     def corrupt(self, path: Path, problem: str) -> StoreCorrupt:
         return StoreCorrupt("restore", str(path), problem)
+
+    def short(self, path: Path, problem: str) -> StoreCorrupt | StoreMissing:
+        """A log that lacks committed records: missing altogether, or cut short."""
+        if not path.exists():
+            return StoreMissing("restore", str(path), f"file is missing, but {problem}")
+        return self.corrupt(path, problem)
 
     def warn(self, code: str, message: str) -> None:
         log.warning("%s", message)
         self.warnings.append((code, message))
 
+    def repair(self, path: Path, action: Callable[[], None], warning: tuple[str, str] | None = None) -> None:
+        self.repairs.append(_Repair(path, action, warning))
+
     def restore(self) -> Restored:
         snapshot_path = self.dir / "runtime.json"
-        raw, snapshot = self._read_json(snapshot_path)
+        raw, snapshot, schema = self._read_json(snapshot_path, RUNTIME_SCHEMA_VERSIONS)
         try:
             runtime = codec.decode_runtime_record(snapshot)
         except codec.RECORD_ERRORS as error:
@@ -88,24 +145,38 @@ class Restorer:
         if runtime.runtime_id != self.runtime_id:
             raise self.corrupt(snapshot_path, f"names runtime {runtime.runtime_id!r}, not {self.runtime_id!r}")
         self.snapshots[snapshot_path] = raw
+        commit_lines = self._commit_log(schema)
+        checked = self.commit is not None
 
         events_path = self.dir / "events.jsonl"
         workers_dir = self.dir / "workers"
         has_workers = workers_dir.is_dir() and any(workers_dir.iterdir())
-        if not events_path.exists() and (runtime.last_event_id or has_workers):
+        if not checked and not events_path.exists() and (runtime.last_event_id or has_workers):
             # Only a runtime whose first start was cut short has no event log yet; this one
             # has workers or names events, so its log is lost, not unwritten.
             raise StoreMissing("restore", str(events_path), "the runtime event log is missing")
         decode_ref = self._ref_decoder(events_path)
-        events = self._decode_each(
-            events_path, self._read_log(events_path), lambda record: codec.decode_event(record, decode_ref), "event"
-        )
+        records = self._read_log(events_path, _torn_checked("event") if checked else _TORN_COMMIT)
+        on_disk = len(records)
+        if self.commit is not None:
+            committed_id = self.commit.event_id
+            records = self._discard_uncommitted(
+                events_path, records, lambda record: _above(record, "id", committed_id), "event"
+            )
+        events = self._decode_each(events_path, records, lambda record: codec.decode_event(record, decode_ref), "event")
         self._require_dense(events_path, events, lambda event: event.id, "event id")
         last_event = len(events)
-        if runtime.last_event_id > last_event:
-            raise self.corrupt(
+        if self.commit is not None and last_event < self.commit.event_id:
+            raise self.short(
                 events_path,
-                f"ends at event {last_event}, but runtime.json was written at event {runtime.last_event_id}",
+                f"the commit log acknowledged event {self.commit.event_id} and the log ends at event {last_event}",
+            )
+        # A snapshot may run ahead of the commit (written in the flush that never committed),
+        # never ahead of the events on disk.
+        written = on_disk if checked else last_event
+        if runtime.last_event_id > written:
+            raise self.corrupt(
+                events_path, f"ends at event {written}, but runtime.json was written at event {runtime.last_event_id}"
             )
 
         diagnostics = self._diagnostics(last_event)
@@ -117,19 +188,31 @@ class Restorer:
                 status = RuntimeStatus.STOPPED
             elif event.kind is EventKind.RUNTIME_STARTED:
                 status = RuntimeStatus.RUNNING
-        if runtime.status is not status:
-            # The event log wins; bring the snapshot in line with it.
+        if runtime.status is not status or runtime.last_event_id > last_event:
+            # The event log wins; bring the snapshot in line with it (at the version it had:
+            # the store upgrades a store written before the commit log once the log is there).
             data = files.snapshot_document(
-                codec.encode_runtime_record(codec.RuntimeRecord(self.runtime_id, status, last_event))
+                codec.encode_runtime_record(codec.RuntimeRecord(self.runtime_id, status, last_event)), schema
             )
-            files.replace_atomically(snapshot_path, data)
+            self.repair(snapshot_path, partial(files.replace_atomically, snapshot_path, data))
             self.snapshots[snapshot_path] = data
         observations.sort(key=lambda o: o.sequence)
+        if self.commit is not None:
+            committed = self.commit
+        else:
+            committed = CommitRecord(
+                last_event,
+                observations[-1].sequence if observations else 0,
+                len(diagnostics),
+                {worker_id: count for worker_id, count in self.observation_counts.items() if count},
+            )
+
+        self._apply_repairs()
         state = RestoredState(
             runtime_id=self.runtime_id,
             status=status,
             worker_sequence=len(workers),
-            observation_sequence=observations[-1].sequence if observations else 0,
+            observation_sequence=committed.observation_sequence,
             events=events,
             workers=workers,
             transcripts=transcripts,
@@ -145,13 +228,48 @@ class Restorer:
             snapshot_status=self.snapshot_status,
             observation_lines=self.observation_lines,
             runtime_status=status,
-            last_event_id=last_event,
+            committed=committed,
+            commit_lines=commit_lines,
+            runtime_schema=schema,
         )
+
+    def _commit_log(self, schema: int) -> int:
+        """Read the commit log into ``self.commit``; returns its lines (0: there is none, which
+        only a store written before it may lack)."""
+        path = self.dir / COMMIT_LOG
+        if schema == 1 and not path.exists():
+            return 0
+        records = self._read_log(path, _TORN_COMMIT)
+        if not records:
+            if schema == 1:
+                return 0  # its first line was being written when the upgrade was cut short
+            if not path.exists():
+                raise StoreMissing(
+                    "restore", str(path), "the commit log is missing (runtime.json says this store keeps one)"
+                )
+            raise self.corrupt(path, "holds no whole commit record")
+        committed = CommitRecord()
+        for number, record in enumerate(records, start=1):
+            try:
+                committed = commit.fold(committed, record)
+            except codec.RECORD_ERRORS as error:
+                raise self.corrupt(path, f"bad commit record on line {number}: {codec.record_problem(error)}") from None
+        self.commit = committed
+        return len(records)
+
+    def _apply_repairs(self) -> None:
+        for repair in self.repairs:
+            try:
+                repair.action()
+            except OSError as error:
+                raise StoreIo("restore", str(error.filename or repair.path), error.strerror or str(error)) from None
+            if repair.warning is not None:
+                self.warn(*repair.warning)
 
     # ----------------------------------------------------------- files
 
-    def _read_json(self, path: Path) -> tuple[bytes, dict[str, Any]]:
-        """A snapshot document: its bytes, and its record once its ``schema_version`` is checked."""
+    def _read_json(self, path: Path, versions: tuple[int, ...]) -> tuple[bytes, dict[str, Any], int]:
+        """A snapshot document: its bytes, its record and its ``schema_version`` (one of ``versions``)."""
         try:
             raw = path.read_bytes()
             data = json.loads(raw)
@@ -165,15 +283,15 @@ class Restorer:
             raise StoreIo("read", str(path), error.strerror or str(error)) from None
         if not isinstance(data, dict):
             raise self.corrupt(path, "is not a JSON object")
-        if data.get("schema_version") != SCHEMA_VERSION:
-            raise self.corrupt(
-                path, f"schema_version {data.get('schema_version')!r} is not one this runtimed knows ({SCHEMA_VERSION})"
-            )
-        return raw, data
+        version = data.get("schema_version")
+        if version not in versions:
+            known = " or ".join(map(str, versions))
+            raise self.corrupt(path, f"schema_version {version!r} is not one this runtimed knows ({known})")
+        return raw, data, version
 
-    def _read_log(self, path: Path) -> list[dict[str, Any]]:
-        """The records of a ``.jsonl`` log; a torn last line is set aside, anything else bad is
-        corruption."""
+    def _read_log(self, path: Path, torn: str) -> list[dict[str, Any]]:
+        """The records of a ``.jsonl`` log. A torn last line is set aside (``torn`` says why it
+        is no acknowledged record); anything else bad is corruption."""
         try:
             data = path.read_bytes()
         except FileNotFoundError:
@@ -194,42 +312,44 @@ class Restorer:
                 raise self.corrupt(path, f"line {number} is not a JSON object")
             records.append(record)
         if tail:
-            self._set_aside(path, len(data) - len(tail), tail)
+            self._set_aside(path, len(data) - len(tail), tail, torn)
         return records
 
-    def _set_aside(self, path: Path, keep: int, tail: bytes) -> None:
+    def _set_aside(self, path: Path, keep: int, tail: bytes, why: str) -> None:
         aside = path.with_name(path.name + ".corrupt")
-        with open(aside, "ab") as file:
-            file.write(tail + b"\n")
-            file.flush()
-            os.fsync(file.fileno())
-        files.truncate(path, keep)
-        self.warn(
-            "store.torn_tail",
-            f"{path}: an incomplete last line ({len(tail)} bytes, from a write the daemon did not "
-            f"acknowledge) was set aside in {aside.name}",
-        )
+
+        def set_aside() -> None:
+            files.append_durably(aside, tail + b"\n")
+            files.fsync_path(aside.parent)
+            files.truncate(path, keep)
+
+        message = f"{path}: an incomplete last line ({len(tail)} bytes) was set aside in {aside.name}; {why}"
+        self.repair(path, set_aside, ("store.torn_tail", message))
 
     def _discard_uncommitted(
-        self, path: Path, records: list[dict[str, Any]], last_event: int, what: str, may_interleave: bool = False
+        self,
+        path: Path,
+        records: list[dict[str, Any]],
+        uncommitted: Callable[[dict[str, Any]], bool],
+        what: str,
+        may_interleave: bool = False,
     ) -> list[dict[str, Any]]:
-        """Drop records written for events past the log's end; they must close the file."""
+        """Drop records the commit did not reach; they must close the file (but for records
+        with no event id, when ``may_interleave``: how a store written before the commit log
+        holds observations and diagnostics that were published alone)."""
         kept: list[dict[str, Any]] = []
         dropped = 0
         for record in records:
-            event_id = record.get("event_id")
-            if isinstance(event_id, int) and event_id > last_event:
+            if uncommitted(record):
                 dropped += 1
                 continue
-            if dropped and not (may_interleave and event_id is None):
-                raise self.corrupt(path, f"a {what} of a committed event follows one of an uncommitted event")
+            if dropped and not (may_interleave and record.get("event_id") is None):
+                raise self.corrupt(path, f"a committed {what} follows one that was never committed")
             kept.append(record)
         if dropped:
-            files.replace_atomically(path, b"".join(files.jsonl_line(record) for record in kept))
-            self.warn(
-                "store.uncommitted_discarded",
-                f"{path}: {dropped} {what}(s) written for a request that was never acknowledged were discarded",
-            )
+            data = b"".join(files.jsonl_line(record) for record in kept)
+            message = f"{path}: {dropped} {what}(s) written but never committed, so never acknowledged, were discarded"
+            self.repair(path, partial(files.replace_atomically, path, data), ("store.uncommitted_discarded", message))
         return kept
 
     # --------------------------------------------------------- records
@@ -276,10 +396,26 @@ class Restorer:
 
     def _diagnostics(self, last_event: int) -> list[RuntimeDiagnostic]:
         path = self.dir / "diagnostics.jsonl"
-        records = self._discard_uncommitted(path, self._read_log(path), last_event, "diagnostic", may_interleave=True)
+        if self.commit is not None:
+            committed_id = self.commit.diagnostic_id
+            records = self._read_log(path, _torn_checked("diagnostic"))
+            records = self._discard_uncommitted(
+                path, records, lambda record: _above(record, "id", committed_id), "diagnostic"
+            )
+        else:
+            records = self._read_log(path, _TORN_UNCHECKED)
+            records = self._discard_uncommitted(
+                path, records, lambda record: _above(record, "event_id", last_event), "diagnostic", may_interleave=True
+            )
         decode_ref = self._ref_decoder(path)
         diagnostics = self._decode_each(path, records, lambda r: codec.decode_diagnostic(r, decode_ref), "diagnostic")
         self._require_dense(path, diagnostics, lambda diagnostic: diagnostic.id, "diagnostic id")
+        if self.commit is not None and len(diagnostics) < self.commit.diagnostic_id:
+            raise self.short(
+                path,
+                f"the commit log acknowledged {self.commit.diagnostic_id} diagnostics and the file holds "
+                f"{len(diagnostics)} of them",
+            )
         return diagnostics
 
     def _workers(
@@ -305,15 +441,24 @@ class Restorer:
                     raise self.corrupt(
                         directory, f"worker {worker_id} has no worker_created event, but later workers do"
                     )
-                # Created by a request whose worker_created event never reached the log.
-                shutil.rmtree(directory)
-                files.fsync_path(workers_dir)
-                self.warn(
-                    "store.uncommitted_discarded",
-                    f"{directory}: worker {worker_id} was never acknowledged (no worker_created event); removed",
+                # Created by a request whose worker_created event was never committed.
+                self.repair(
+                    directory,
+                    partial(self._remove_worker_dir, directory),
+                    (
+                        "store.uncommitted_discarded",
+                        f"{directory}: worker {worker_id} was never acknowledged (its worker_created event was "
+                        "never committed); removed",
+                    ),
                 )
                 continue
             on_disk[worker_id] = directory
+        if self.commit is not None:
+            for worker_id in self.commit.observations:
+                if worker_id not in created:
+                    raise self.corrupt(
+                        self.dir / COMMIT_LOG, f"counts observations of worker {worker_id}, which was never created"
+                    )
         for worker_id in created:
             if worker_id not in on_disk:
                 raise StoreMissing(
@@ -354,7 +499,7 @@ class Restorer:
         for worker_id in sorted(created, key=created.__getitem__):
             directory = on_disk[worker_id]
             snapshot_path = directory / "worker.json"
-            raw, snapshot = self._read_json(snapshot_path)
+            raw, snapshot, _ = self._read_json(snapshot_path, (WORKER_SCHEMA_VERSION,))
             try:
                 stored = codec.decode_worker_record(snapshot, self._ref_decoder(snapshot_path))
             except codec.RECORD_ERRORS as error:
@@ -375,8 +520,8 @@ class Restorer:
             if stored.status is not state.status:
                 # The event log wins over the snapshot; bring the snapshot in line.
                 record = codec.WorkerRecord(ref, created[worker_id], state.status, stored.request)
-                data = files.snapshot_document(codec.encode_worker_record(record))
-                files.replace_atomically(snapshot_path, data)
+                data = files.snapshot_document(codec.encode_worker_record(record), WORKER_SCHEMA_VERSION)
+                self.repair(snapshot_path, partial(files.replace_atomically, snapshot_path, data))
                 self.snapshots[snapshot_path] = data
             workers.append(state)
             transcripts[worker_id] = entries
@@ -385,23 +530,45 @@ class Restorer:
             observations.extend(worker_observations)  # the bus keeps the newest it is configured for
         return workers, transcripts, observations
 
+    @staticmethod
+    def _remove_worker_dir(directory: Path) -> None:
+        shutil.rmtree(directory)
+        files.fsync_path(directory.parent)
+
     def _transcript(self, directory: Path, ref: WorkerRef, last_event: int) -> list[TranscriptEntry]:
         path = directory / "transcript.jsonl"
-        records = self._discard_uncommitted(path, self._read_log(path), last_event, "transcript entry")
+        # Checked: the event log says how many entries the worker has.
+        records = self._read_log(path, _torn_checked("transcript entry"))
+        records = self._discard_uncommitted(
+            path, records, lambda record: _above(record, "event_id", last_event), "transcript entry"
+        )
         entries = self._decode_each(path, records, lambda r: codec.decode_transcript_entry(r, ref), "transcript")
         self._require_dense(path, entries, lambda entry: entry.sequence, "transcript sequence")
         return entries
 
     def _observations(self, directory: Path, ref: WorkerRef, last_event: int) -> list[Observation]:
         path = directory / "observations.jsonl"
-        records = self._discard_uncommitted(path, self._read_log(path), last_event, "observation", may_interleave=True)
+        if self.commit is not None:
+            committed_sequence = self.commit.observation_sequence
+            records = self._read_log(path, _torn_checked("observation"))
+            records = self._discard_uncommitted(
+                path, records, lambda record: _above(record, "sequence", committed_sequence), "observation"
+            )
+        else:
+            records = self._read_log(path, _TORN_UNCHECKED)
+            records = self._discard_uncommitted(
+                path, records, lambda record: _above(record, "event_id", last_event), "observation", may_interleave=True
+            )
         previous = 0
+        trimmed = 0
         first_line = 1
-        if records and set(records[0]) == {"trimmed_through"}:
-            # The compaction marker: observations up to this sequence were dropped on purpose.
-            previous = records.pop(0)["trimmed_through"]
-            if not isinstance(previous, int):
-                raise self.corrupt(path, f"bad compaction marker {{'trimmed_through': {previous!r}}}")
+        if records and "trimmed_through" in records[0] and set(records[0]) <= {"trimmed_through", "trimmed"}:
+            # The compaction marker: observations up to this sequence were dropped on purpose,
+            # ``trimmed`` of them (a marker written before the commit log does not say).
+            marker = records.pop(0)
+            previous, trimmed = marker["trimmed_through"], marker.get("trimmed", 0)
+            if not isinstance(previous, int) or not isinstance(trimmed, int) or trimmed < 0:
+                raise self.corrupt(path, f"bad compaction marker {marker!r}")
             self.trimmed[ref.worker_id] = previous
             first_line = 2
         observations = self._decode_each(
@@ -411,4 +578,14 @@ class Restorer:
             if observation.sequence <= previous:
                 raise self.corrupt(path, f"observation sequence {observation.sequence!r} out of order on line {number}")
             previous = observation.sequence
+        count = trimmed + len(observations)
+        if self.commit is not None:
+            acknowledged = self.commit.observations.get(ref.worker_id, 0)
+            if count != acknowledged:
+                raise self.short(
+                    path,
+                    f"the commit log acknowledged {acknowledged} observations of worker {ref.worker_id} and the file "
+                    f"accounts for {count} ({len(observations)} kept, {trimmed} compacted away)",
+                )
+        self.observation_counts[ref.worker_id] = count
         return observations
