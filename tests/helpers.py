@@ -42,6 +42,15 @@ class FailingStore(MemoryStore):
         return None
 
 
+class BrokenStore(FailingStore):
+    """A store that fails in a way it does not describe: memory may no longer match it."""
+
+    def commit(self, change: Change) -> asyncio.Future[None] | None:
+        if self.failing:
+            return failed(OSError("the disk went away"))
+        return super().commit(change)
+
+
 def failed(error: BaseException) -> asyncio.Future[None]:
     """A future that has already failed with ``error``."""
     future = asyncio.get_running_loop().create_future()

@@ -16,7 +16,7 @@ from runtimed.web import schemas
 from runtimed.web.app import create_app
 from runtimed.web.settings import ServerConfig
 
-from .helpers import TASK_REQUEST, FailingStore, create_worker, failed
+from .helpers import TASK_REQUEST, BrokenStore, FailingStore, create_worker
 
 W = "worker-00000001"  # created by the fixture below
 MISSING = "worker-0000ffff"
@@ -238,15 +238,6 @@ async def test_store_failure_is_store_io_and_changes_nothing(aiohttp_client):
     store.failing = False
     response = await client.post(f"/v1/workers/{W}/input", json={"kind": "user", "content": "x"})
     assert response.status == 200
-
-
-class BrokenStore(FailingStore):
-    """A store that fails in a way it does not describe: memory may no longer match it."""
-
-    def commit(self, change):
-        if self.failing:
-            return failed(OSError("the disk went away"))
-        return super().commit(change)
 
 
 async def test_undescribed_store_failure_poisons_the_runtime(aiohttp_client, caplog):

@@ -25,7 +25,7 @@ from runtimed.store import MemoryStore
 from runtimed.store.fs import FsStore
 from runtimed.web.app import create_app
 
-from .helpers import TASK_REQUEST, create_worker, wait_until
+from .helpers import TASK_REQUEST, BrokenStore, create_worker, wait_until
 from .process import RuntimedProcess, request_json, run_runtimed
 from .slow_disk import FLUSH_STARTED
 
@@ -468,8 +468,6 @@ async def test_readyz_is_503_on_a_full_disk_and_200_again_after(tmp_path, aiohtt
 
 
 async def test_readyz_is_503_when_the_runtime_is_poisoned(aiohttp_client):
-    from .test_errors import BrokenStore
-
     store = BrokenStore()
     runtime = await Runtime.open(store)
     client = await aiohttp_client(create_app(runtime))
