@@ -28,10 +28,16 @@ _transcript_response = schemas.compile_dumper(schemas.TranscriptResponseSchema()
 _events_response = schemas.compile_dumper(schemas.EventBatchSchema())
 _diagnostics_response = schemas.compile_dumper(schemas.DiagnosticsResponseSchema())
 _health_response = schemas.compile_dumper(schemas.HealthResponseSchema())
+_interrupt_ack_response = schemas.compile_dumper(schemas.InterruptAckResponseSchema())
+_permissions_response = schemas.compile_dumper(schemas.PermissionsResponseSchema())
+_permission_answer_response = schemas.compile_dumper(schemas.PermissionAnswerResponseSchema())
+_profiles_response = schemas.compile_dumper(schemas.ProfilesResponseSchema())
 
 _create_request = schemas.CreateWorkerRequestSchema()
 _input_request = schemas.WorkerInputSchema()
 _lifecycle_request = schemas.WorkerLifecycleRequestSchema()
+_interrupt_request = schemas.WorkerInterruptRequestSchema()
+_permission_answer_request = schemas.PermissionAnswerRequestSchema()
 _transcript_query = schemas.TranscriptQuerySchema()
 _events_query = schemas.EventsQuerySchema()
 
@@ -158,13 +164,19 @@ async def send_input(request: web.Request) -> web.Response:
     return json_response(_input_ack_response({"ack": ack}), unknown)
 
 
-async def _lifecycle_reason(request: web.Request) -> tuple[str | None, list[str]]:
-    """The optional ``reason`` of a stop/cancel body; an empty body means no reason."""
+async def _lifecycle_body(request: web.Request, schema: schemas.BaseSchema) -> tuple[dict[str, Any], list[str]]:
+    """The optional body of stop, cancel and interrupt: an empty one means every field's default."""
     prefix = "invalid lifecycle request JSON"
     body = await read_body(request)
     if not body.strip():
-        return None, []
-    data, unknown = load_object(_lifecycle_request, parse_json(body, prefix), prefix)
+        return schema.load({}), []
+    data, unknown = load_object(schema, parse_json(body, prefix), prefix)
+    return data, unknown
+
+
+async def _lifecycle_reason(request: web.Request) -> tuple[str | None, list[str]]:
+    """The optional ``reason`` of a stop/cancel body; an empty body means no reason."""
+    data, unknown = await _lifecycle_body(request, _lifecycle_request)
     return data.get("reason"), unknown
 
 
@@ -180,6 +192,29 @@ async def cancel_worker(request: web.Request) -> web.Response:
     reason, unknown = await _lifecycle_reason(request)
     ack = await request.app[RUNTIME].cancel_worker(ref, reason)
     return json_response(_lifecycle_ack_response({"ack": ack}), unknown)
+
+
+async def interrupt_worker(request: web.Request) -> web.Response:
+    ref = worker_ref(request)
+    data, unknown = await _lifecycle_body(request, _interrupt_request)
+    ack = await request.app[RUNTIME].interrupt(ref, data["drop_queued"])
+    return json_response(_interrupt_ack_response({"ack": ack}), unknown)
+
+
+async def get_permissions(request: web.Request) -> web.Response:
+    permissions = request.app[RUNTIME].permissions(worker_ref(request))
+    return json_response(_permissions_response({"permissions": permissions}))
+
+
+async def answer_permission(request: web.Request) -> web.Response:
+    ref = worker_ref(request)
+    data, unknown = await load_body(request, _permission_answer_request)
+    answer = await request.app[RUNTIME].answer_permission(ref, request.match_info["request_id"], data["option_id"])
+    return json_response(_permission_answer_response({"permission": answer}), unknown)
+
+
+async def get_profiles(request: web.Request) -> web.Response:
+    return json_response(_profiles_response({"profiles": request.app[RUNTIME].profiles()}))
 
 
 async def get_transcript(request: web.Request) -> web.Response:
