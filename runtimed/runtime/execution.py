@@ -36,7 +36,8 @@ Backend -> Runtime (methods of ``Runtime``; each awaits durability, then returns
         worker runs); ``error`` becomes a ``worker.turn_failed`` warning. Also after a stop.
     ``stop_worker(ref, reason)``
         the agent exited or failed to start (§9.3, §9.4); the Runtime then calls ``stop`` back,
-        which must be harmless for an agent that is gone already.
+        which must be harmless for an agent that is gone already. Like the REST stop, it raises
+        ``RuntimeStopped`` on a stopped runtime, whose workers are all stopped already.
     ``diagnose(ref, severity, code, message)``
         ``worker.agent_exited``, ``worker.agent_start_failed`` and the like.
     ``executing_workers() -> list[WorkerDetail]``
