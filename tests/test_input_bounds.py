@@ -1,14 +1,18 @@
 """Client input is hostile until parsed (house style, rule 12): every parse is bounded where the
-input enters. The refusals themselves are walked in ``test_errors.py``; here, the limits are
-shown to be exact.
+input enters, and what reaches the log is escaped. The refusals themselves are walked in
+``test_errors.py``; here, the limits are shown to be exact and the log to stay one line a record.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
+from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp.web_protocol import RequestPayloadError
 
+from runtimed.daemon.logs import JsonFormatter, MalformedHttpFilter, TextFormatter, escape_controls
 from runtimed.web.encoding import MAX_JSON_DEPTH, MAX_JSON_INT_DIGITS, loads
 
 from .helpers import create_worker
@@ -135,3 +139,109 @@ async def test_query_integers_of_18_digits_are_accepted(client):
     assert (await response.json())["transcript"]["start"] == int("9" * 18)
     response = await client.get("/v1/events?cursor=" + "0" * 17 + "1")
     assert response.status == 200
+
+
+# ----------------------------------------------------------------------- log
+
+
+def record(message: str, *args: object, name: str = "runtimed.access", exc: BaseException | None = None):
+    exc_info = (type(exc), exc, exc.__traceback__) if exc is not None else None
+    return logging.LogRecord(name, logging.INFO, __file__, 1, message, args, exc_info)
+
+
+@pytest.mark.parametrize(
+    ("raw", "escaped"),
+    [
+        ("plain /v1/workers 200", "plain /v1/workers 200"),
+        ("a\nb\rc\td", r"a\nb\rc\td"),
+        ("\x00\x1b[31m\x1f\x7f", r"\x00\x1b[31m\x1f\x7f"),
+        ("\x80\x85\x9f\xa0é", r"\x80\x85\x9f" + "\xa0é"),
+        ("\u2028\u2029\u2027", r"\u2028\u2029" + "\u2027"),
+        ("back\\slash \\n", r"back\\slash \\n"),
+        ("\ud800 lone surrogate", r"\ud800 lone surrogate"),
+    ],
+)
+def test_escape_controls(raw, escaped):
+    assert escape_controls(raw) == escaped
+
+
+def test_escaping_is_reversible_so_nothing_is_lost():
+    raw = "".join(chr(code) for code in range(0xA0)) + "\u2028\u2029\\"
+    assert escape_controls(raw).encode("ascii").decode("unicode_escape") == raw
+
+
+def test_a_text_record_is_one_line_whatever_the_client_sent():
+    line = TextFormatter().format(record("%s %s %d", "GET", "/v1/workers/a\n2026-01-01 INFO x: FORGED\u2028", 401))
+    assert "\n" not in line and "\u2028" not in line
+    assert line.endswith(r" INFO runtimed.access: GET /v1/workers/a\n2026-01-01 INFO x: FORGED\u2028 401")
+
+
+def test_a_text_record_keeps_the_format_of_before():
+    entry = record("ok %d", 1)
+    assert TextFormatter().format(entry) == logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s").format(
+        entry
+    )
+
+
+def test_a_traceback_is_indented_so_no_line_of_it_can_pass_for_a_record():
+    try:
+        raise KeyError("x\n2026-01-01 00:00:00,000 INFO runtimed.access: FORGED\x1b[2J")
+    except KeyError as error:
+        text = TextFormatter().format(record("unexpected error in %s", "GET /x\n", exc=error))
+    first, *rest = text.split("\n")
+    assert first.endswith(r"runtimed.access: unexpected error in GET /x\n")
+    assert rest[0] == "  Traceback (most recent call last):"
+    assert all(line.startswith("  ") for line in rest)
+    assert "\x1b" not in text and r"\x1b[2J" in text
+
+
+def test_json_records_are_one_line_and_keep_the_value_as_sent():
+    line = JsonFormatter().format(record("%s", "/a\n\u2028", exc=None))
+    assert "\n" not in line
+    assert json.loads(line)["message"] == "/a\n\u2028"
+
+
+def filtered(message: str, *args: object, exc: BaseException, level: int = logging.ERROR) -> logging.LogRecord | None:
+    exc_info = (type(exc), exc, exc.__traceback__)
+    entry = logging.LogRecord("aiohttp.server", level, __file__, 1, message, args, exc_info)
+    return entry if MalformedHttpFilter().filter(entry) else None
+
+
+def test_a_malformed_request_becomes_one_warning_line():
+    exc = BadHttpMessage("Invalid header token:\n\n  b'Bad\\x1bHeader'\n     ^")
+    entry = filtered("Error handling request from %s", "127.0.0.1", exc=exc)
+    assert entry is not None
+    assert (entry.levelno, entry.levelname, entry.exc_info) == (logging.WARNING, "WARNING", None)
+    assert entry.getMessage() == "malformed HTTP request from 127.0.0.1: Invalid header token: b'Bad\\x1bHeader'"
+    assert "\n" not in TextFormatter().format(entry)
+
+
+def test_an_undecodable_body_becomes_one_warning_line():
+    exc = RequestPayloadError("400, message:\n  Can not decode content-encoding: gzip")
+    exc.__cause__ = BadHttpMessage("Can not decode content-encoding: gzip")
+    entry = filtered("Unhandled exception", exc=exc)
+    assert entry is not None and entry.levelno == logging.WARNING and entry.exc_info is None
+    assert entry.getMessage() == "malformed HTTP request: Can not decode content-encoding: gzip"
+
+
+def test_a_malformed_request_is_not_logged_when_only_errors_are():
+    exc_info = (BadHttpMessage, BadHttpMessage("x"), None)
+    entry = logging.LogRecord(
+        "aiohttp.server", logging.ERROR, __file__, 1, "Error handling request from %s", ("::1",), exc_info
+    )
+    assert not MalformedHttpFilter(logging.ERROR).filter(entry)
+
+
+def test_a_quieter_report_of_aiohttp_stays_as_quiet():
+    entry = filtered("Error handling request from %s", "127.0.0.1", exc=BadHttpMessage("x"), level=logging.DEBUG)
+    assert entry is not None and entry.levelno == logging.DEBUG and entry.exc_info is None
+
+
+def test_other_failures_keep_their_level_and_traceback():
+    try:
+        raise ZeroDivisionError("a bug")
+    except ZeroDivisionError as error:
+        entry = filtered("Error handling request from %s", "127.0.0.1", exc=error)
+    assert entry is not None and entry.levelno == logging.ERROR
+    assert entry.exc_info is not None and entry.exc_info[0] is ZeroDivisionError
+    assert entry.getMessage() == "Error handling request from 127.0.0.1"
