@@ -19,6 +19,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -190,3 +191,13 @@ def request_json(
     except urllib.error.HTTPError as error:
         with error:
             return error.code, error.headers, json.loads(error.read())
+
+
+def send_raw(host: str, port: int, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send ``data`` as it is (malformed HTTP included) and read until the server closes."""
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(data)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from collections.abc import Set as AbstractSet
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ..domain.errors import RuntimedError
 from .encoding import dumps
@@ -136,6 +137,15 @@ def _from_http_exception(request: web.Request, exc: web.HTTPException) -> Runtim
     if isinstance(exc, web.HTTPRequestEntityTooLarge):
         return PayloadTooLarge(request.app[SERVER_CONFIG].max_request_body_bytes)
     return None
+
+
+def http_error_reason(error: BaseException) -> str:
+    """What aiohttp found wrong with a request, on one line: its parser's message without the
+    status prefix and the caret line that points into the raw bytes."""
+    cause = error if isinstance(error, HttpProcessingError) else error.__cause__
+    text = cause.message if isinstance(cause, HttpProcessingError) else str(error)
+    lines = (line.strip() for line in text.splitlines())
+    return " ".join(line for line in lines if line.strip("^~ "))
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -3,17 +3,17 @@ the result with a schema; nothing else happens here."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from marshmallow import ValidationError
 
 from ..domain.identity import WorkerRef
 from . import schemas
-from .encoding import dumps
-from .errors import InvalidJson, InvalidQuery, NotReady, PayloadTooLarge
+from .encoding import dumps, loads
+from .errors import InvalidJson, InvalidQuery, NotReady, PayloadTooLarge, http_error_reason
 from .keys import RUNTIME, SERVER_CONFIG
 
 MAX_WARNINGS = 20
@@ -76,17 +76,23 @@ async def read_body(request: web.Request) -> bytes:
     return await request.read()
 
 
-def parse_json(body: bytes, error_prefix: str) -> Any:
+async def read_json_body(request: web.Request, error_prefix: str) -> bytes:
+    """The body of a request that carries JSON; ``invalid_json`` when aiohttp cannot decode it
+    (a ``Content-Encoding`` it does not know, a gzip stream that is not one)."""
     try:
-        return json.loads(body, parse_constant=_reject_constant)
+        return await read_body(request)
+    except RequestPayloadError as error:
+        raise InvalidJson(f"{error_prefix}: the body cannot be decoded: {http_error_reason(error)}") from None
+
+
+def parse_json(body: bytes, error_prefix: str) -> Any:
+    """A client's JSON, bounded (see ``encoding.loads``); every failure is ``invalid_json``."""
+    try:
+        return loads(body)
     except UnicodeDecodeError as error:
         raise InvalidJson(f"{error_prefix}: body is not UTF-8 ({error.reason} at byte {error.start})") from None
     except ValueError as error:
         raise InvalidJson(f"{error_prefix}: {error}") from None
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not valid JSON")
 
 
 def load_object(schema: schemas.BaseSchema, data: Any, error_prefix: str) -> tuple[Any, list[str]]:
@@ -102,7 +108,7 @@ def load_object(schema: schemas.BaseSchema, data: Any, error_prefix: str) -> tup
 
 async def load_body(request: web.Request, schema: schemas.BaseSchema) -> tuple[Any, list[str]]:
     prefix = "invalid JSON request body"
-    body = await read_body(request)
+    body = await read_json_body(request, prefix)
     if not body.strip():
         raise InvalidJson(f"{prefix}: the body is empty; expected a JSON object")
     return load_object(schema, parse_json(body, prefix), prefix)
@@ -161,7 +167,7 @@ async def send_input(request: web.Request) -> web.Response:
 async def _lifecycle_reason(request: web.Request) -> tuple[str | None, list[str]]:
     """The optional ``reason`` of a stop/cancel body; an empty body means no reason."""
     prefix = "invalid lifecycle request JSON"
-    body = await read_body(request)
+    body = await read_json_body(request, prefix)
     if not body.strip():
         return None, []
     data, unknown = load_object(_lifecycle_request, parse_json(body, prefix), prefix)

@@ -53,8 +53,8 @@ also answers HEAD.
 #: What each error code means, for the descriptions of error responses.
 CODE_MEANINGS: Mapping[str, str] = MappingProxyType(
     {
-        "invalid_json": "the body is not JSON, or not of the shape",
-        "invalid_query": "a query parameter is not a non-negative integer",
+        "invalid_json": "the body is not JSON, or not of the shape, or past a bound (nesting, digits, a repeated key)",
+        "invalid_query": "a query parameter is not a non-negative integer of at most 18 digits",
         "invalid_worker_id": "the `worker_id` path segment is empty or blank",
         "invalid_request": "a value the runtime refuses (a blank objective, input to a worker that is not running, …)",
         "limit_too_large": "`limit` exceeds the configured maximum",
@@ -147,15 +147,16 @@ def _require_kind(component: dict[str, Any], kind: str) -> None:
 def query_int2properties(
     self: OpenAPIConverter, field: fields.Field[Any], ret: dict[str, Any], **kwargs: Any
 ) -> dict[str, Any]:
-    """A ``NonNegativeQueryInt`` is an integer from 0. Its ``load_default=None`` means "the
-    configured maximum", not a null value (a query string cannot hold one): drop the ``null``
-    default and the ``nullable`` that marshmallow's implicit ``allow_none`` would document."""
+    """A ``NonNegativeQueryInt`` is an integer from 0, of at most 18 digits. Its
+    ``load_default=None`` means "the configured maximum", not a null value (a query string
+    cannot hold one): drop the ``null`` default and the ``nullable`` that marshmallow's implicit
+    ``allow_none`` would document."""
     if not isinstance(field, schemas.NonNegativeQueryInt):
         return {}
     if "default" in ret and ret["default"] is None:
         del ret["default"]
     ret.pop("nullable", None)
-    return {"minimum": 0}
+    return {"minimum": 0, "maximum": 10**schemas.MAX_QUERY_INT_DIGITS - 1}
 
 
 def constant2properties(
