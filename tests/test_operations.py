@@ -99,6 +99,7 @@ def test_the_service_unit_passes_systemd_analyze_verify(tmp_path):
         "ProtectHome=yes",
         "PrivateTmp=yes",
         "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+        "LimitNOFILE=",
     ):
         assert directive in unit
 

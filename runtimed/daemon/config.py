@@ -27,6 +27,7 @@ from ..domain.management import RuntimeLimits, RuntimeOptions
 from ..web.settings import (
     DEFAULT_HOST,
     DEFAULT_PORT,
+    MAX_TIMEOUT_SECONDS,
     Secret,
     ServerConfig,
 )
@@ -137,6 +138,16 @@ def env_name(value: str) -> None:
 def finite_and_not_negative(value: float) -> None:
     if not (math.isfinite(value) and value >= 0):
         raise ValidationError(f"must be a finite number, 0 or more, not {value}")
+
+
+def timeout_up_to(most: float) -> Callable[[float], None]:
+    """A timeout: more than 0 seconds (it cannot be turned off) and at most ``most``."""
+
+    def check(value: float) -> None:
+        if not (math.isfinite(value) and 0 < value <= most):
+            raise ValidationError(f"must be more than 0 and at most {most:g} seconds, not {value}")
+
+    return check
 
 
 at_least_1 = validate.Range(min=1, error="must be at least {min}, not {input}")
@@ -290,6 +301,10 @@ class ServerSection(Section):
     ws_max_message_bytes = Integer(validate=at_least_1)
     unix_socket = FilePath()
     metrics_public = Boolean()
+    header_timeout_seconds = Seconds(validate=timeout_up_to(MAX_TIMEOUT_SECONDS))
+    keepalive_timeout_seconds = Seconds(validate=timeout_up_to(MAX_TIMEOUT_SECONDS))
+    body_timeout_seconds = Seconds(validate=timeout_up_to(MAX_TIMEOUT_SECONDS))
+    max_connections = Integer(validate=at_least_1)
 
 
 class RuntimeSection(Section):

@@ -65,6 +65,15 @@ class PayloadTooLarge(RuntimedError):
         super().__init__(f"request body exceeds the limit of {limit} bytes")
 
 
+class RequestTimeout(RuntimedError):
+    """The body did not arrive in time; the answer closes the connection."""
+
+    code = "request_timeout"
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the request body did not arrive within {seconds:g} s")
+
+
 class UpgradeRequired(RuntimedError):
     code = "upgrade_required"
 
@@ -78,6 +87,15 @@ class TooManySessions(RuntimedError):
 
 class NotReady(RuntimedError):
     code = "not_ready"
+
+
+class TooManyConnections(RuntimedError):
+    """Sent on a connection refused at the connection cap, before its request is even read."""
+
+    code = "too_many_connections"
+
+    def __init__(self) -> None:
+        super().__init__("too many open connections; try again later")
 
 
 class InternalError(RuntimedError):
@@ -102,6 +120,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "not_found": 404,
     "worker_not_found": 404,
     "method_not_allowed": 405,
+    "request_timeout": 408,
     "runtime_stopped": 409,
     "payload_too_large": 413,
     "upgrade_required": 426,
@@ -112,6 +131,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "state_poisoned": 500,
     "internal_error": 500,
     "not_ready": 503,
+    "too_many_connections": 503,
 }
 
 
@@ -126,6 +146,9 @@ def error_response(error: RuntimedError) -> web.Response:
         response.headers["Allow"] = ", ".join(sorted(error.allowed))
     if isinstance(error, Unauthorized):
         response.headers["WWW-Authenticate"] = 'Bearer realm="runtimed"'
+    if isinstance(error, RequestTimeout):
+        # The rest of a late body may still be on its way: the connection cannot carry a next request.
+        response.force_close()
     return response
 
 

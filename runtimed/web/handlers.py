@@ -3,6 +3,7 @@ the result with a schema; nothing else happens here."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,7 +14,7 @@ from marshmallow import ValidationError
 from ..domain.identity import WorkerRef
 from . import schemas
 from .encoding import dumps, loads
-from .errors import InvalidJson, InvalidQuery, NotReady, PayloadTooLarge, http_error_reason
+from .errors import InvalidJson, InvalidQuery, NotReady, PayloadTooLarge, RequestTimeout, http_error_reason
 from .keys import RUNTIME, SERVER_CONFIG
 
 MAX_WARNINGS = 20
@@ -68,12 +69,18 @@ def worker_ref(request: web.Request) -> WorkerRef:
 
 
 async def read_body(request: web.Request) -> bytes:
-    """The request body, refused with ``payload_too_large`` past the configured limit."""
-    limit = request.app[SERVER_CONFIG].max_request_body_bytes
+    """The request body, refused with ``payload_too_large`` past the configured limit and with
+    ``request_timeout`` when it has not all arrived within ``[server] body_timeout_seconds``."""
+    config = request.app[SERVER_CONFIG]
+    limit = config.max_request_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(limit)
-    # aiohttp enforces client_max_size (set to the same limit) while reading a chunked body.
-    return await request.read()
+    try:
+        async with asyncio.timeout(config.body_timeout_seconds):
+            # aiohttp enforces client_max_size (set to the same limit) while reading a chunked body.
+            return await request.read()
+    except TimeoutError:
+        raise RequestTimeout(config.body_timeout_seconds) from None
 
 
 async def read_json_body(request: web.Request, error_prefix: str) -> bytes:

@@ -64,6 +64,11 @@ CODE_MEANINGS: Mapping[str, str] = MappingProxyType(
         "worker_not_found": "no worker of this runtime has this id",
         "runtime_stopped": "the runtime is stopped; `POST /v1/runtime/start` reopens it",
         "payload_too_large": "the body exceeds `[server] max_request_body_bytes`",
+        "request_timeout": "the body did not arrive within `[server] body_timeout_seconds`; the connection is closed",
+        "too_many_connections": (
+            "the connection came at the cap of open connections while every one was handling a request; "
+            "answered before the request is read, and closed"
+        ),
         "upgrade_required": "a plain GET on the WebSocket route",
         "too_many_sessions": "`[limits] max_observation_sessions` observation sessions are open",
         "not_ready": "the store is not loaded or does not take writes",
@@ -73,12 +78,13 @@ CODE_MEANINGS: Mapping[str, str] = MappingProxyType(
     }
 )
 
-#: Codes any route can give: the loopback safety checks and an unexpected failure.
-COMMON_CODES = ("origin_not_allowed", "host_not_allowed", "internal_error")
+#: Codes any route can give: the loopback safety checks, an unexpected failure, and the
+#: connection cap.
+COMMON_CODES = ("origin_not_allowed", "host_not_allowed", "internal_error", "too_many_connections")
 #: Codes of a request that writes to the store.
 WRITE_CODES = ("runtime_stopped", "store_io", "state_poisoned")
 #: Codes of a route with a JSON body.
-BODY_CODES = ("invalid_json", "payload_too_large")
+BODY_CODES = ("invalid_json", "payload_too_large", "request_timeout")
 
 WARNING_HEADER = {
     "description": (
