@@ -240,6 +240,24 @@ async def test_a_chunked_body_that_stops_is_408_request_timeout(runtime):
     assert (status, json.loads(answer)["error"]["code"]) == (408, "request_timeout")
 
 
+async def test_a_client_that_goes_away_mid_body_is_logged_as_499_without_a_traceback(runtime, caplog):
+    caplog.set_level(logging.INFO)
+    async with serving(runtime, ServerConfig(body_timeout_seconds=BOUND)) as served:
+        _, writer = await served.connect()
+        writer.write(
+            b"POST /v1/workers HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b'Transfer-Encoding: chunked\r\n\r\n5\r\n{"int\r\n'
+        )
+        await writer.drain()
+        await wait_until(lambda: served.runner.guard.busy == 1, BOUND, "the handler to start reading")
+        writer.transport.abort()
+        await wait_until(lambda: "POST /v1/workers 499" in caplog.text, BOUND, "the access line")
+
+    assert "client went away during POST /v1/workers" in caplog.text
+    assert not [record for record in caplog.records if record.levelno >= logging.WARNING or record.exc_info]
+    assert runtime.list_workers() == []
+
+
 # ----------------------------------------------------------------------- the cap
 
 

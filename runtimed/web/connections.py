@@ -107,6 +107,11 @@ class ConnectionGuard:
     def open(self) -> int:
         return len(self._open)
 
+    @property
+    def busy(self) -> int:
+        """Open connections with a request being handled."""
+        return len(self._open) - len(self._idle)
+
     def connect(self, make: Callable[[], Connection]) -> Connection | RefusedConnection:
         """The protocol of a connection just accepted: one ``make`` makes, or a refusal."""
         if len(self._open) >= self.cap:

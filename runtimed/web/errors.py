@@ -174,6 +174,10 @@ def http_error_reason(error: BaseException) -> str:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+#: The status logged and counted for a request whose client went away before its answer (nginx's).
+CLIENT_CLOSED_REQUEST = 499
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Answer every failure with the typed error body; never an HTML page or a traceback."""
@@ -186,6 +190,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if typed is None:
             raise
         return error_response(typed)
+    except ConnectionResetError:
+        # The client went away mid-request (a body cut off): nothing went wrong here, and there
+        # is no one to read an answer. nginx's 499 says so in the access log and the metrics.
+        log.info("client went away during %s %s", request.method, request.path)
+        return web.Response(status=CLIENT_CLOSED_REQUEST)
     except Exception:
         log.exception("unexpected error in %s %s", request.method, request.path)
         return error_response(InternalError())
