@@ -19,6 +19,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -41,11 +42,17 @@ START_LINE = re.compile(
 SLOW_DISK = Path(__file__).with_name("slow_disk.py")
 
 
-def runtimed_command(*args: str, slow_flush_ms: float | None = None) -> list[str]:
-    """``python -m runtimed ARGS``; with ``slow_flush_ms``, every fs store flush sleeps that long."""
+def runtimed_command(*args: str, slow_flush_ms: float | None = None, open_file_limit: int | None = None) -> list[str]:
+    """``python -m runtimed ARGS``; with ``slow_flush_ms``, every fs store flush sleeps that long;
+    with ``open_file_limit``, the process starts with that limit on open files, soft and hard."""
     if slow_flush_ms is not None:
-        return [sys.executable, str(SLOW_DISK), f"{slow_flush_ms:g}", *args]
-    return [sys.executable, "-m", "runtimed", *args]
+        command = [sys.executable, str(SLOW_DISK), f"{slow_flush_ms:g}", *args]
+    else:
+        command = [sys.executable, "-m", "runtimed", *args]
+    if open_file_limit is not None:
+        # The shell sets the limit and execs: the daemon keeps the shell's pid, so signals reach it.
+        command = ["sh", "-c", 'ulimit -n "$0" && exec "$@"', str(open_file_limit), *command]
+    return command
 
 
 def run_runtimed(
@@ -65,9 +72,16 @@ def run_runtimed(
 class RuntimedProcess:
     """One ``runtimed serve`` child process; start it, talk to it, stop it with a signal."""
 
-    def __init__(self, *args: str, env: Mapping[str, str] | None = None, slow_flush_ms: float | None = None) -> None:
+    def __init__(
+        self,
+        *args: str,
+        env: Mapping[str, str] | None = None,
+        slow_flush_ms: float | None = None,
+        open_file_limit: int | None = None,
+    ) -> None:
         self.args = args
         self.slow_flush_ms = slow_flush_ms
+        self.open_file_limit = open_file_limit
         self.env = dict(os.environ if env is None else env)
         self.process: subprocess.Popen[str] | None = None
         self.base_url = ""
@@ -90,7 +104,9 @@ class RuntimedProcess:
     def start(self, timeout: float = START_TIMEOUT) -> RuntimedProcess:
         """Start the daemon and wait until it says where it listens; fail with its stderr otherwise."""
         self.process = subprocess.Popen(
-            runtimed_command("serve", *self.args, slow_flush_ms=self.slow_flush_ms),
+            runtimed_command(
+                "serve", *self.args, slow_flush_ms=self.slow_flush_ms, open_file_limit=self.open_file_limit
+            ),
             env=self.env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -190,3 +206,13 @@ def request_json(
     except urllib.error.HTTPError as error:
         with error:
             return error.code, error.headers, json.loads(error.read())
+
+
+def send_raw(host: str, port: int, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send ``data`` as it is (malformed HTTP included) and read until the server closes."""
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(data)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)

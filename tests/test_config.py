@@ -80,6 +80,12 @@ def test_without_file_or_flags_every_value_is_the_default():
     assert config.server.ws_heartbeat_seconds == 30.0
     assert config.server.ws_max_message_bytes == 4096
     assert config.server.max_observation_sessions == 256
+    assert (
+        config.server.header_timeout_seconds,
+        config.server.keepalive_timeout_seconds,
+        config.server.body_timeout_seconds,
+        config.server.max_connections,
+    ) == (30.0, 20.0, 60.0, 1000)
     assert (config.runtime.runtime_id, config.runtime.display_name) == (None, None)
     assert (
         config.limits.max_transcript_projection_items,
@@ -213,6 +219,53 @@ def test_the_file_sets_the_keys_that_have_no_flag(tmp_path):
     assert (config.limits.observation_backlog, config.limits.subscriber_queue) == (64, 8)
     # The web layer counts observation sessions: the cap is the server's, not the Runtime's.
     assert config.server.max_observation_sessions == 3
+
+
+def test_the_file_sets_the_connection_timeouts_in_fractions_of_a_second_and_the_connection_cap(tmp_path):
+    path = write_config(
+        tmp_path,
+        "[server]\nheader_timeout_seconds = 0.25\nkeepalive_timeout_seconds = 60\n"
+        "body_timeout_seconds = 1.5\nmax_connections = 10\n",
+    )
+
+    server = load_config(path, environ={}).server
+
+    assert (server.header_timeout_seconds, server.keepalive_timeout_seconds, server.body_timeout_seconds) == (
+        0.25,
+        60.0,
+        1.5,
+    )
+    assert type(server.keepalive_timeout_seconds) is float
+    assert server.max_connections == 10
+
+
+TIMEOUTS = ["header_timeout_seconds", "keepalive_timeout_seconds", "body_timeout_seconds"]
+
+
+@pytest.mark.parametrize("key", TIMEOUTS)
+@pytest.mark.parametrize(
+    ("value", "shown"), [("0", "0"), ("-1", "-1"), ("60.5", "60.5"), ("nan", "nan"), ("inf", "inf")]
+)
+def test_a_connection_timeout_not_above_0_and_at_most_60_names_the_file_and_key(tmp_path, key, value, shown):
+    path = write_config(tmp_path, f"[server]\n{key} = {value}\n")
+
+    assert config_error(path) == f"{path}: [server] {key} must be more than 0 and at most 60 seconds, not {shown}"
+
+
+@pytest.mark.parametrize("key", TIMEOUTS)
+def test_a_connection_timeout_that_is_not_a_number_names_the_file_and_key(tmp_path, key):
+    path = write_config(tmp_path, f'[server]\n{key} = "30s"\n')
+
+    assert config_error(path) == f"{path}: [server] {key} must be a number, not a string"
+
+
+@pytest.mark.parametrize(
+    ("value", "complaint"), [("0", "must be at least 1, not 0"), ("1.5", "must be an integer, not a float")]
+)
+def test_a_connection_cap_that_is_not_a_positive_integer_names_the_file_and_key(tmp_path, value, complaint):
+    path = write_config(tmp_path, f"[server]\nmax_connections = {value}\n")
+
+    assert config_error(path) == f"{path}: [server] max_connections {complaint}"
 
 
 def test_an_integer_heartbeat_becomes_a_float_and_zero_is_allowed(tmp_path):
@@ -435,7 +488,8 @@ def test_an_unknown_key_names_the_file_section_and_key(tmp_path):
 
     assert config_error(path) == (
         f"{path}: unknown key [server] bnid (known: bind, local_token_env, max_request_body_bytes, "
-        "allowed_origins, allowed_hosts, ws_heartbeat_seconds, ws_max_message_bytes, unix_socket, metrics_public)"
+        "allowed_origins, allowed_hosts, ws_heartbeat_seconds, ws_max_message_bytes, unix_socket, metrics_public, "
+        "header_timeout_seconds, keepalive_timeout_seconds, body_timeout_seconds, max_connections)"
     )
 
 

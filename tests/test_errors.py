@@ -60,6 +60,21 @@ CASES = [
     ("POST", f"/v1/workers/{W}/stop", b"[]", 400, "invalid_json", "invalid lifecycle request JSON: expected a JSON object, got an array"),
     ("POST", f"/v1/workers/{W}/cancel", b"{oops", 400, "invalid_json", None),
     ("POST", f"/v1/workers/{W}/cancel", b'{"reason": 5}', 400, "invalid_json", "invalid lifecycle request JSON: reason: Not a valid string."),
+    # invalid_json: bounded parsing (nesting, integer literals) and duplicate keys
+    ("POST", "/v1/workers", b"[" * 100_000 + b"]" * 100_000, 400, "invalid_json", "invalid JSON request body: too deeply nested (more than 64 levels of arrays and objects)"),
+    ("POST", "/v1/workers", b"[" * 100_000, 400, "invalid_json", "invalid JSON request body: too deeply nested (more than 64 levels of arrays and objects)"),
+    ("POST", "/v1/workers", b'{"a": ' * 65 + b"1" + b"}" * 65, 400, "invalid_json", "invalid JSON request body: too deeply nested (more than 64 levels of arrays and objects)"),
+    ("POST", "/v1/workers", b'[{"a": ' * 33 + b"1" + b"}]" * 33, 400, "invalid_json", "invalid JSON request body: too deeply nested (more than 64 levels of arrays and objects)"),
+    ("POST", f"/v1/workers/{W}/stop", b"[" * 65 + b"]" * 65, 400, "invalid_json", "invalid lifecycle request JSON: too deeply nested (more than 64 levels of arrays and objects)"),
+    ("POST", "/v1/workers", b"[" * 64 + b"]" * 64, 400, "invalid_json", "invalid JSON request body: expected a JSON object, got an array"),
+    ("POST", f"/v1/workers/{W}/input", b'{"kind": "user", "content": "x", "n": ' + b"1" * 65 + b"}", 400, "invalid_json", "invalid JSON request body: integer literal longer than 64 digits"),
+    ("POST", f"/v1/workers/{W}/input", b'{"kind": "user", "content": "x", "n": [-' + b"9" * 65 + b"]}", 400, "invalid_json", "invalid JSON request body: integer literal longer than 64 digits"),
+    ("POST", f"/v1/workers/{W}/input", b'{"kind": "user", "content": "x", "n": ' + b"1" * 5000 + b"}", 400, "invalid_json", "invalid JSON request body: integer literal longer than 64 digits"),
+    ("POST", f"/v1/workers/{W}/stop", b'{"reason": ' + b"7" * 5000 + b"}", 400, "invalid_json", "invalid lifecycle request JSON: integer literal longer than 64 digits"),
+    ("POST", f"/v1/workers/{W}/input", b'{"kind": "user", "kind": "system", "content": "x"}', 400, "invalid_json", 'invalid JSON request body: duplicate key "kind"'),
+    ("POST", "/v1/workers", b'{"intent": {"kind": "task", "objective": "a", "objective": "b"}, "profile": {"kind": "runtime_default"}}', 400, "invalid_json", 'invalid JSON request body: duplicate key "objective"'),
+    ("POST", "/v1/workers", b'{"intent": {"kind": "assistant"}, "profile": {"kind": "runtime_default"}, "requested_capabilities": [{"name": "a", "typo": 1, "typo": 2}]}', 400, "invalid_json", 'invalid JSON request body: duplicate key "typo"'),
+    ("POST", f"/v1/workers/{W}/cancel", b'{"reason": "a", "reason": "b"}', 400, "invalid_json", 'invalid lifecycle request JSON: duplicate key "reason"'),
     # invalid_query
     ("GET", f"/v1/workers/{W}/transcript?start=-1", None, 400, "invalid_query", "invalid query parameters: start: must be a non-negative integer."),
     ("GET", f"/v1/workers/{W}/transcript?limit=abc", None, 400, "invalid_query", "invalid query parameters: limit: must be a non-negative integer."),
@@ -67,6 +82,12 @@ CASES = [
     ("GET", f"/v1/workers/{W}/transcript?limit=", None, 400, "invalid_query", None),
     ("GET", "/v1/events?cursor=-1", None, 400, "invalid_query", "invalid query parameters: cursor: must be a non-negative integer."),
     ("GET", "/v1/events?limit=%2B5", None, 400, "invalid_query", None),
+    # invalid_query: query integers are bounded to 18 digits, whatever Python's own limit
+    ("GET", f"/v1/workers/{W}/transcript?start=" + "1" * 19, None, 400, "invalid_query", "invalid query parameters: start: must have at most 18 digits."),
+    ("GET", f"/v1/workers/{W}/transcript?start=" + "1" * 5000, None, 400, "invalid_query", "invalid query parameters: start: must have at most 18 digits."),
+    ("GET", f"/v1/workers/{W}/transcript?limit=" + "0" * 19, None, 400, "invalid_query", "invalid query parameters: limit: must have at most 18 digits."),
+    ("GET", "/v1/events?cursor=" + "9" * 5000, None, 400, "invalid_query", "invalid query parameters: cursor: must have at most 18 digits."),
+    ("GET", "/v1/events?limit=" + "9" * 19, None, 400, "invalid_query", "invalid query parameters: limit: must have at most 18 digits."),
     # invalid_worker_id
     ("GET", "/v1/workers/%20", None, 400, "invalid_worker_id", "worker_id must not be empty"),
     ("POST", "/v1/workers//input", b'{"kind": "user", "content": "x"}', 400, "invalid_worker_id", "worker_id must not be empty"),
@@ -121,9 +142,10 @@ def _state(runtime: Runtime):
 
 
 @pytest.mark.parametrize(("method", "path", "body", "status", "code", "message"), CASES, ids=lambda v: str(v)[:60])
-async def test_error_shape(seeded_client, runtime, method, path, body, status, code, message):
+async def test_error_shape(seeded_client, runtime, caplog, method, path, body, status, code, message):
     before = _state(runtime)
-    response = await seeded_client.request(method, path, data=_data(body))
+    with caplog.at_level(logging.WARNING):
+        response = await seeded_client.request(method, path, data=_data(body))
     assert response.status == status
     assert response.content_type == "application/json"
     payload = await response.json()
@@ -133,7 +155,10 @@ async def test_error_shape(seeded_client, runtime, method, path, body, status, c
     if message is not None:
         assert payload["error"]["message"] == message
     assert payload["error"]["message"]
+    assert "set_int_max_str_digits" not in payload["error"]["message"]
     assert _state(runtime) == before
+    # A client's mistake is answered, not logged as a failure of the daemon.
+    assert [record.getMessage() for record in caplog.records] == []
 
 
 async def test_too_many_sessions_is_429_before_the_upgrade_and_changes_nothing(aiohttp_client, runtime):
@@ -171,6 +196,30 @@ async def test_chunked_body_over_the_limit_is_payload_too_large(seeded_client):
     response = await seeded_client.post("/v1/workers", data=chunks())
     assert response.status == 413
     assert (await response.json())["error"]["code"] == "payload_too_large"
+
+
+@pytest.mark.parametrize(
+    ("path", "prefix"),
+    [
+        (f"/v1/workers/{W}/input", "invalid JSON request body"),
+        (f"/v1/workers/{W}/stop", "invalid lifecycle request JSON"),
+    ],
+)
+async def test_a_body_that_cannot_be_decoded_is_invalid_json(seeded_client, runtime, caplog, path, prefix):
+    before = _state(runtime)
+    with caplog.at_level(logging.WARNING):
+        response = await seeded_client.post(path, data=b"not gzip at all", headers={"Content-Encoding": "gzip"})
+    assert response.status == 400
+    assert await response.json() == {
+        "error": {
+            "code": "invalid_json",
+            "message": f"{prefix}: the body cannot be decoded: Can not decode content-encoding: gzip",
+        }
+    }
+    assert _state(runtime) == before
+    # aiohttp reports the body once more, as it drains it; the daemon's log makes that one
+    # warning line (test_operations), and runtimed itself logs nothing.
+    assert [record.getMessage() for record in caplog.records if record.name.startswith("runtimed")] == []
 
 
 async def test_input_to_a_stopped_worker_is_invalid_request(seeded_client):

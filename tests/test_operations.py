@@ -13,6 +13,7 @@ import stat
 import subprocess
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 
 import aiohttp
@@ -27,7 +28,7 @@ from runtimed.store.fs import FsStore
 from runtimed.web.app import create_app
 
 from .helpers import ECHO_REQUEST, TASK_REQUEST, BrokenStore, create_worker, run_turn, wait_until
-from .process import RuntimedProcess, request_json, run_runtimed
+from .process import RuntimedProcess, request_json, run_runtimed, send_raw
 from .slow_disk import FLUSH_STARTED
 
 REPO = Path(__file__).resolve().parent.parent
@@ -99,6 +100,7 @@ def test_the_service_unit_passes_systemd_analyze_verify(tmp_path):
         "ProtectHome=yes",
         "PrivateTmp=yes",
         "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+        "LimitNOFILE=",
     ):
         assert directive in unit
 
@@ -411,6 +413,130 @@ def test_json_logs_have_one_line_per_request_and_no_token(tmp_path):
     assert "worker worker-00000001 created" in lifecycle
     assert "worker worker-00000001 stopped: worker stopped" in lifecycle
     assert TOKEN not in daemon.stderr
+
+
+#: A text log record: time, level, logger, message.
+RECORD = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (?P<level>[A-Z]+) (?P<logger>[\w.]+): (?P<message>.*)")
+#: A worker id that tries to forge a log line: newline, carriage return, an ANSI escape, C1 and
+#: DEL, the Unicode line and paragraph separators, and a backslash, percent-encoded in the path.
+FORGED_ID = "a%0a2026-01-01%2000:00:00,000%20INFO%20runtimed.access:%20FORGED%0d%1b[31m%C2%85%7F%E2%80%A8%E2%80%A9%5Cx"
+FORGED_ID_ESCAPED = r"a\n2026-01-01 00:00:00,000 INFO runtimed.access: FORGED\r\x1b[31m\x85\x7f\u2028\u2029\\x"
+RAW_CONTROLS = ["\r", "\x1b", "\x85", "\x7f", "\u2028", "\u2029"]
+
+
+def text_log_records(text: str) -> list[tuple[str, str, str]]:
+    """(level, logger, message) of each line of a text log, each line checked to be a record."""
+    lines = text.split("\n")
+    assert lines[-1] == ""
+    records = []
+    for line in lines[:-1]:
+        match = RECORD.fullmatch(line)
+        assert match is not None, f"not a log record: {line!r}"
+        records.append((match["level"], match["logger"], match["message"]))
+    return records
+
+
+@pytest.mark.process
+def test_client_values_are_escaped_in_the_text_log(tmp_path):
+    log_file = tmp_path / "runtimed.log"
+    env = {**os.environ, "RUNTIMED_TEST_TOKEN": TOKEN}
+    args = ("--bind", "127.0.0.1:0", "--local-token-env", "RUNTIMED_TEST_TOKEN", "--log-file", str(log_file))
+    with RuntimedProcess(*args, env=env) as daemon:
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        assert request_json("GET", f"{daemon.base_url}/v1/workers/{FORGED_ID}")[0] == 401
+        assert request_json("GET", f"{daemon.base_url}/v1/workers/{FORGED_ID}", headers=headers)[0] == 404
+        assert request_json("POST", f"{daemon.base_url}/nope/{FORGED_ID}", headers=headers)[0] == 404
+        assert request_json("POST", daemon.base_url + "/v1/workers", TASK_REQUEST, headers=headers)[0] == 200
+        reason = "done\n2026-01-01 00:00:00,000 INFO runtimed.access: FORGED\u2028\ud800"
+        stop = daemon.base_url + "/v1/workers/worker-00000001/stop"
+        assert request_json("POST", stop, {"reason": reason}, headers=headers)[0] == 200
+        assert daemon.stop() == 0
+    text = log_file.read_text(encoding="utf-8")
+    records = text_log_records(text)
+    for control in RAW_CONTROLS:
+        assert control not in text
+    access = [message.rsplit(" ", 1)[0] for _, logger, message in records if logger == "runtimed.access"]
+    assert access == [
+        f"GET /v1/workers/{FORGED_ID_ESCAPED} 401",
+        f"GET /v1/workers/{FORGED_ID_ESCAPED} 404",
+        f"POST /nope/{FORGED_ID_ESCAPED} 404",
+        "POST /v1/workers 200",
+        "POST /v1/workers/worker-00000001/stop 200",
+    ]
+    assert (
+        "INFO",
+        "runtimed.runtime",
+        r"worker worker-00000001 stopped: done\n2026-01-01 00:00:00,000 INFO runtimed.access: FORGED\u2028\ud800",
+    ) in records
+    assert not any(message.startswith("FORGED") for _, _, message in records)
+    assert "Logging error" not in daemon.stderr  # a lone surrogate cannot be written as UTF-8
+
+
+@pytest.mark.process
+def test_json_logs_keep_what_a_client_sent_as_json_escapes(tmp_path):
+    log_file = tmp_path / "runtimed.log"
+    with RuntimedProcess("--bind", "127.0.0.1:0", "--log-format", "json", "--log-file", str(log_file)) as daemon:
+        request_json("POST", daemon.base_url + "/v1/workers", TASK_REQUEST)
+        reason = "done\n\x1b[31m\u2028\ud800"
+        stop = daemon.base_url + "/v1/workers/worker-00000001/stop"
+        assert request_json("POST", stop, {"reason": reason})[0] == 200
+        assert request_json("GET", f"{daemon.base_url}/v1/workers/{FORGED_ID}")[0] == 404
+        assert daemon.stop() == 0
+    lines = log_file.read_text(encoding="utf-8").split("\n")
+    assert lines[-1] == ""
+    records = [json.loads(line) for line in lines[:-1]]
+    assert f"worker worker-00000001 stopped: {reason}" in [record["message"] for record in records]
+    paths = [record["path"] for record in records if record["logger"] == "runtimed.access"]
+    assert paths[-1] == "/v1/workers/" + urllib.parse.unquote(FORGED_ID)
+    assert "Logging error" not in daemon.stderr
+
+
+@pytest.mark.process
+def test_a_malformed_http_request_is_one_warning_line(tmp_path):
+    log_file = tmp_path / "runtimed.log"
+    with RuntimedProcess("--bind", "127.0.0.1:0", "--log-file", str(log_file)) as daemon:
+        bad_header = b"GET /v1/runtime HTTP/1.1\r\nHost: localhost\r\nBad\x1bHeader\r\n\r\n"
+        assert send_raw(daemon.host, daemon.port, bad_header).startswith(b"HTTP/1.0 400 Bad Request\r\n")
+        bad_path = b"GET /v1/runtime\x1b[31m HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        assert send_raw(daemon.host, daemon.port, bad_path).startswith(b"HTTP/1.0 400 Bad Request\r\n")
+        assert request_json("GET", daemon.base_url + "/v1/runtime")[0] == 200  # still serving
+        assert daemon.stop() == 0
+    text = log_file.read_text(encoding="utf-8")
+    records = text_log_records(text)
+    assert "Traceback" not in text and "\x1b" not in text
+    assert [(level, logger) for level, logger, _ in records if logger.startswith("aiohttp")] == [
+        ("WARNING", "aiohttp.server"),
+        ("WARNING", "aiohttp.server"),
+    ]
+    server = [message for _, logger, message in records if logger == "aiohttp.server"]
+    # aiohttp's parser writes the bytes as a Python bytes literal; the log escapes its backslash.
+    assert server[0] == r"malformed HTTP request from 127.0.0.1: Invalid header token: b'Bad\\x1bHeader'"
+    assert server[1].startswith(r"malformed HTTP request from 127.0.0.1: Invalid char in url path: b'GET /v1/")
+    assert r"\\x1b[31m" in server[1]
+    assert not any(level == "ERROR" for level, _, _ in records)
+
+
+@pytest.mark.process
+def test_a_body_in_an_unknown_encoding_is_a_400_and_one_warning_line(tmp_path):
+    log_file = tmp_path / "runtimed.log"
+    with RuntimedProcess("--bind", "127.0.0.1:0", "--log-file", str(log_file)) as daemon:
+        request_json("POST", daemon.base_url + "/v1/workers", TASK_REQUEST)
+        body = b"not gzip at all"
+        request = (
+            b"POST /v1/workers/worker-00000001/input HTTP/1.1\r\nHost: localhost\r\n"
+            b"Content-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        answer = send_raw(daemon.host, daemon.port, request)
+        assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+        assert b'"code":"invalid_json"' in answer
+        assert daemon.stop() == 0
+    text = log_file.read_text(encoding="utf-8")
+    records = text_log_records(text)
+    assert "Traceback" not in text
+    assert ("INFO", "runtimed.access") in [(level, logger) for level, logger, message in records if " 400 " in message]
+    assert [(level, message) for level, _, message in records if level in ("WARNING", "ERROR")] == [
+        ("WARNING", "malformed HTTP request: Can not decode content-encoding: gzip")
+    ]
 
 
 @pytest.mark.process

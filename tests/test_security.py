@@ -46,16 +46,68 @@ async def test_a_configured_origin_is_allowed(aiohttp_client, runtime):
 # -------------------------------------------------------------------- hosts
 
 
-@pytest.mark.parametrize(
-    "host", ["evil.example", "evil.example:7420", "127.0.0.1.evil.example", "localhost.evil", "[::2]:80", "10.0.0.1"]
-)
+FOREIGN_HOSTS = [
+    "evil.example",
+    "evil.example:7420",
+    "127.0.0.1.evil.example",
+    "localhost.evil",
+    "[::2]:80",
+    "10.0.0.1",
+]
+#: Host values that a loose parse would read as loopback: each is refused, not guessed at.
+MALFORMED_HOSTS = [
+    "127.0.0.1:80@evil.com",
+    "localhost@evil.com",
+    "[::1]evil.com",
+    "[::1]:80evil.com",
+    "[::1",
+    "[::1]:",
+    "localhost:abc",
+    "localhost:",
+    "localhost:7420:80",
+    "localhost:123456",
+    "localhost:-1",
+    "localhost: 80",
+    "local host",
+    "localhost/evil",
+    "localhost%2Eevil.com",
+    "[localhost]",
+    "[127.0.0.1]",
+    "127.0.0.1\\evil.com",
+    "",
+]
+
+
+@pytest.mark.parametrize("host", FOREIGN_HOSTS + MALFORMED_HOSTS)
 async def test_a_foreign_host_is_refused_while_bound_to_loopback(client, host):
     response = await client.get("/healthz", headers={"Host": host})
     assert response.status == 403
     assert error_code(await response.json()) == "host_not_allowed"
 
 
-@pytest.mark.parametrize("host", ["localhost", "LocalHost:7420", "127.0.0.1", "127.1.2.3:9", "[::1]:7420", "[::1]"])
+@pytest.mark.parametrize("host", MALFORMED_HOSTS)
+async def test_a_malformed_host_is_refused_even_when_its_name_is_configured(aiohttp_client, runtime, host):
+    client = await aiohttp_client(create_app(runtime, ServerConfig(allowed_hosts=("evil.com", "localhost"))))
+    response = await client.get("/healthz", headers={"Host": host})
+    assert response.status == 403
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "localhost",
+        "LOCALHOST",
+        "localhost:7420",
+        "LocalHost:7420",
+        "127.0.0.1",
+        "127.0.0.1:80",
+        "127.1.2.3:9",
+        "[::1]:7420",
+        "[::1]",
+        "[0:0:0:0:0:0:0:1]:1",
+        "localhost:65535",
+    ],
+)
 async def test_loopback_hosts_are_accepted_with_any_port(client, host):
     response = await client.get("/healthz", headers={"Host": host})
     assert response.status == 200
@@ -81,6 +133,11 @@ def test_host_name_strips_port_and_brackets():
         "::1",
         "127.0.0.1",
     ]
+
+
+@pytest.mark.parametrize("host", MALFORMED_HOSTS)
+def test_host_name_of_a_malformed_host_is_none(host):
+    assert host_name(host) is None
 
 
 # -------------------------------------------------------------------- token

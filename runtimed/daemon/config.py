@@ -36,6 +36,7 @@ from ..domain.management import RuntimeLimits, RuntimeOptions
 from ..web.settings import (
     DEFAULT_HOST,
     DEFAULT_PORT,
+    MAX_TIMEOUT_SECONDS,
     Secret,
     ServerConfig,
 )
@@ -190,6 +191,16 @@ def a_command(values: tuple[str, ...]) -> None:
         raise ValidationError("must not be empty")
     if not values[0].strip():
         raise ValidationError("must name a program first, not an empty string")
+
+
+def timeout_up_to(most: float) -> Callable[[float], None]:
+    """A timeout: more than 0 seconds (it cannot be turned off) and at most ``most``."""
+
+    def check(value: float) -> None:
+        if not (math.isfinite(value) and 0 < value <= most):
+            raise ValidationError(f"must be more than 0 and at most {most:g} seconds, not {value}")
+
+    return check
 
 
 at_least_1 = validate.Range(min=1, error="must be at least {min}, not {input}")
@@ -380,6 +391,10 @@ class ServerSection(Section):
     ws_max_message_bytes = Integer(validate=at_least_1)
     unix_socket = FilePath()
     metrics_public = Boolean()
+    header_timeout_seconds = Seconds(validate=timeout_up_to(MAX_TIMEOUT_SECONDS))
+    keepalive_timeout_seconds = Seconds(validate=timeout_up_to(MAX_TIMEOUT_SECONDS))
+    body_timeout_seconds = Seconds(validate=timeout_up_to(MAX_TIMEOUT_SECONDS))
+    max_connections = Integer(validate=at_least_1)
 
 
 class RuntimeSection(Section):

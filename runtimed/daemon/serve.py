@@ -1,7 +1,9 @@
 """``serve``: build config -> store -> Runtime -> app, run it, and shut it down in order.
 
-Start-up: signal handlers first (so a signal during restore still ends in an orderly stop),
-then the store is restored into a Runtime, then the sites listen and systemd hears ``READY=1``.
+Start-up: the open-file limit is raised and the connection cap set from it (before the store
+opens its files), then signal handlers (so a signal during restore still ends in an orderly
+stop), then the store is restored into a Runtime, then the sites listen and systemd hears
+``READY=1``.
 Shutdown, the one place its order is written down: stop accepting, close the WebSocket
 sessions, let in-flight requests finish (``SHUTDOWN_SECONDS`` at most), close the Runtime,
 which flushes and closes the store.
@@ -23,9 +25,11 @@ from aiohttp import web
 from ..runtime import Runtime
 from ..store import FsStore, MemoryStore, Store
 from ..web.app import create_app
-from ..web.settings import format_host_port
+from ..web.connections import ConnectionRunner
+from ..web.settings import ServerConfig, format_host_port
 from .config import Config, StoreKind
 from .logs import ReopenableFileHandler
+from .openfiles import LISTEN_BACKLOG, AcceptErrors, OpenFileLimit, raise_open_file_limit, reserved
 from .systemd import notify
 
 log = logging.getLogger("runtimed")
@@ -82,21 +86,53 @@ class Signals:
             self._loop.remove_signal_handler(signum)
 
 
+def connection_cap(server: ServerConfig, limit: OpenFileLimit) -> int:
+    """How many connections may be open at once: at most ``[server] max_connections``, and few
+    enough under the open-file limit that the descriptors kept for the rest stay free."""
+    listeners = int(server.listen_tcp) + int(server.unix_socket is not None)
+    cap = limit.connection_cap(server.max_connections, listeners)
+    kept = reserved(listeners)
+    if cap < 1:
+        raise StartError(
+            f"the open file limit of {limit.soft} leaves no room for connections: {kept} file descriptors "
+            "are kept for the store, the log and the listening sockets; raise it (LimitNOFILE=, ulimit -n)"
+        )
+    raised = f" (raised from {limit.was})" if limit.soft != limit.was else ""
+    if cap < server.max_connections:
+        log.info(
+            "open file limit %d%s: at most %d connections at once, fewer than [server] max_connections = %d "
+            "(%d file descriptors are kept for the store, the log and the listening sockets)",
+            limit.soft,
+            raised,
+            cap,
+            server.max_connections,
+            kept,
+        )
+    else:
+        log.info("open file limit %d%s: at most %d connections at once", limit.soft, raised, cap)
+    return cap
+
+
 async def run(config: Config, store: Store, log_file: ReopenableFileHandler | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then shut down in order: stop accepting, close the
     WebSocket sessions, let in-flight requests finish (10 s at most), then flush the store."""
+    # Before the store opens its files: they count against the limit it sets.
+    max_connections = connection_cap(config.server, raise_open_file_limit())
     signals = Signals(log_file)
     try:
-        runtime = await Runtime.open(store, config.runtime)
-        try:
-            await serve_app(runtime, config, signals.stop)
-        finally:
-            await runtime.close()
+        with AcceptErrors(asyncio.get_running_loop()):
+            runtime = await Runtime.open(store, config.runtime)
+            try:
+                await serve_app(runtime, config, signals.stop, max_connections)
+            finally:
+                await runtime.close()
     finally:
         signals.remove()
 
 
-async def serve_app(runtime: Runtime, config: Config, stop: asyncio.Event) -> None:
+async def serve_app(runtime: Runtime, config: Config, stop: asyncio.Event, max_connections: int | None = None) -> None:
+    """Serve ``runtime`` on the configured sites until ``stop`` is set; ``max_connections``
+    defaults to ``[server] max_connections``."""
     server = config.server
     if server.listen_tcp and not server.is_loopback:
         log.warning(
@@ -106,13 +142,15 @@ async def serve_app(runtime: Runtime, config: Config, stop: asyncio.Event) -> No
         )
     app = create_app(runtime, server)
     # One log line per request comes from the app's own middleware, so aiohttp's is off.
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS)
+    runner = ConnectionRunner(
+        app, max_connections=max_connections, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS
+    )
     await runner.setup()
     unix_socket = None
     try:
         addresses = []
         if server.listen_tcp:
-            site = web.TCPSite(runner, server.host, server.port)
+            site = web.TCPSite(runner, server.host, server.port, backlog=LISTEN_BACKLOG)
             try:
                 await site.start()
             except OSError as error:
@@ -156,7 +194,7 @@ async def start_unix_site(runner: web.AppRunner, path: Path) -> None:
     # Created with mode 0600 from the start: no moment where others could connect.
     previous = os.umask(0o177)
     try:
-        await web.UnixSite(runner, str(path)).start()
+        await web.UnixSite(runner, str(path), backlog=LISTEN_BACKLOG).start()
     except OSError as error:
         raise StartError(f"cannot listen on unix:{path}: {error.strerror or error}") from None
     finally:

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from collections.abc import Set as AbstractSet
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ..domain.errors import RuntimedError
 from .encoding import dumps
@@ -64,6 +65,15 @@ class PayloadTooLarge(RuntimedError):
         super().__init__(f"request body exceeds the limit of {limit} bytes")
 
 
+class RequestTimeout(RuntimedError):
+    """The body did not arrive in time; the answer closes the connection."""
+
+    code = "request_timeout"
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the request body did not arrive within {seconds:g} s")
+
+
 class UpgradeRequired(RuntimedError):
     code = "upgrade_required"
 
@@ -77,6 +87,15 @@ class TooManySessions(RuntimedError):
 
 class NotReady(RuntimedError):
     code = "not_ready"
+
+
+class TooManyConnections(RuntimedError):
+    """Sent on a connection refused at the connection cap, before its request is even read."""
+
+    code = "too_many_connections"
+
+    def __init__(self) -> None:
+        super().__init__("too many open connections; try again later")
 
 
 class InternalError(RuntimedError):
@@ -102,6 +121,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "worker_not_found": 404,
     "permission_not_found": 404,
     "method_not_allowed": 405,
+    "request_timeout": 408,
     "runtime_stopped": 409,
     "worker_not_executing": 409,
     "payload_too_large": 413,
@@ -115,6 +135,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "state_poisoned": 500,
     "internal_error": 500,
     "not_ready": 503,
+    "too_many_connections": 503,
 }
 
 
@@ -129,6 +150,9 @@ def error_response(error: RuntimedError) -> web.Response:
         response.headers["Allow"] = ", ".join(sorted(error.allowed))
     if isinstance(error, Unauthorized):
         response.headers["WWW-Authenticate"] = 'Bearer realm="runtimed"'
+    if isinstance(error, RequestTimeout):
+        # The rest of a late body may still be on its way: the connection cannot carry a next request.
+        response.force_close()
     return response
 
 
@@ -142,7 +166,20 @@ def _from_http_exception(request: web.Request, exc: web.HTTPException) -> Runtim
     return None
 
 
+def http_error_reason(error: BaseException) -> str:
+    """What aiohttp found wrong with a request, on one line: its parser's message without the
+    status prefix and the caret line that points into the raw bytes."""
+    cause = error if isinstance(error, HttpProcessingError) else error.__cause__
+    text = cause.message if isinstance(cause, HttpProcessingError) else str(error)
+    lines = (line.strip() for line in text.splitlines())
+    return " ".join(line for line in lines if line.strip("^~ "))
+
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+#: The status logged and counted for a request whose client went away before its answer (nginx's).
+CLIENT_CLOSED_REQUEST = 499
 
 
 @web.middleware
@@ -157,6 +194,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if typed is None:
             raise
         return error_response(typed)
+    except ConnectionResetError:
+        # The client went away mid-request (a body cut off): nothing went wrong here, and there
+        # is no one to read an answer. nginx's 499 says so in the access log and the metrics.
+        log.info("client went away during %s %s", request.method, request.path)
+        return web.Response(status=CLIENT_CLOSED_REQUEST)
     except Exception:
         log.exception("unexpected error in %s %s", request.method, request.path)
         return error_response(InternalError())

@@ -3,17 +3,18 @@ the result with a schema; nothing else happens here."""
 
 from __future__ import annotations
 
-import json
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from marshmallow import ValidationError
 
 from ..domain.identity import WorkerRef
 from . import schemas
-from .encoding import dumps
-from .errors import InvalidJson, InvalidQuery, NotReady, PayloadTooLarge
+from .encoding import dumps, loads
+from .errors import InvalidJson, InvalidQuery, NotReady, PayloadTooLarge, RequestTimeout, http_error_reason
 from .keys import RUNTIME, SERVER_CONFIG
 
 MAX_WARNINGS = 20
@@ -74,25 +75,37 @@ def worker_ref(request: web.Request) -> WorkerRef:
 
 
 async def read_body(request: web.Request) -> bytes:
-    """The request body, refused with ``payload_too_large`` past the configured limit."""
-    limit = request.app[SERVER_CONFIG].max_request_body_bytes
+    """The request body, refused with ``payload_too_large`` past the configured limit and with
+    ``request_timeout`` when it has not all arrived within ``[server] body_timeout_seconds``."""
+    config = request.app[SERVER_CONFIG]
+    limit = config.max_request_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(limit)
-    # aiohttp enforces client_max_size (set to the same limit) while reading a chunked body.
-    return await request.read()
+    try:
+        async with asyncio.timeout(config.body_timeout_seconds):
+            # aiohttp enforces client_max_size (set to the same limit) while reading a chunked body.
+            return await request.read()
+    except TimeoutError:
+        raise RequestTimeout(config.body_timeout_seconds) from None
+
+
+async def read_json_body(request: web.Request, error_prefix: str) -> bytes:
+    """The body of a request that carries JSON; ``invalid_json`` when aiohttp cannot decode it
+    (a ``Content-Encoding`` it does not know, a gzip stream that is not one)."""
+    try:
+        return await read_body(request)
+    except RequestPayloadError as error:
+        raise InvalidJson(f"{error_prefix}: the body cannot be decoded: {http_error_reason(error)}") from None
 
 
 def parse_json(body: bytes, error_prefix: str) -> Any:
+    """A client's JSON, bounded (see ``encoding.loads``); every failure is ``invalid_json``."""
     try:
-        return json.loads(body, parse_constant=_reject_constant)
+        return loads(body)
     except UnicodeDecodeError as error:
         raise InvalidJson(f"{error_prefix}: body is not UTF-8 ({error.reason} at byte {error.start})") from None
     except ValueError as error:
         raise InvalidJson(f"{error_prefix}: {error}") from None
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not valid JSON")
 
 
 def load_object(schema: schemas.BaseSchema, data: Any, error_prefix: str) -> tuple[Any, list[str]]:
@@ -108,7 +121,7 @@ def load_object(schema: schemas.BaseSchema, data: Any, error_prefix: str) -> tup
 
 async def load_body(request: web.Request, schema: schemas.BaseSchema) -> tuple[Any, list[str]]:
     prefix = "invalid JSON request body"
-    body = await read_body(request)
+    body = await read_json_body(request, prefix)
     if not body.strip():
         raise InvalidJson(f"{prefix}: the body is empty; expected a JSON object")
     return load_object(schema, parse_json(body, prefix), prefix)
@@ -167,7 +180,7 @@ async def send_input(request: web.Request) -> web.Response:
 async def _lifecycle_body(request: web.Request, schema: schemas.BaseSchema) -> tuple[dict[str, Any], list[str]]:
     """The optional body of stop, cancel and interrupt: an empty one means every field's default."""
     prefix = "invalid lifecycle request JSON"
-    body = await read_body(request)
+    body = await read_json_body(request, prefix)
     if not body.strip():
         return schema.load({}), []
     data, unknown = load_object(schema, parse_json(body, prefix), prefix)

@@ -53,8 +53,8 @@ also answers HEAD.
 #: What each error code means, for the descriptions of error responses.
 CODE_MEANINGS: Mapping[str, str] = MappingProxyType(
     {
-        "invalid_json": "the body is not JSON, or not of the shape",
-        "invalid_query": "a query parameter is not a non-negative integer",
+        "invalid_json": "the body is not JSON, or not of the shape, or past a bound (nesting, digits, a repeated key)",
+        "invalid_query": "a query parameter is not a non-negative integer of at most 18 digits",
         "invalid_worker_id": "the `worker_id` path segment is empty or blank",
         "invalid_request": "a value the runtime refuses (a blank objective, input to a worker that is not running, …)",
         "limit_too_large": "`limit` exceeds the configured maximum",
@@ -64,6 +64,11 @@ CODE_MEANINGS: Mapping[str, str] = MappingProxyType(
         "worker_not_found": "no worker of this runtime has this id",
         "runtime_stopped": "the runtime is stopped; `POST /v1/runtime/start` reopens it",
         "payload_too_large": "the body exceeds `[server] max_request_body_bytes`",
+        "request_timeout": "the body did not arrive within `[server] body_timeout_seconds`; the connection is closed",
+        "too_many_connections": (
+            "the connection came at the cap of open connections while every one was handling a request; "
+            "answered before the request is read, and closed"
+        ),
         "upgrade_required": "a plain GET on the WebSocket route",
         "too_many_sessions": "`[limits] max_observation_sessions` observation sessions are open",
         "worker_not_executing": "the worker runs no agent (a record-only worker)",
@@ -77,12 +82,13 @@ CODE_MEANINGS: Mapping[str, str] = MappingProxyType(
     }
 )
 
-#: Codes any route can give: the loopback safety checks and an unexpected failure.
-COMMON_CODES = ("origin_not_allowed", "host_not_allowed", "internal_error")
+#: Codes any route can give: the loopback safety checks, an unexpected failure, and the
+#: connection cap.
+COMMON_CODES = ("origin_not_allowed", "host_not_allowed", "internal_error", "too_many_connections")
 #: Codes of a request that writes to the store.
 WRITE_CODES = ("runtime_stopped", "store_io", "state_poisoned")
 #: Codes of a route with a JSON body.
-BODY_CODES = ("invalid_json", "payload_too_large")
+BODY_CODES = ("invalid_json", "payload_too_large", "request_timeout")
 
 WARNING_HEADER = {
     "description": (
@@ -153,15 +159,16 @@ def _require_kind(component: dict[str, Any], kind: str) -> None:
 def query_int2properties(
     self: OpenAPIConverter, field: fields.Field[Any], ret: dict[str, Any], **kwargs: Any
 ) -> dict[str, Any]:
-    """A ``NonNegativeQueryInt`` is an integer from 0. Its ``load_default=None`` means "the
-    configured maximum", not a null value (a query string cannot hold one): drop the ``null``
-    default and the ``nullable`` that marshmallow's implicit ``allow_none`` would document."""
+    """A ``NonNegativeQueryInt`` is an integer from 0, of at most 18 digits. Its
+    ``load_default=None`` means "the configured maximum", not a null value (a query string
+    cannot hold one): drop the ``null`` default and the ``nullable`` that marshmallow's implicit
+    ``allow_none`` would document."""
     if not isinstance(field, schemas.NonNegativeQueryInt):
         return {}
     if "default" in ret and ret["default"] is None:
         del ret["default"]
     ret.pop("nullable", None)
-    return {"minimum": 0}
+    return {"minimum": 0, "maximum": 10**schemas.MAX_QUERY_INT_DIGITS - 1}
 
 
 def constant2properties(

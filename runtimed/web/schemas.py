@@ -155,14 +155,24 @@ class JsonBoolean(fields.Boolean):
         return value
 
 
-class NonNegativeQueryInt(fields.Integer):
-    """A query parameter that must be written as plain decimal digits (no sign, space or dot)."""
+#: The most digits a query integer may have: every 18-digit number fits in 63 bits.
+MAX_QUERY_INT_DIGITS = 18
 
-    default_error_messages = {"invalid": "must be a non-negative integer."}  # noqa: RUF012 - marshmallow's own attribute
+
+class NonNegativeQueryInt(fields.Integer):
+    """A query parameter that must be written as plain decimal digits (no sign, space or dot),
+    at most ``MAX_QUERY_INT_DIGITS`` of them."""
+
+    default_error_messages = {  # noqa: RUF012 - marshmallow's own attribute
+        "invalid": "must be a non-negative integer.",
+        "too_long": f"must have at most {MAX_QUERY_INT_DIGITS} digits.",
+    }
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
         if not isinstance(value, str) or not (value.isascii() and value.isdigit()):
             raise self.make_error("invalid")
+        if len(value) > MAX_QUERY_INT_DIGITS:
+            raise self.make_error("too_long")
         return int(value)
 
 

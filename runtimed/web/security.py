@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 
 from aiohttp import web
 
@@ -25,24 +26,31 @@ def public_paths(config: ServerConfig) -> frozenset[str]:
     return PROBE_PATHS | {"/metrics"} if config.metrics_public else PROBE_PATHS
 
 
-def host_name(host_header: str) -> str:
-    """The name part of a ``Host`` header: ``[::1]:7420`` -> ``::1``, ``LocalHost:80`` -> ``localhost``."""
-    host = host_header.strip().lower()
-    if host.startswith("["):
-        end = host.find("]")
-        return host[1:end] if end != -1 else host
-    name, _, _ = host.partition(":")
-    return name
+# ``name[:port]`` or ``[IPv6][:port]``, lower-cased; a port has 1 to 5 digits. Anything else
+# (userinfo, a path, a second port, text after the brackets, percent-escapes) is not a Host this
+# daemon answers to, however loopback its beginning looks.
+_HOST = re.compile(r"(?:\[(?P<ipv6>[0-9a-f.]*:[0-9a-f:.]*)\]|(?P<name>[a-z0-9._-]+))(?::(?P<port>[0-9]{1,5}))?")
+
+
+def host_name(host_header: str) -> str | None:
+    """The name part of a ``Host`` header (``[::1]:7420`` -> ``::1``, ``LocalHost:80`` ->
+    ``localhost``), or ``None`` when the header is not of that form."""
+    match = _HOST.fullmatch(host_header.lower())
+    if match is None or (match["port"] is not None and int(match["port"]) > 65535):
+        return None
+    return match["ipv6"] or match["name"]
 
 
 def host_allowed(config: ServerConfig, host_header: str | None) -> bool:
     if host_header is None:
         # No Host at all (HTTP/1.0): no browser sends such a request, so it is no rebinding.
         return True
-    name = host_name(host_header)
-    if name in (allowed.lower() for allowed in config.allowed_hosts):
+    if not config.is_loopback:
         return True
-    return not config.is_loopback or is_loopback_host(name)
+    name = host_name(host_header)
+    if name is None:
+        return False
+    return is_loopback_host(name) or name in (allowed.lower() for allowed in config.allowed_hosts)
 
 
 def _digest(value: str) -> bytes:

@@ -18,6 +18,18 @@ DEFAULT_WS_HEARTBEAT_SECONDS = 30.0
 #: The observation WebSocket only ever expects pings, pongs and a close from a client.
 DEFAULT_WS_MAX_MESSAGE_BYTES = 4096
 DEFAULT_MAX_OBSERVATION_SESSIONS = 256
+#: How long a connection may take to send a request's headers, counted from when it opened or
+#: from the end of its previous response.
+DEFAULT_HEADER_TIMEOUT_SECONDS = 30.0
+#: How long a connection may sit after a response before the first byte of a next request. Above
+#: the 15 s aiohttp's client keeps an idle pooled connection, so such a client closes it first.
+DEFAULT_KEEPALIVE_TIMEOUT_SECONDS = 20.0
+#: How long a request's body may take to arrive, once its handler starts reading it.
+DEFAULT_BODY_TIMEOUT_SECONDS = 60.0
+#: The most of any of the timeouts above: each one bounds how long a client holds a connection.
+MAX_TIMEOUT_SECONDS = 60.0
+#: Connections open at once; the daemon may allow fewer when its open-file limit is lower.
+DEFAULT_MAX_CONNECTIONS = 1000
 
 
 class Secret:
@@ -62,6 +74,10 @@ class ServerConfig:
     unix_socket: Path | None = None
     listen_tcp: bool = True
     metrics_public: bool = False
+    header_timeout_seconds: float = DEFAULT_HEADER_TIMEOUT_SECONDS
+    keepalive_timeout_seconds: float = DEFAULT_KEEPALIVE_TIMEOUT_SECONDS
+    body_timeout_seconds: float = DEFAULT_BODY_TIMEOUT_SECONDS
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
 
     @property
     def is_loopback(self) -> bool:
