@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -282,6 +283,16 @@ async def test_echo_streams_deltas_then_ends_the_turn_with_its_text(tmp_path):
         assert session.running
         assert {d["turn"] for d in sink.data("text_delta")} == {1, 2}
     assert sink.exits[0][0] == ProcessExit(signal="SIGKILL")  # close kills what still runs
+
+
+@pytest.mark.process
+async def test_a_slow_sink_slows_the_agent_down_and_loses_nothing(tmp_path):
+    sink = RecordingSink()
+    async with started(ECHO_AGENT, tmp_path, sink) as session:
+        result = await prompt(session, "/stream 2000")
+    expected = "".join(f"{n} " for n in range(1, 2001))
+    assert result.text == expected == "".join(d["text"] for d in sink.data("text_delta"))
+    assert len(sink.data("text_delta")) == 2000
 
 
 @pytest.mark.process
@@ -653,6 +664,25 @@ async def test_an_agent_that_exits_takes_what_it_started_with_it(tmp_path):
 
 
 @pytest.mark.process
+async def test_a_process_that_left_the_group_holding_the_pipes_does_not_hang_the_exit(tmp_path, monkeypatch):
+    monkeypatch.setattr("runtimed.agents.process._PIPE_CLOSE_SECONDS", 0.2)
+    sink = RecordingSink()
+    escapee = None
+    try:
+        async with started((*RAW_AGENT, "--escapee"), tmp_path, sink) as session:
+            await wait_until(lambda: any(line.startswith("escapee ") for line in sink.logs()), TIMEOUT, "the escapee")
+            [escapee] = [int(line.split()[1]) for line in sink.logs() if line.startswith("escapee ")]
+            result = await prompt(session, "exit 4")
+            assert result.stop_reason is StopReason.INTERRUPTED
+            assert await asyncio.wait_for(session.wait(), TIMEOUT) == ProcessExit(code=4)
+        assert [exit for exit, _ in sink.exits] == [ProcessExit(code=4)]
+    finally:
+        if escapee is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(escapee, signal.SIGKILL)
+
+
+@pytest.mark.process
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 async def test_an_agent_dies_with_the_parent_that_did_not_stop_it(tmp_path):
     parent = await asyncio.create_subprocess_exec(
@@ -669,7 +699,7 @@ async def test_an_agent_dies_with_the_parent_that_did_not_stop_it(tmp_path):
         await wait_until(lambda: not alive(agent), TIMEOUT, "the orphaned agent to die")
     finally:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(agent, 9)
+            os.killpg(agent, signal.SIGKILL)
 
 
 @pytest.mark.process

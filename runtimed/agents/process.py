@@ -252,7 +252,11 @@ class AgentProcess:
         self.launch = launch
         self._listener = listener
         self._process = process
-        self._messages: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(_READ_AHEAD_MESSAGES)
+        # Valid messages not received yet, then None at the end; stdout is not read while
+        # _READ_AHEAD_MESSAGES wait (room is clear), so the agent is slowed down, not buffered.
+        self._messages: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._room = asyncio.Event()
+        self._room.set()
         self._receive_ended = False
         self._write_lock = asyncio.Lock()
         self._tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
@@ -313,6 +317,8 @@ class AgentProcess:
         if self._receive_ended:
             return None
         message = await self._messages.get()
+        if self._messages.qsize() < _READ_AHEAD_MESSAGES:
+            self._room.set()
         if message is None:
             self._receive_ended = True
         return message
@@ -374,8 +380,20 @@ class AgentProcess:
     async def _read_stdout(self) -> None:
         reader = self._process.stdout
         assert reader is not None
+        try:
+            await self._read_messages(reader)
+        finally:
+            # Whatever ended the reading (EOF, a protocol error, _watch giving up on the pipe),
+            # receive() says so: the end never waits for room.
+            self._messages.put_nowait(None)
+        # What comes after a protocol error is not read as messages: it is drained and dropped.
+        while await reader.read(_STDERR_CHUNK_BYTES):
+            pass
+
+    async def _read_messages(self, reader: asyncio.StreamReader) -> None:
         limit = self.launch.max_message_bytes
         while True:
+            await self._room.wait()
             try:
                 line = await reader.readuntil(b"\n")
             except asyncio.IncompleteReadError as end:
@@ -394,11 +412,9 @@ class AgentProcess:
                 self._protocol_error(str(error))
                 break
             if message is not None:
-                await self._messages.put(message)
-        # What comes after a protocol error is not read as messages: it is drained and dropped.
-        await self._messages.put(None)
-        while await reader.read(_STDERR_CHUNK_BYTES):
-            pass
+                self._messages.put_nowait(message)
+                if self._messages.qsize() >= _READ_AHEAD_MESSAGES:
+                    self._room.clear()
 
     async def _drain_stderr(self) -> None:
         reader = self._process.stderr
@@ -441,6 +457,7 @@ class AgentProcess:
         except TimeoutError:
             log.warning("agent %d exited, but a process outside its group keeps its pipes open", self.pid)
             returncode = self._process.returncode
+            self.close_stdin()
             self._stdout_task.cancel()
             self._stderr_task.cancel()
         self._group_gone = True

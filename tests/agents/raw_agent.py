@@ -11,6 +11,8 @@ Flags:
 ``--flood N``      writes N lines to stderr as it starts
 ``--grandchild``   starts a child of its own that sleeps (in its process group, holding its
                    pipes) and writes ``grandchild <pid>`` to stderr
+``--escapee``      the same, but the child leaves the group (a session of its own) and writes
+                   ``escapee <pid>``: no signal to the agent's group reaches it
 
 A prompt whose whole text is one of these does something else than answer ``raw: <text>``:
 
@@ -127,10 +129,12 @@ def main(argv: list[str]) -> None:
         count = int(argv[argv.index("--flood") + 1])
         sys.stderr.write("".join(f"flood line {n}\n" for n in range(count)))
         sys.stderr.flush()
-    if "--grandchild" in argv:
-        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-        sys.stderr.write(f"grandchild {child.pid}\n")
-        sys.stderr.flush()
+    for flag, leaves_the_group in (("--grandchild", False), ("--escapee", True)):
+        if flag in argv:
+            sleeper = [sys.executable, "-c", "import time; time.sleep(600)"]
+            child = subprocess.Popen(sleeper, start_new_session=leaves_the_group)
+            sys.stderr.write(f"{flag[2:]} {child.pid}\n")
+            sys.stderr.flush()
     agent = Agent(sys.stdin)
     while (message := agent.read()) is not None:
         if not mute:
