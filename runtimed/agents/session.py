@@ -384,7 +384,8 @@ class AgentSession:
     ``permissions`` and ``standing_kinds`` (the names of the worker's requested capabilities)
     decide permission requests (§9.5). The owner ends it with ``terminate`` or ``kill`` and
     always ``close``s it (or uses it as an async context manager), which reaps the process and
-    hands the sink everything, ``exited`` last.
+    hands the sink everything, ``exited`` last. One session object serves one process: a
+    restart is a new ``AgentSession`` (which ``start`` can resume the stored session in).
     """
 
     def __init__(
