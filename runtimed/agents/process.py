@@ -452,18 +452,33 @@ class AgentProcess:
         # The leader is gone: so is whatever it left running in its group, so that nothing the
         # agent started outlives it and the pipes those processes hold get closed.
         self._signal_group(signal.SIGKILL)
-        try:
-            returncode: int | None = await asyncio.wait_for(asyncio.shield(self._process.wait()), _PIPE_CLOSE_SECONDS)
-        except TimeoutError:
+        # The readers say when the pipes have closed (they reach their end); Process.wait does not
+        # (Python 3.11 returns as soon as the exit is known). A process that left the group may
+        # hold the pipes forever: once the readers have waited _PIPE_CLOSE_SECONDS with nothing
+        # but the pipes holding them (not a slow receiver), they are stopped.
+        readers = {self._stdout_task, self._stderr_task}
+        while readers:
+            _, readers = await asyncio.wait(readers, timeout=_PIPE_CLOSE_SECONDS)
+            if self._room.is_set():
+                break
+        if readers:
             log.warning("agent %d exited, but a process outside its group keeps its pipes open", self.pid)
-            returncode = self._process.returncode
             self.close_stdin()
-            self._stdout_task.cancel()
-            self._stderr_task.cancel()
+            for task in readers:
+                task.cancel()
         self._group_gone = True
         for task in (self._stdout_task, self._stderr_task):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        returncode: int | None
+        if readers:
+            # Where Process.wait waits for the pipes too, it would wait for the stray process.
+            try:
+                returncode = await asyncio.wait_for(asyncio.shield(self._process.wait()), _PIPE_CLOSE_SECONDS)
+            except TimeoutError:
+                returncode = self._process.returncode
+        else:
+            returncode = await self._process.wait()
         exit = process_exit(returncode)
         log.info("agent %d %s", self.pid, describe_exit(exit))
         return exit
@@ -471,8 +486,9 @@ class AgentProcess:
     async def _leader_exit(self) -> None:
         """Wait for the leader to exit, whoever holds its pipes.
 
-        ``Process.wait`` also waits for the pipes to close, which a grandchild holding them
-        would delay forever; a pidfd (Linux 5.3+) becomes readable as the leader exits.
+        ``Process.wait`` may also wait for the pipes to close (it depends on the Python version),
+        which a grandchild holding them would delay forever; a pidfd (Linux 5.3+) becomes
+        readable as the leader exits.
         """
         if self._process.returncode is not None:
             return
