@@ -29,6 +29,7 @@ import functools
 import json
 import logging
 import os
+import resource
 import shlex
 import signal
 import sys
@@ -77,6 +78,9 @@ class AgentLaunch:
     ``env`` is the child's whole environment, used as given: build it with ``agent_environment``.
     ``die_with_parent`` asks Linux to SIGKILL the agent if the thread that started it dies
     without stopping it (``PR_SET_PDEATHSIG``, set in the child with a ``preexec_fn``).
+    ``open_file_limit``, when given, is the child's soft limit on open files (``RLIMIT_NOFILE``,
+    at most the hard limit): the daemon raises its own, and gives agents back the one it
+    started with (``runtimed.daemon.openfiles``).
     """
 
     command: tuple[str, ...]
@@ -85,12 +89,15 @@ class AgentLaunch:
     max_message_bytes: int = DEFAULT_MAX_AGENT_MESSAGE_BYTES
     log_lines_per_second: float = DEFAULT_AGENT_LOG_LINES_PER_SECOND
     die_with_parent: bool = True
+    open_file_limit: int | None = None
 
     def __post_init__(self) -> None:
         if not self.command:
             raise ValueError("an agent needs a command")
         if self.max_message_bytes < 1 or self.log_lines_per_second <= 0:
             raise ValueError("an agent's message size and log rate must be positive")
+        if self.open_file_limit is not None and self.open_file_limit < 1:
+            raise ValueError("an agent's open file limit must be positive")
 
     def __repr__(self) -> str:
         # The environment may hold an API key (pass_env): never shown.
@@ -281,7 +288,7 @@ class AgentProcess:
                 cwd=launch.cwd,
                 env=dict(launch.env),
                 start_new_session=True,
-                preexec_fn=_die_with_parent() if launch.die_with_parent else None,
+                preexec_fn=_preexec(launch),
                 # The stdout reader's line limit: one message and its newline.
                 limit=launch.max_message_bytes + 1,
             )
@@ -525,6 +532,36 @@ def _prctl() -> Callable[..., int] | None:
     prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
     prctl.restype = ctypes.c_int
     return cast(Callable[..., int], prctl)
+
+
+def _preexec(launch: AgentLaunch) -> Callable[[], None] | None:
+    """The ``preexec_fn`` of an agent: its parent-death signal and its open-file limit, if asked."""
+    steps = []
+    if launch.die_with_parent and (die := _die_with_parent()) is not None:
+        steps.append(die)
+    if launch.open_file_limit is not None:
+        steps.append(_open_file_limit(launch.open_file_limit))
+    if not steps:
+        return None
+
+    def preexec() -> None:
+        for step in steps:
+            step()
+
+    return preexec
+
+
+def _open_file_limit(limit: int) -> Callable[[], None]:
+    """A ``preexec_fn`` step that sets the child's soft ``RLIMIT_NOFILE`` to ``limit`` (at most
+    the hard limit, read in the parent beforehand), so that an agent still using ``select()``
+    is not handed descriptors past 1024 because the daemon raised its own limit."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    soft = limit if hard == resource.RLIM_INFINITY else min(limit, hard)
+
+    def set_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    return set_limit
 
 
 def _die_with_parent() -> Callable[[], None] | None:
