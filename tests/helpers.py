@@ -1,5 +1,6 @@
-"""Helpers shared by test modules: request bodies, API shortcuts, stores that fail, waiting, and
-``FakeBackend``, an execution backend that runs nothing.
+"""Helpers shared by test modules: request bodies, API shortcuts, stores that fail, waiting, the
+process table (``alive``, ``group_members``), and ``FakeBackend``, an execution backend that
+runs nothing.
 
 Test modules import from here (and from ``process``), never from each other or from conftest.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from runtimed.domain.catalog import CreateWorkerRequest, ProfileSelector
@@ -95,6 +97,38 @@ async def wait_until(condition: Callable[[], bool | Awaitable[bool]], timeout: f
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what or condition}")
         await asyncio.sleep(0.01)
+
+
+# ------------------------------------------------------------ processes
+
+
+def group_members(pgid: int) -> list[int]:
+    """The live processes of process group ``pgid``, from /proc.
+
+    Zombies do not count: a grandchild whose parent died is reaped by init, and in a container
+    whose init does not reap, ``os.killpg(pgid, 0)`` would still find it.
+    """
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # pid (comm) state ppid pgrp …: comm may hold spaces and parentheses, so split after it.
+        state, _ppid, pgrp = stat.rsplit(")", 1)[1].split()[:3]
+        if int(pgrp) == pgid and state != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 # ------------------------------------------------------------ execution (§9)

@@ -43,7 +43,7 @@ from runtimed.agents.session import (
 from runtimed.domain.execution import PermissionOption, PermissionPolicy, ProcessExit, StopReason, ToolCallInfo
 from runtimed.domain.identity import WorkerRef
 
-from .helpers import wait_until
+from .helpers import alive, group_members, wait_until
 
 AGENTS = Path(__file__).with_name("agents")
 ECHO_AGENT = (sys.executable, "-m", "runtimed.agents.echo")
@@ -128,35 +128,6 @@ async def started(
 
 async def prompt(session: AgentSession, text: str, turn: int = 1, **options: Any) -> Any:
     return await asyncio.wait_for(session.prompt(text, turn=turn, **options), TIMEOUT)
-
-
-def group_members(pgid: int) -> list[int]:
-    """The live processes of process group ``pgid``, from /proc.
-
-    Zombies do not count: a grandchild whose parent died is reaped by init, and in a container
-    whose init does not reap, ``os.killpg(pgid, 0)`` would still find it.
-    """
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # pid (comm) state ppid pgrp …: comm may hold spaces and parentheses, so split after it.
-        state, _ppid, pgrp = stat.rsplit(")", 1)[1].split()[:3]
-        if int(pgrp) == pgid and state != "Z":
-            members.append(int(entry.name))
-    return members
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 # The parts that need no process.

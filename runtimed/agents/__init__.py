@@ -1,8 +1,13 @@
 """Agents: the supervisor of agent processes and the built-in agents.
 
-This package will hold the supervisor that starts agent processes and speaks the Agent Client
-Protocol (ACP) to them as the client, behind a narrow interface the Runtime calls, and the
-built-in agents runtimed ships as runnable modules (``python -m runtimed.agents.echo``).
+- ``supervisor``: the ``Supervisor``, the ``ExecutionBackend`` the Runtime calls (contract §9):
+  one supervised task per agent-backed worker, which starts its agent, feeds it turns, answers
+  or forwards its permission requests, restarts, stops and restores it;
+- ``session``: ``AgentSession``, the ACP client side over one agent process (the SDK's client,
+  fed only valid lines), turning what the agent does into what the supervisor needs;
+- ``process``: ``AgentProcess``, one agent child process: exact environment, own process group,
+  bounded and rate-limited output, signalled and reaped;
+- ``echo``: the built-in echo agent (``python -m runtimed.agents.echo``), the model for writing one.
 
 It may import ``domain`` and ``runtime``, never ``web`` or ``daemon``. The ACP SDK (and the
 pydantic models it brings) stays inside this package: nothing else in runtimed imports it.

@@ -29,6 +29,7 @@ import functools
 import json
 import logging
 import os
+import resource
 import shlex
 import signal
 import sys
@@ -80,6 +81,9 @@ class AgentLaunch:
     ``env`` is the child's whole environment, used as given: build it with ``agent_environment``.
     ``die_with_parent`` asks Linux to SIGKILL the agent if the thread that started it dies
     without stopping it (``PR_SET_PDEATHSIG``, set in the child with a ``preexec_fn``).
+    ``open_file_limit``, when given, is the child's soft limit on open files (``RLIMIT_NOFILE``,
+    at most the hard limit): the daemon raises its own, and gives agents back the one it
+    started with (``runtimed.daemon.openfiles``).
     """
 
     command: tuple[str, ...]
@@ -88,12 +92,15 @@ class AgentLaunch:
     max_message_bytes: int = DEFAULT_MAX_AGENT_MESSAGE_BYTES
     log_lines_per_second: float = DEFAULT_AGENT_LOG_LINES_PER_SECOND
     die_with_parent: bool = True
+    open_file_limit: int | None = None
 
     def __post_init__(self) -> None:
         if not self.command:
             raise ValueError("an agent needs a command")
         if self.max_message_bytes < 1 or self.log_lines_per_second <= 0:
             raise ValueError("an agent's message size and log rate must be positive")
+        if self.open_file_limit is not None and self.open_file_limit < 1:
+            raise ValueError("an agent's open file limit must be positive")
 
     def __repr__(self) -> str:
         # The environment may hold an API key (pass_env): never shown.
@@ -284,7 +291,7 @@ class AgentProcess:
                 cwd=launch.cwd,
                 env=dict(launch.env),
                 start_new_session=True,
-                preexec_fn=_die_with_parent() if launch.die_with_parent else None,
+                preexec_fn=_preexec(launch),
                 # The stdout reader's line limit: one message and its newline.
                 limit=launch.max_message_bytes + 1,
             )
@@ -455,23 +462,32 @@ class AgentProcess:
         # The leader is gone: so is whatever it left running in its group, so that nothing the
         # agent started outlives it and the pipes those processes hold get closed.
         self._signal_group(signal.SIGKILL)
-        # Its output ends once every process holding the pipes is gone: at once, unless one left
-        # the group (setsid), which is not waited for.
-        _, stuck = await asyncio.wait((self._stdout_task, self._stderr_task), timeout=_PIPE_CLOSE_SECONDS)
-        if stuck:
+        # The readers say when the pipes have closed (they reach their end); Process.wait does not
+        # (Python 3.11 returns as soon as the exit is known). A process that left the group may
+        # hold the pipes forever: once the readers have waited _PIPE_CLOSE_SECONDS with nothing
+        # but the pipes holding them (not a slow receiver), they are stopped.
+        readers = {self._stdout_task, self._stderr_task}
+        while readers:
+            _, readers = await asyncio.wait(readers, timeout=_PIPE_CLOSE_SECONDS)
+            if self._room.is_set():
+                break
+        if readers:
             log.warning("agent %d exited, but a process outside its group keeps its pipes open", self.pid)
             self.close_stdin()
-            for task in stuck:
+            for task in readers:
                 task.cancel()
-            await asyncio.wait(stuck)
+        self._group_gone = True
+        for task in (self._stdout_task, self._stderr_task):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        # Where Process.wait waits for the pipes too, it would wait for a stray process: bounded.
         exit = process_exit(await self._returncode())
-        if stuck:
+        if readers:
             # Give up on the pipes rather than hold them until that process exits. asyncio's
             # Process has no public way to close its transport; it keeps it in _transport.
             transport = getattr(self._process, "_transport", None)
             if isinstance(transport, asyncio.BaseTransport):
                 transport.close()
-        self._group_gone = True
         log.info("agent %d %s", self.pid, describe_exit(exit))
         return exit
 
@@ -494,8 +510,9 @@ class AgentProcess:
     async def _leader_exit(self) -> None:
         """Wait for the leader to exit, whoever holds its pipes.
 
-        ``Process.wait`` also waits for the pipes to close, which a grandchild holding them
-        would delay forever; a pidfd (Linux 5.3+) becomes readable as the leader exits.
+        ``Process.wait`` may also wait for the pipes to close (it depends on the Python version),
+        which a grandchild holding them would delay forever; a pidfd (Linux 5.3+) becomes
+        readable as the leader exits.
         """
         if self._process.returncode is not None:
             return
@@ -532,6 +549,36 @@ def _prctl() -> Callable[..., int] | None:
     prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
     prctl.restype = ctypes.c_int
     return cast(Callable[..., int], prctl)
+
+
+def _preexec(launch: AgentLaunch) -> Callable[[], None] | None:
+    """The ``preexec_fn`` of an agent: its parent-death signal and its open-file limit, if asked."""
+    steps = []
+    if launch.die_with_parent and (die := _die_with_parent()) is not None:
+        steps.append(die)
+    if launch.open_file_limit is not None:
+        steps.append(_open_file_limit(launch.open_file_limit))
+    if not steps:
+        return None
+
+    def preexec() -> None:
+        for step in steps:
+            step()
+
+    return preexec
+
+
+def _open_file_limit(limit: int) -> Callable[[], None]:
+    """A ``preexec_fn`` step that sets the child's soft ``RLIMIT_NOFILE`` to ``limit`` (at most
+    the hard limit, read in the parent beforehand), so that an agent still using ``select()``
+    is not handed descriptors past 1024 because the daemon raised its own limit."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    soft = limit if hard == resource.RLIM_INFINITY else min(limit, hard)
+
+    def set_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    return set_limit
 
 
 def _die_with_parent() -> Callable[[], None] | None:

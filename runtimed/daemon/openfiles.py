@@ -1,16 +1,16 @@
 """The open-file limit, and how many connections it leaves room for.
 
 Every connection holds a file descriptor, and so do the store's files, the log file, the event
-loop's own, and (once agents run) the pipes of agent processes. When ``accept()`` finds no
-descriptor free, nobody is served until connections close, and asyncio logs a traceback for
-every failed ``accept()``. So the daemon raises its soft limit to the hard limit at start
-(systemd gives services a soft limit of 1024, a value for ``select()``-era programs), and caps
-the open connections below that limit: past the cap a connection is accepted and closed at once
-(``web.connections``), so descriptors stay free for everything else.
+loop's own, and the pipes of agent processes. When ``accept()`` finds no descriptor free, nobody
+is served until connections close, and asyncio logs a traceback for every failed ``accept()``.
+So the daemon raises its soft limit to the hard limit at start (systemd gives services a soft
+limit of 1024, a value for ``select()``-era programs), and caps the open connections below that
+limit: past the cap a connection is accepted and closed at once (``web.connections``), so
+descriptors stay free for everything else.
 
 Child processes inherit the raised soft limit. One that still uses ``select()`` breaks on
-descriptors past 1024; whoever starts children should give them back the limit the daemon
-started with (``OpenFileLimit.was``).
+descriptors past 1024, so agents get back the limit the daemon started with
+(``OpenFileLimit.was``, handed to the agent supervisor by ``serve``).
 """
 
 from __future__ import annotations

@@ -1,27 +1,41 @@
-"""``serve``: build config -> store -> Runtime -> app, run it, and shut it down in order.
+"""``serve``: build config -> store -> Runtime -> agent supervisor -> app, run it, and shut it
+down in order.
 
 Start-up: the open-file limit is raised and the connection cap set from it (before the store
 opens its files), then signal handlers (so a signal during restore still ends in an orderly
-stop), then the store is restored into a Runtime, then the sites listen and systemd hears
-``READY=1``.
-Shutdown, the one place its order is written down: stop accepting, close the WebSocket
-sessions, let in-flight requests finish (``SHUTDOWN_SECONDS`` at most), close the Runtime,
-which flushes and closes the store.
+stop), then the store is restored into a Runtime, the agent supervisor is attached to it and
+starts restoring the agents of running workers in the background (``/readyz`` answers 503 until
+each has been attempted), then the sites listen and systemd hears ``READY=1``.
+
+Shutdown, the one place its order is written down:
+
+1. HTTP stops: no new connections, the WebSocket sessions are closed (``upstream_closed``), and
+   in-flight requests finish (``SHUTDOWN_SECONDS`` at most) — so no request changes anything
+   from here on;
+2. the Runtime closes, which closes the agent supervisor first: running turns are cancelled
+   and given their ``stop_grace_seconds`` to end (their ends are still made durable), then every
+   agent gets the stop sequence and is reaped, workers staying ``running`` in the store;
+3. then the Runtime flushes and closes the store;
+4. last, the agents' temporary directories (memory store) are removed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import socket
 import stat
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from aiohttp import web
 
+from ..agents.supervisor import Supervisor
 from ..runtime import Runtime
 from ..store import FsStore, MemoryStore, Store
 from ..web.app import create_app
@@ -113,18 +127,42 @@ def connection_cap(server: ServerConfig, limit: OpenFileLimit) -> int:
     return cap
 
 
+@contextlib.contextmanager
+def agent_workdirs(config: Config) -> Iterator[Path]:
+    """Where runtimed makes the directory of a worker whose agent has none of its own (§9.3):
+    ``<fs root>/workdirs`` with the fs store (kept, like the rest of the root); with the memory
+    store, a temporary directory removed when the block ends."""
+    if config.store.kind is StoreKind.FS:
+        assert config.store.root is not None  # the config requires it
+        yield config.store.root / "workdirs"
+        return
+    with tempfile.TemporaryDirectory(prefix="runtimed-workdirs-", ignore_cleanup_errors=True) as path:
+        yield Path(path)
+
+
 async def run(config: Config, store: Store, log_file: ReopenableFileHandler | None = None) -> None:
-    """Serve until SIGTERM or SIGINT, then shut down in order: stop accepting, close the
-    WebSocket sessions, let in-flight requests finish (10 s at most), then flush the store."""
+    """Serve until SIGTERM or SIGINT, then shut down in the order of the module's docstring."""
     # Before the store opens its files: they count against the limit it sets.
-    max_connections = connection_cap(config.server, raise_open_file_limit())
+    open_files = raise_open_file_limit()
+    max_connections = connection_cap(config.server, open_files)
     signals = Signals(log_file)
     try:
-        with AcceptErrors(asyncio.get_running_loop()):
+        with AcceptErrors(asyncio.get_running_loop()), agent_workdirs(config) as workdirs:
             runtime = await Runtime.open(store, config.runtime)
             try:
+                supervisor = Supervisor(
+                    runtime,
+                    config.execution,
+                    workdirs=workdirs,
+                    withheld=[config.server.local_token_env] if config.server.local_token_env else [],
+                    # Agents get the limit the daemon started with, not the one it raised for itself.
+                    open_file_limit=open_files.was,
+                )
+                runtime.attach(supervisor)
+                supervisor.restore()
                 await serve_app(runtime, config, signals.stop, max_connections)
             finally:
+                # Closes the supervisor (turns cancelled, agents stopped), then the store.
                 await runtime.close()
     finally:
         signals.remove()

@@ -8,6 +8,8 @@ Flags:
 
 ``--mute``         reads stdin and never answers anything, not even ``initialize``
 ``--stubborn``     ignores SIGTERM and the end of stdin: only SIGKILL ends it
+``--linger``       ignores the end of stdin (SIGTERM still ends it)
+``--slow-start S`` sleeps S seconds before it reads anything
 ``--flood N``      writes N lines to stderr as it starts
 ``--grandchild``   starts a child of its own that sleeps (in its process group, holding its
                    pipes) and writes ``grandchild <pid>`` to stderr
@@ -20,7 +22,8 @@ A prompt whose whole text is one of these does something else than answer ``raw:
 ``garbage``           writes a line that is not JSON
 ``oversize N``        writes one ``session/update`` line of N bytes
 ``error``             answers the prompt with a JSON-RPC error
-``exit N``            exits with status N without answering
+``exit N``            exits with status N without answering (saying so on stderr first)
+``hang``              never answers (it reads on, and ignores ``session/cancel``)
 ``unknown``           sends an update of a kind no ACP version has, then answers
 ``permission KINDS``  asks permission for an ``execute`` tool call, offering options of the
                       comma-separated KINDS (each option's id is its kind); says the answer
@@ -102,7 +105,12 @@ class Agent:
             return
         elif command == "exit":
             say("exiting")
+            sys.stderr.write(f"raw agent exiting with status {argument}\n")
+            sys.stderr.flush()
             os._exit(int(argument))
+        elif command == "hang":
+            say("hanging")
+            return
         elif command == "unknown":
             update({"sessionUpdate": "brand_new_kind", "payload": {"answer": 42}})
             say("after the unknown update")
@@ -123,8 +131,11 @@ class Agent:
 def main(argv: list[str]) -> None:
     mute = "--mute" in argv
     stubborn = "--stubborn" in argv
+    linger = stubborn or "--linger" in argv
     if stubborn:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if "--slow-start" in argv:
+        time.sleep(float(argv[argv.index("--slow-start") + 1]))
     if "--flood" in argv:
         count = int(argv[argv.index("--flood") + 1])
         sys.stderr.write("".join(f"flood line {n}\n" for n in range(count)))
@@ -139,7 +150,7 @@ def main(argv: list[str]) -> None:
     while (message := agent.read()) is not None:
         if not mute:
             agent.handle(message)
-    while stubborn:
+    while linger:
         time.sleep(3600)
 
 
