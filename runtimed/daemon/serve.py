@@ -28,7 +28,7 @@ from ..web.app import create_app
 from ..web.connections import ConnectionRunner
 from ..web.settings import ServerConfig, format_host_port
 from .config import Config, StoreKind
-from .logs import ReopenableFileHandler
+from .logs import BatchingHandler, ReopenableFileHandler
 from .openfiles import LISTEN_BACKLOG, AcceptErrors, OpenFileLimit, raise_open_file_limit, reserved
 from .systemd import notify
 
@@ -55,9 +55,9 @@ class Signals:
     the log file. Installed before anything else, so a signal that arrives while the store is
     restored or the socket bound still ends in an orderly shutdown."""
 
-    def __init__(self, log_file: ReopenableFileHandler | None) -> None:
+    def __init__(self, log_handler: BatchingHandler | None) -> None:
         self.stop = asyncio.Event()
-        self._log_file = log_file
+        self._log_handler = log_handler
         self._loop = asyncio.get_running_loop()
         self._loop.add_signal_handler(signal.SIGTERM, self._terminate, signal.SIGTERM)
         self._loop.add_signal_handler(signal.SIGINT, self._terminate, signal.SIGINT)
@@ -75,10 +75,10 @@ class Signals:
         self.stop.set()
 
     def _reopen_log(self) -> None:
-        if self._log_file is None:
+        if not isinstance(self._log_handler, ReopenableFileHandler):
             log.info("SIGHUP: logging to stderr, no log file to reopen")
             return
-        self._log_file.reopen()
+        self._log_handler.reopen()  # what is pending goes to the old file first
         log.info("SIGHUP: reopened the log file")
 
     def remove(self) -> None:
@@ -113,12 +113,23 @@ def connection_cap(server: ServerConfig, limit: OpenFileLimit) -> int:
     return cap
 
 
-async def run(config: Config, store: Store, log_file: ReopenableFileHandler | None = None) -> None:
+async def run(config: Config, store: Store, log_handler: BatchingHandler | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then shut down in order: stop accepting, close the
-    WebSocket sessions, let in-flight requests finish (10 s at most), then flush the store."""
+    WebSocket sessions, let in-flight requests finish (10 s at most), then flush the store.
+    ``log_handler`` (``configure_logging``'s) batches its lines while the loop runs."""
+    if log_handler is not None:
+        log_handler.start_batching(asyncio.get_running_loop())
+    try:
+        await _run(config, store, log_handler)
+    finally:
+        if log_handler is not None:
+            log_handler.stop_batching()  # what is pending is written before the loop ends
+
+
+async def _run(config: Config, store: Store, log_handler: BatchingHandler | None) -> None:
     # Before the store opens its files: they count against the limit it sets.
     max_connections = connection_cap(config.server, raise_open_file_limit())
-    signals = Signals(log_file)
+    signals = Signals(log_handler)
     try:
         with AcceptErrors(asyncio.get_running_loop()):
             runtime = await Runtime.open(store, config.runtime)
@@ -163,6 +174,8 @@ async def serve_app(runtime: Runtime, config: Config, stop: asyncio.Event, max_c
             unix_socket = server.unix_socket
             addresses.append(f"unix:{server.unix_socket}")
         where = f"(runtime {runtime.runtime_id}, store {runtime.summary().backend})"
+        for handler in logging.getLogger().handlers:
+            handler.flush()  # the log lines of the start-up come before the start-up line
         for address in addresses:
             print(f"runtimed listening on {address} {where}", file=sys.stderr, flush=True)
         notify("READY=1", f"STATUS=listening on {' and '.join(addresses)}")
