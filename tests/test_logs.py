@@ -1,12 +1,13 @@
 """The daemon's log writing: lines batched per pass of the event loop and flushed when they must
-be (at a stop, on SIGHUP, at exit), and the text format's time made once a second exactly as
-logging makes it. (What a line says, escaped, is in ``test_input_bounds.py`` and
-``test_operations.py``.)"""
+be (at a stop, on SIGHUP, at exit), the access line written straight to the handler exactly as
+its record would be, and the text format's time made once a second exactly as logging makes it.
+(What a line says, escaped, is in ``test_input_bounds.py`` and ``test_operations.py``.)"""
 
 from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
 import re
 import signal
@@ -19,9 +20,11 @@ import pytest
 from runtimed.daemon.logs import (
     MAX_PENDING_LINES,
     BatchingHandler,
+    JsonFormatter,
     ReopenableFileHandler,
     TextFormatter,
 )
+from runtimed.web.middleware import log_access
 
 from .process import RuntimedProcess, request_json
 
@@ -74,8 +77,9 @@ def messages(lines: list[str]) -> list[str]:
 
 async def test_the_lines_of_one_pass_of_the_loop_are_written_together_at_the_next(handler):
     handler.start_batching(asyncio.get_running_loop())
+    access = handler.access_log()
     logging.getLogger("runtimed.runtime").info("worker %s created", "w-1")
-    logging.getLogger("runtimed.access").info("%s %s %d %.1fms", "GET", "/v1/runtime", 200, 1.2)
+    access("GET", "/v1/runtime", 200, 0.0012, "/v1/runtime")
     logging.getLogger("runtimed.web").warning("a\nb")
     assert written(handler) == [] and writes(handler) == 0
     await asyncio.sleep(0)
@@ -159,7 +163,53 @@ async def test_a_failed_write_is_reported_once_and_loses_only_its_lines(handler,
     assert messages(written(handler)) == ["INFO runtimed.x: kept"]
 
 
-# ------------------------------------------------------------------ the time
+# ------------------------------------------------------------------ the access line
+
+
+class Capture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+REQUESTS = [
+    ("GET", "/v1/runtime", 200, 0.0012345, "/v1/runtime"),
+    ("POST", "/v1/workers/a\n2026-01-01 00:00:00,000 INFO runtimed.access: FORGED\u2028\\", 404, 2.5, "unmatched"),
+    ("GET", "/v1/workers/\ud800\x1b[31m", 401, 0.0, "/v1/workers/{worker_id}"),
+]
+
+
+@pytest.mark.parametrize("formatter", [TextFormatter(), JsonFormatter()], ids=["text", "json"])
+@pytest.mark.parametrize("request_", REQUESTS, ids=["plain", "forged", "controls"])
+def test_the_access_line_written_directly_is_the_line_of_its_record(handler, formatter, request_):
+    handler.setFormatter(formatter)
+    capture = Capture()
+    root = logging.getLogger()
+    root.handlers[:] = [capture]
+    try:
+        log_access(*request_)
+    finally:
+        root.handlers[:] = [handler]
+    [record] = capture.records
+    handler.access_log()(*request_)
+    [direct] = written(handler)
+    assert "\n" not in direct
+    if isinstance(formatter, TextFormatter):
+        assert TEXT_TIME.sub("", direct) == TEXT_TIME.sub("", formatter.format(record))
+    else:
+        line, expected = json.loads(direct), json.loads(formatter.format(record))
+        del line["time"], expected["time"]
+        assert line == expected
+        assert list(line) == ["level", "logger", "message", "method", "path", "status", "duration_ms", "route"]
+
+
+def test_the_access_line_follows_the_level_of_its_logger(handler):
+    logging.getLogger().setLevel(logging.WARNING)
+    handler.access_log()("GET", "/v1/runtime", 200, 0.001, "/v1/runtime")
+    assert written(handler) == []
 
 
 def test_the_text_time_is_loggings_own():
@@ -171,6 +221,7 @@ def test_the_text_time_is_loggings_own():
         record = logging.makeLogRecord({})
         record.created, record.msecs = created, int((created - int(created)) * 1000) + 0.0
         assert formatter.formatTime(record) == reference.formatTime(record), created
+        assert formatter.line(created, "INFO", "x", "m").startswith(reference.formatTime(record) + " ")
     record = logging.makeLogRecord({})
     assert formatter.formatTime(record, "%Y") == reference.formatTime(record, "%Y")
 

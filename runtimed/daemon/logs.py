@@ -27,6 +27,7 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TextIO
 
@@ -34,6 +35,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from ..web.errors import http_error_reason
+from ..web.middleware import ACCESS_FORMAT, ACCESS_LOGGER, AccessLog, access_fields, log_access
 from .config import LogConfig, LogFormat
 
 #: Extra fields a log call may attach (``extra={...}``) that JSON lines carry as their own keys.
@@ -76,6 +78,9 @@ class TextFormatter(logging.Formatter):
     follows on indented lines. The time is ``logging.Formatter``'s (local time, ``,`` and
     milliseconds); its date and seconds are made once a second."""
 
+    #: Whether ``line`` writes the structured fields (it does not: the message says it all).
+    structured = False
+
     def __init__(self) -> None:
         super().__init__()
         self._second = -1
@@ -93,6 +98,11 @@ class TextFormatter(logging.Formatter):
             self._second = second
         return f"{self._second_text},{int(msecs):03d}"
 
+    def line(self, created: float, levelname: str, name: str, message: str, fields: object = None) -> str:
+        """The line of a record without traceback, from its parts (its milliseconds as
+        ``LogRecord`` computes them)."""
+        return f"{self._time(created, (created - int(created)) * 1000)} {levelname} {name}: {escape_controls(message)}"
+
     def format(self, record: logging.LogRecord) -> str:
         record.message = record.getMessage()
         record.asctime = self.formatTime(record)
@@ -109,13 +119,28 @@ class TextFormatter(logging.Formatter):
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, and any structured fields."""
 
-    def format(self, record: logging.LogRecord) -> str:
-        line = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
+    #: Whether ``line`` writes the structured fields.
+    structured = True
+
+    def _object(self, created: float, levelname: str, name: str, message: str) -> dict[str, object]:
+        return {
+            "time": datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds"),
+            "level": levelname.lower(),
+            "logger": name,
+            "message": message,
         }
+
+    def line(
+        self, created: float, levelname: str, name: str, message: str, fields: Mapping[str, object] | None = None
+    ) -> str:
+        """The line of a record without traceback, from its parts."""
+        line = self._object(created, levelname, name, message)
+        if fields:
+            line.update(fields)
+        return json.dumps(line, ensure_ascii=False)
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = self._object(record.created, record.levelname, record.name, record.getMessage())
         for name in STRUCTURED_FIELDS:
             if name in record.__dict__:
                 line[name] = record.__dict__[name]
@@ -224,6 +249,25 @@ class BatchingHandler(logging.StreamHandler[TextIO]):
 
     def _open_stream(self) -> TextIO:
         return self.stream
+
+    def access_log(self) -> AccessLog:
+        """The web app's access log (``create_app(access_log=…)``) writing straight to this
+        handler: the line a ``runtimed.access`` record would give, with no record made. It
+        writes when that logger is enabled for INFO; this handler's filters are for aiohttp's
+        records, so none applies."""
+        formatter = self.formatter
+        if not isinstance(formatter, (TextFormatter, JsonFormatter)):
+            return log_access
+        line, structured, write_line = formatter.line, formatter.structured, self.write_line
+        enabled = logging.getLogger(ACCESS_LOGGER).isEnabledFor
+
+        def write(method: str, path: str, status: int, seconds: float, route: str) -> None:
+            if enabled(logging.INFO):
+                message = ACCESS_FORMAT % (method, path, status, seconds * 1000)
+                fields = access_fields(method, path, status, seconds, route) if structured else None
+                write_line(line(time.time(), "INFO", ACCESS_LOGGER, message, fields))
+
+        return write
 
 
 class ReopenableFileHandler(BatchingHandler):

@@ -26,6 +26,7 @@ from ..runtime import Runtime
 from ..store import FsStore, MemoryStore, Store
 from ..web.app import create_app
 from ..web.connections import ConnectionRunner
+from ..web.middleware import AccessLog, log_access
 from ..web.settings import ServerConfig, format_host_port
 from .config import Config, StoreKind
 from .logs import BatchingHandler, ReopenableFileHandler
@@ -134,14 +135,21 @@ async def _run(config: Config, store: Store, log_handler: BatchingHandler | None
         with AcceptErrors(asyncio.get_running_loop()):
             runtime = await Runtime.open(store, config.runtime)
             try:
-                await serve_app(runtime, config, signals.stop, max_connections)
+                access_log = log_handler.access_log() if log_handler is not None else log_access
+                await serve_app(runtime, config, signals.stop, max_connections, access_log)
             finally:
                 await runtime.close()
     finally:
         signals.remove()
 
 
-async def serve_app(runtime: Runtime, config: Config, stop: asyncio.Event, max_connections: int | None = None) -> None:
+async def serve_app(
+    runtime: Runtime,
+    config: Config,
+    stop: asyncio.Event,
+    max_connections: int | None = None,
+    access_log: AccessLog = log_access,
+) -> None:
     """Serve ``runtime`` on the configured sites until ``stop`` is set; ``max_connections``
     defaults to ``[server] max_connections``."""
     server = config.server
@@ -151,7 +159,7 @@ async def serve_app(runtime: Runtime, config: Config, stop: asyncio.Event, max_c
             "unless a TLS-terminating proxy is in front",
             server.bind,
         )
-    app = create_app(runtime, server)
+    app = create_app(runtime, server, access_log)
     # One log line per request comes from the app's own middleware, so aiohttp's is off.
     runner = ConnectionRunner(
         app, max_connections=max_connections, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS

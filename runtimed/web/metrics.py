@@ -1,5 +1,5 @@
-"""Prometheus metrics (``GET /metrics``) and the per-request observation: one log line and
-the request metrics for every request, whatever its outcome.
+"""Prometheus metrics (``GET /metrics``): the request metrics (``middleware`` records them for
+every request, whatever its outcome) and the Runtime's own figures.
 
 Each app has its own registry (no global state). HTTP metrics are recorded as requests end;
 runtime figures (workers, observers, store flushes) are read from the Runtime at scrape time.
@@ -7,8 +7,6 @@ runtime figures (workers, observers, store flushes) are read from the Runtime at
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,10 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import Metric
 
-from .errors import Handler
 from .keys import RUNTIME, WS_SESSIONS
-
-access_log = logging.getLogger("runtimed.access")
 
 REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -107,38 +102,6 @@ def route_of(request: web.Request) -> str:
     """The route pattern, e.g. ``/v1/workers/{worker_id}``: bounded label values, unlike paths."""
     resource = request.match_info.route.resource
     return resource.canonical if resource is not None else "unmatched"
-
-
-@web.middleware
-async def observe_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Outermost middleware: time the request, then log one line and count it."""
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    finally:
-        duration = time.perf_counter() - started
-        route = route_of(request)
-        request.app[METRICS].record(request.method, route, status, duration)
-        access_log.info(
-            "%s %s %d %.1fms",
-            request.method,
-            request.path,
-            status,
-            duration * 1000,
-            extra={
-                "method": request.method,
-                "path": request.path,
-                "status": status,
-                "duration_ms": round(duration * 1000, 3),
-                "route": route,
-            },
-        )
 
 
 async def get_metrics(request: web.Request) -> web.Response:
