@@ -7,11 +7,13 @@ runtime figures (workers, observers, store flushes) are read from the Runtime at
 
 from __future__ import annotations
 
+import bisect
+import itertools
+import time
 from collections.abc import Iterator
-from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import Metric
@@ -58,38 +60,67 @@ class RuntimeCollector:
         )
 
 
+class HttpMetrics:
+    """The request metrics: ``runtimed_http_requests`` (by method, route and status) and
+    ``runtimed_http_request_duration_seconds`` (by method and route), exported as
+    prometheus-client's ``Counter`` and ``Histogram`` export them, ``_created`` samples included.
+
+    They are kept in plain numbers rather than in prometheus-client's metrics, whose every
+    ``inc`` and ``observe`` takes a lock and walks the buckets in Python: a couple of
+    microseconds a request. Requests are recorded on the event loop's thread, and the scrape
+    (``GET /metrics``) runs there too, so nothing needs a lock.
+    """
+
+    def __init__(self, buckets: tuple[float, ...] = REQUEST_BUCKETS) -> None:
+        self._bounds = tuple(sorted(buckets))
+        # The ``le`` labels as prometheus-client writes them (its floatToGoString, for these bounds).
+        self._le = [repr(float(bound)) for bound in self._bounds] + ["+Inf"]
+        #: (method, route, status) -> [count, created]
+        self._requests: dict[tuple[str, str, int], list[float]] = {}
+        #: (method, route) -> [count per bucket (+Inf last, not cumulative), sum, created]
+        self._latency: dict[tuple[str, str], tuple[list[int], list[float]]] = {}
+
+    def record(self, method: str, route: str, status: int, seconds: float) -> None:
+        counter = self._requests.get((method, route, status))
+        if counter is None:
+            counter = self._requests[(method, route, status)] = [0, time.time()]
+        counter[0] += 1
+        latency = self._latency.get((method, route))
+        if latency is None:
+            latency = self._latency[(method, route)] = ([0] * (len(self._bounds) + 1), [0.0, time.time()])
+        latency[0][bisect.bisect_left(self._bounds, seconds)] += 1  # the first bucket with seconds <= le
+        latency[1][0] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "runtimed_http_requests",
+            "HTTP requests answered, by method, route and status.",
+            labels=["method", "route", "status"],
+        )
+        for (method, route, status), (count, created) in self._requests.items():
+            requests.add_metric([method, route, str(status)], count, created=created)
+        yield requests
+        name = "runtimed_http_request_duration_seconds"
+        latency = HistogramMetricFamily(
+            name,
+            "Time to answer HTTP requests (WebSocket sessions: their whole length).",
+            labels=["method", "route"],
+        )
+        for (method, route), (counts, (total, created)) in self._latency.items():
+            latency.add_metric([method, route], list(zip(self._le, itertools.accumulate(counts), strict=True)), total)
+            latency.add_sample(name + "_created", {"method": method, "route": route}, created)
+        yield latency
+
+
 class Metrics:
-    """The registry of one app and the HTTP metrics recorded into it."""
+    """The registry of one app: the HTTP metrics recorded into it, and the Runtime's own."""
 
     def __init__(self, app: web.Application) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "runtimed_http_requests",
-            "HTTP requests answered, by method, route and status.",
-            ["method", "route", "status"],
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "runtimed_http_request_duration_seconds",
-            "Time to answer HTTP requests (WebSocket sessions: their whole length).",
-            ["method", "route"],
-            buckets=REQUEST_BUCKETS,
-            registry=self.registry,
-        )
+        self.http = HttpMetrics()
+        self.registry.register(self.http)
         self.registry.register(RuntimeCollector(app))
-        # The labelled children, looked up once each: prometheus-client's labels() costs more
-        # than the rest of the bookkeeping of a small request.
-        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-
-    def record(self, method: str, route: str, status: int, seconds: float) -> None:
-        children = self._children.get((method, route, status))
-        if children is None:
-            children = self._children[(method, route, status)] = (
-                self.requests.labels(method, route, str(status)),
-                self.latency.labels(method, route),
-            )
-        children[0].inc()
-        children[1].observe(seconds)
+        self.record = self.http.record
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
