@@ -17,12 +17,23 @@ from runtimed.runtime import Runtime
 from runtimed.store import MemoryStore
 from runtimed.web.app import create_app
 
+from .helpers import FakeBackend
+
 
 @pytest.fixture
 async def runtime() -> Runtime:
     runtime = await Runtime.open(MemoryStore())
     yield runtime
     await runtime.close()
+
+
+@pytest.fixture
+def backend(runtime: Runtime) -> FakeBackend:
+    """A ``FakeBackend`` attached to ``runtime`` (and so to ``client``'s app): ``builtin:echo``
+    and ``named:careful`` make agent-backed workers, anything else record-only ones."""
+    backend = FakeBackend(runtime)
+    runtime.attach(backend)
+    return backend
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""Helpers shared by test modules: request bodies, API shortcuts, stores that fail, waiting.
+"""Helpers shared by test modules: request bodies, API shortcuts, stores that fail, waiting, and
+``FakeBackend``, an execution backend that runs nothing.
 
 Test modules import from here (and from ``process``), never from each other or from conftest.
 """
@@ -10,12 +11,33 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from runtimed.domain.errors import StoreIo
+from runtimed.domain.catalog import CreateWorkerRequest, ProfileSelector
+from runtimed.domain.errors import InvalidRequest, PermissionNotFound, StoreIo
+from runtimed.domain.execution import (
+    AgentProfile,
+    ExecutionConfig,
+    PermissionAnswer,
+    PermissionOption,
+    PermissionRequest,
+    ProfileSource,
+    StopReason,
+    ToolCallInfo,
+)
+from runtimed.domain.identity import WorkerRef
+from runtimed.runtime import Runtime
 from runtimed.store import Change, MemoryStore
 
 TASK_REQUEST: dict[str, Any] = {
     "intent": {"kind": "task", "objective": "write the release notes"},
     "profile": {"kind": "builtin", "value": "builtin:coder"},
+    "requested_capabilities": [{"name": "read"}],
+}
+
+
+#: A create request whose profile names the built-in echo agent (``FakeBackend`` resolves it).
+ECHO_REQUEST: dict[str, Any] = {
+    "intent": {"kind": "assistant"},
+    "profile": {"kind": "builtin", "value": "builtin:echo"},
     "requested_capabilities": [{"name": "read"}],
 }
 
@@ -73,3 +95,118 @@ async def wait_until(condition: Callable[[], bool | Awaitable[bool]], timeout: f
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what or condition}")
         await asyncio.sleep(0.01)
+
+
+# ------------------------------------------------------------ execution (§9)
+
+ECHO = AgentProfile("builtin:echo", ProfileSource.BUILTIN, ("python", "-m", "runtimed.agents.echo"))
+CAREFUL = AgentProfile("careful", ProfileSource.CONFIG, ("careful-agent", "--acp"), env={"SECRET": "not shown"})
+
+
+class FakeBackend:
+    """An ``ExecutionBackend`` in the process that runs nothing: it resolves ``builtin:echo`` and
+    ``named:careful``, records every call the Runtime makes (``calls``), and lets a test play the
+    agent supervisor through the Runtime's backend-facing methods (``run_turn``). Its
+    ``interrupt`` ends the open turn ``cancelled`` as an agent honouring ``session/cancel`` would.
+
+    The real supervisor (``runtimed.agents``) brings its own end-to-end tests with real agent
+    processes; these test the Runtime's side of the interface only.
+    """
+
+    def __init__(self, runtime: Runtime, default_profile: str | None = None) -> None:
+        self.runtime = runtime
+        self.config = ExecutionConfig(profiles=(ECHO, CAREFUL), default_profile=default_profile)
+        self.calls: list[tuple[Any, ...]] = []
+        self.ready = True
+        self.closed = False
+        #: When set, ``check_create`` refuses every create with this reason.
+        self.refusal: str | None = None
+        #: What the turn an interrupt ends had streamed, made its assistant entry.
+        self.interrupted_text = ""
+        self.pending: dict[str, list[PermissionRequest]] = {}
+        #: Whether each ``start``, ``wake`` and ``stop`` found its change durable already.
+        self.saw_durable: list[bool] = []
+
+    def named(self, name: str) -> list[tuple[Any, ...]]:
+        """The calls of one kind, without their name: ``named("stop")`` -> ``[(worker_id, kill)]``."""
+        return [call[1:] for call in self.calls if call[0] == name]
+
+    def _durable(self, ref: WorkerRef) -> bool:
+        detail = self.runtime.worker_detail(ref)  # reads answer only what is durable
+        return detail.execution is not None
+
+    def profiles(self) -> list[tuple[AgentProfile, bool]]:
+        return self.config.listing()
+
+    def resolve(self, selector: ProfileSelector) -> AgentProfile | None:
+        return self.config.resolve(selector)
+
+    def check_create(self, request: CreateWorkerRequest, profile: AgentProfile) -> None:
+        self.calls.append(("check_create", profile.name))
+        if self.refusal is not None:
+            raise InvalidRequest(self.refusal)
+
+    def start(self, ref: WorkerRef) -> None:
+        self.saw_durable.append(self._durable(ref))
+        self.calls.append(("start", ref.worker_id))
+
+    def wake(self, ref: WorkerRef) -> None:
+        detail = self.runtime.worker_detail(ref)
+        self.saw_durable.append(detail.execution is not None and detail.transcript_len > 0)
+        self.calls.append(("wake", ref.worker_id))
+
+    def stop(self, ref: WorkerRef, *, kill: bool) -> None:
+        self.saw_durable.append(self.runtime.worker_detail(ref).status.value != "running")
+        self.calls.append(("stop", ref.worker_id, kill))
+
+    async def interrupt(self, ref: WorkerRef) -> int | None:
+        self.calls.append(("interrupt", ref.worker_id))
+        execution = self.runtime.worker_detail(ref).execution
+        assert execution is not None
+        if execution.open_turn is None:
+            return None
+        await self.runtime.end_turn(ref, execution.open_turn, StopReason.CANCELLED, self.interrupted_text)
+        return execution.open_turn
+
+    def ask(self, ref: WorkerRef, request_id: str, turn: int | None = 1) -> PermissionRequest:
+        """Make a permission request of the worker's agent pending, as the supervisor would."""
+        request = PermissionRequest(
+            ref,
+            request_id,
+            turn,
+            ToolCallInfo("call-1", "rm -rf build", "delete"),
+            (PermissionOption("allow", "Allow", "allow_once"), PermissionOption("reject", "Reject", "reject_once")),
+        )
+        self.pending.setdefault(ref.worker_id, []).append(request)
+        return request
+
+    def pending_permissions(self, ref: WorkerRef) -> list[PermissionRequest]:
+        return list(self.pending.get(ref.worker_id, ()))
+
+    async def answer_permission(self, ref: WorkerRef, request_id: str, option_id: str) -> PermissionAnswer:
+        self.calls.append(("answer_permission", ref.worker_id, request_id, option_id))
+        pending = self.pending.get(ref.worker_id, [])
+        request = next((r for r in pending if r.request_id == request_id), None)
+        if request is None:
+            raise PermissionNotFound(ref.worker_id, request_id)
+        if option_id not in [option.option_id for option in request.options]:
+            raise InvalidRequest(f"option {option_id} was not offered by permission request {request_id}")
+        pending.remove(request)
+        return PermissionAnswer(request_id, option_id)
+
+    async def close(self) -> None:
+        self.calls.append(("close",))
+        self.closed = True
+
+
+async def run_turn(
+    runtime: Runtime, ref: WorkerRef, text: str | None = None, reason: StopReason = StopReason.END_TURN
+) -> int | None:
+    """Deliver the worker's next queued input and end its turn, as the supervisor does with an
+    echo agent (``text`` defaults to ``echo: <input>``); the turn's number, or ``None`` when
+    nothing was queued."""
+    started = await runtime.begin_turn(ref)
+    if started is None:
+        return None
+    await runtime.end_turn(ref, started.turn, reason, f"echo: {started.entry.content}" if text is None else text)
+    return started.turn

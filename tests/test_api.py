@@ -9,7 +9,7 @@ import pytest
 
 from runtimed.web import schemas
 
-from .helpers import TASK_REQUEST, create_worker
+from .helpers import ECHO_REQUEST, TASK_REQUEST, create_worker, run_turn
 
 
 def assert_shape(schema: schemas.BaseSchema, body: Any) -> None:
@@ -348,3 +348,151 @@ async def test_unknown_query_parameters_are_named_too(client):
     response = await client.get(f"/v1/workers/{wid}/transcript?limt=5")
     assert response.status == 200
     assert response.headers.getall("Warning") == ['299 runtimed "unknown field: limt"']
+
+
+# ------------------------------------------------------- executing workers (§9)
+
+
+async def test_profiles_list_the_backends_profiles_without_env_values(client, backend):
+    body = await get_json(client, "/v1/profiles")
+
+    assert_shape(schemas.ProfilesResponseSchema(), body)
+    assert body == {
+        "profiles": [
+            {
+                "name": "builtin:echo",
+                "source": "builtin",
+                "command": ["python", "-m", "runtimed.agents.echo"],
+                "permissions": "ask",
+                "restart": "on-failure",
+                "default": False,
+            },
+            {
+                "name": "careful",
+                "source": "config",
+                "command": ["careful-agent", "--acp"],
+                "permissions": "ask",
+                "restart": "on-failure",
+                "default": False,
+            },
+        ]
+    }
+    assert "not shown" not in json.dumps(body)  # the careful profile's env value
+
+
+async def test_without_a_backend_there_are_no_profiles(client):
+    assert await get_json(client, "/v1/profiles") == {"profiles": []}
+
+
+async def test_an_agent_backed_worker_shows_its_execution_and_a_record_only_one_none(client, runtime, backend):
+    agent = await create_worker(client, ECHO_REQUEST)
+    record_only = await create_worker(client, TASK_REQUEST)
+
+    assert agent["execution"] == {
+        "profile": "builtin:echo",
+        "state": "starting",
+        "turns": 0,
+        "queued_inputs": 0,
+        "pending_permissions": 0,
+    }
+    assert "execution" not in record_only
+    ref = runtime.worker_ref(agent["worker_id"])
+    await runtime.update_execution(ref, pid=321, session_id="s-1")
+    await post_json(client, f"/v1/workers/{agent['worker_id']}/input", {"kind": "user", "content": "hi"})
+    await post_json(client, f"/v1/workers/{agent['worker_id']}/input", {"kind": "user", "content": "again"})
+    await run_turn(runtime, ref)
+    await runtime.begin_turn(ref)
+
+    detail = await get_json(client, f"/v1/workers/{agent['worker_id']}")
+    assert_shape(schemas.WorkerResponseSchema(), detail)
+    assert detail["worker"]["execution"] == {
+        "profile": "builtin:echo",
+        "state": "busy",
+        "pid": 321,
+        "session_id": "s-1",
+        "turns": 1,
+        "queued_inputs": 0,
+        "pending_permissions": 0,
+    }  # turns_started, delivered_sequence and open_turn stay inside
+    workers = await get_json(client, "/v1/workers")
+    assert_shape(schemas.WorkersResponseSchema(), workers)
+    assert [w.get("execution") for w in workers["workers"]] == [detail["worker"]["execution"], None]
+    transcript = await get_json(client, f"/v1/workers/{agent['worker_id']}/transcript")
+    assert [(e["role"], e["content"]) for e in transcript["transcript"]["items"]] == [
+        ("user", "hi"),
+        ("user", "again"),
+        ("assistant", "echo: hi"),
+    ]
+    events = await get_json(client, "/v1/events")
+    assert_shape(schemas.EventBatchSchema(), events)
+    turn_ended = events["events"][-1]
+    assert (turn_ended["kind"], turn_ended["message"]) == ("worker_turn_ended", "turn 1 ended: end_turn")
+    assert transcript["transcript"]["items"][-1]["event_id"] == turn_ended["id"]
+
+
+@pytest.mark.parametrize("body", [None, b"", b" \n", b"{}", b'{"drop_queued": false}'])
+async def test_interrupt_takes_an_empty_body_or_an_object(client, runtime, backend, body):
+    wid = (await create_worker(client, ECHO_REQUEST))["worker_id"]
+    await post_json(client, f"/v1/workers/{wid}/input", {"kind": "user", "content": "a"})
+    await post_json(client, f"/v1/workers/{wid}/input", {"kind": "user", "content": "b"})
+    await runtime.begin_turn(runtime.worker_ref(wid))
+
+    response = await client.post(f"/v1/workers/{wid}/interrupt", data=body)
+
+    assert response.status == 200, await response.text()
+    answer = await response.json()
+    assert_shape(schemas.InterruptAckResponseSchema(), answer)
+    assert answer == {
+        "ack": {
+            "worker_ref": {"runtime_id": runtime.runtime_id, "worker_id": wid},
+            "status": "running",
+            "turn": 1,
+            "dropped_inputs": 0,
+        }
+    }
+    assert runtime.events().events[-1].kind.value == "worker_interrupted"
+
+
+async def test_interrupt_dropping_queued_inputs_with_no_turn_omits_the_turn(client, runtime, backend):
+    wid = (await create_worker(client, ECHO_REQUEST))["worker_id"]
+    await post_json(client, f"/v1/workers/{wid}/input", {"kind": "user", "content": "a"})
+
+    response = await client.post(f"/v1/workers/{wid}/interrupt", json={"drop_queued": True, "force": 1})
+
+    assert response.headers.getall("Warning") == ['299 runtimed "unknown field: force"']
+    assert (await response.json())["ack"] == {
+        "worker_ref": {"runtime_id": runtime.runtime_id, "worker_id": wid},
+        "status": "running",
+        "dropped_inputs": 1,
+    }
+    detail = await get_json(client, f"/v1/workers/{wid}")
+    assert detail["worker"]["execution"]["queued_inputs"] == 0
+
+
+async def test_pending_permissions_and_answering_one(client, runtime, backend):
+    wid = (await create_worker(client, ECHO_REQUEST))["worker_id"]
+    ref = runtime.worker_ref(wid)
+    backend.ask(ref, "perm-1")
+    backend.ask(ref, "perm-2", turn=None)
+
+    body = await get_json(client, f"/v1/workers/{wid}/permissions")
+
+    assert_shape(schemas.PermissionsResponseSchema(), body)
+    options = [
+        {"option_id": "allow", "name": "Allow", "kind": "allow_once"},
+        {"option_id": "reject", "name": "Reject", "kind": "reject_once"},
+    ]
+    tool_call = {"tool_call_id": "call-1", "title": "rm -rf build", "kind": "delete"}
+    assert body == {
+        "permissions": [
+            {"turn": 1, "request_id": "perm-1", "tool_call": tool_call, "options": options},
+            {"request_id": "perm-2", "tool_call": tool_call, "options": options},
+        ]
+    }
+    answer = await post_json(client, f"/v1/workers/{wid}/permissions/perm-1", {"option_id": "reject"})
+    assert_shape(schemas.PermissionAnswerResponseSchema(), answer)
+    assert answer == {"permission": {"request_id": "perm-1", "option_id": "reject", "by": "backend"}}
+    assert backend.named("answer_permission") == [(wid, "perm-1", "reject")]
+    assert [p["request_id"] for p in (await get_json(client, f"/v1/workers/{wid}/permissions"))["permissions"]] == [
+        "perm-2"
+    ]

@@ -23,6 +23,7 @@ from runtimed.domain.catalog import (
     WorkerStatus,
     WorkspaceRef,
 )
+from runtimed.domain.execution import AgentInfo, ExecutionState, ProcessExit, WorkerExecution
 from runtimed.domain.identity import WorkerRef
 from runtimed.domain.management import RuntimeStatus
 from runtimed.domain.observation import (
@@ -302,9 +303,129 @@ def test_decoders_use_the_ref_decoder_they_are_given():
         (codec.decode_runtime_record, {"runtime_id": "r", "status": "running", "last_event_id": "1"}),
         (codec.decode_worker_record, {"worker_ref": REF_JSON, "created_event_id": 2, "status": "running"}),
         (lambda record: codec.decode_observation(record, REF), {"sequence": "1", "event": "e"}),
+        (
+            codec.decode_execution,
+            {"profile": "p", "state": "asleep", "turns": 0, "queued_inputs": 0, "pending_permissions": 0},
+        ),
+        (
+            codec.decode_execution,
+            {"profile": "p", "state": "idle", "turns": "0", "queued_inputs": 0, "pending_permissions": 0},
+        ),
+        (
+            codec.decode_execution,
+            {"profile": 7, "state": "idle", "turns": 0, "queued_inputs": 0, "pending_permissions": 0},
+        ),
+        (codec.decode_execution, {"profile": "p", "state": "idle", "turns": 0, "pending_permissions": 0}),
+        (
+            codec.decode_execution,
+            {
+                "profile": "p",
+                "state": "idle",
+                "turns": 0,
+                "queued_inputs": 0,
+                "pending_permissions": 0,
+                "agent": {"version": "1"},
+            },
+        ),
+        (
+            codec.decode_execution,
+            {
+                "profile": "p",
+                "state": "idle",
+                "turns": 0,
+                "queued_inputs": 0,
+                "pending_permissions": 0,
+                "exit": {"code": "1"},
+            },
+        ),
+        (
+            codec.decode_execution,
+            {
+                "profile": "p",
+                "state": "idle",
+                "turns": 0,
+                "queued_inputs": 0,
+                "pending_permissions": 0,
+                "open_turn": True,
+            },
+        ),
     ],
 )
 def test_a_malformed_record_is_a_record_error(decode, record):
     with pytest.raises(codec.RECORD_ERRORS) as caught:
         decode(record)
     assert codec.record_problem(caught.value)
+
+
+# ---------------------------------------------------------------- execution
+
+EXECUTIONS = [
+    (
+        WorkerExecution("builtin:echo"),
+        {"profile": "builtin:echo", "state": "starting", "turns": 0, "queued_inputs": 0, "pending_permissions": 0},
+    ),
+    (
+        WorkerExecution(
+            "gemini",
+            ExecutionState.BUSY,
+            pid=4242,
+            agent=AgentInfo("gemini-cli", "0.2.1"),
+            session_id="sess-9",
+            turns=4,
+            turns_started=4,
+            queued_inputs=2,
+            pending_permissions=1,
+            exit=ProcessExit(code=1),
+        ),
+        {
+            "profile": "gemini",
+            "state": "busy",
+            "pid": 4242,
+            "agent": {"name": "gemini-cli", "version": "0.2.1"},
+            "session_id": "sess-9",
+            "turns": 4,
+            "queued_inputs": 2,
+            "pending_permissions": 1,
+            "exit": {"code": 1},
+        },
+    ),
+    (
+        WorkerExecution("x", ExecutionState.EXITED, agent=AgentInfo("a"), exit=ProcessExit(signal="SIGKILL")),
+        {
+            "profile": "x",
+            "state": "exited",
+            "agent": {"name": "a"},
+            "turns": 0,
+            "queued_inputs": 0,
+            "pending_permissions": 0,
+            "exit": {"signal": "SIGKILL"},
+        },
+    ),
+]
+
+
+@pytest.mark.parametrize(("execution", "view"), EXECUTIONS, ids=lambda v: getattr(v, "profile", ""))
+def test_an_execution_shows_the_contracts_shape_without_its_bookkeeping(execution, view):
+    assert codec.encode_execution_view(execution) == view
+    assert list(codec.encode_execution_view(execution)) == list(view)  # in the contract's order
+    assert codec.decode_execution(through_text(view)) == execution  # the defaults of the bookkeeping
+
+
+@pytest.mark.parametrize("state", list(ExecutionState))
+def test_a_stored_execution_round_trips_with_its_bookkeeping(state):
+    execution = WorkerExecution(
+        "builtin:echo",
+        state,
+        turns=2,
+        turns_started=3,
+        queued_inputs=1,
+        delivered_sequence=6,
+        open_turn=3,
+        pid=9,
+    )
+    record = codec.encode_execution(execution)
+    assert (record["turns_started"], record["delivered_sequence"], record["open_turn"]) == (3, 6, 3)
+    assert codec.decode_execution(through_text(record)) == execution
+    idle = WorkerExecution("p", turns=1, turns_started=1, delivered_sequence=1)
+    assert "open_turn" not in codec.encode_execution(idle)
+    assert codec.decode_execution(through_text(codec.encode_execution(idle))) == idle

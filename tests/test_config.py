@@ -4,6 +4,7 @@ or the file and ``[section] key`` for every bad value (contract §10)."""
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from marshmallow import ValidationError, validates_schema
 
 import runtimed.cli
 from runtimed.daemon.config import (
+    BUILTIN_AGENTS,
     FLAG_KEYS,
     SECTIONS,
     Choice,
@@ -32,10 +34,21 @@ from runtimed.daemon.config import (
     not_blank,
     read_toml,
 )
+from runtimed.domain.catalog import BuiltinProfile, NamedProfile, RuntimeDefaultProfile
+from runtimed.domain.execution import (
+    AgentProfile,
+    ExecutionConfig,
+    PermissionPolicy,
+    ProfileSource,
+    RestartPolicy,
+)
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
-#: The known keys of each section, in order.
-KEYS = {name: list(section.declared_fields) for name, section in SECTIONS.items() if isinstance(section, Section)}
+#: The known keys of each section (of each table of a section of named tables), in order.
+KEYS = {
+    name: list((section.section if isinstance(section, NamedTables) else section).declared_fields)
+    for name, section in SECTIONS.items()
+}
 
 
 def write_config(tmp_path: Path, text: str) -> Path:
@@ -465,7 +478,9 @@ def test_of_several_problems_in_a_section_the_first_in_the_file_is_named(tmp_pat
 def test_an_unknown_section_names_the_file_and_section(tmp_path):
     path = write_config(tmp_path, '[serve]\nbind = "127.0.0.1:7420"\n')
 
-    assert config_error(path) == f"{path}: unknown section [serve] (known: server, runtime, limits, store, log)"
+    assert config_error(path) == (
+        f"{path}: unknown section [serve] (known: server, runtime, limits, execution, profiles, store, log)"
+    )
 
 
 def test_an_unknown_key_names_the_file_section_and_key(tmp_path):
@@ -481,7 +496,9 @@ def test_an_unknown_key_names_the_file_section_and_key(tmp_path):
 def test_a_top_level_key_outside_any_section_is_refused(tmp_path):
     path = write_config(tmp_path, 'bind = "127.0.0.1:7420"\n')
 
-    assert config_error(path) == f"{path}: unknown section [bind] (known: server, runtime, limits, store, log)"
+    assert config_error(path) == (
+        f"{path}: unknown section [bind] (known: server, runtime, limits, execution, profiles, store, log)"
+    )
 
 
 def test_a_section_that_is_not_a_table_is_refused(tmp_path):
@@ -569,6 +586,190 @@ def test_a_problem_in_a_named_table_or_across_keys_names_the_file_and_the_table(
     assert str(error.value) == f"{path}: {complaint}"
 
 
+# ------------------------------------------------------- execution and profiles (§9.1)
+
+
+def test_without_configuration_the_builtin_echo_agent_is_the_only_profile_and_none_is_the_default():
+    execution = load_config(environ={}).execution
+
+    assert execution == ExecutionConfig(
+        profiles=(AgentProfile("builtin:echo", ProfileSource.BUILTIN, (sys.executable, "-m", "runtimed.agents.echo")),)
+    )
+    assert (execution.workspace_roots, execution.permission_timeout_seconds) == ((), 300.0)
+    assert (execution.max_agent_message_bytes, execution.agent_log_lines_per_second) == (8 * 1024 * 1024, 50)
+    limits = load_config(environ={}).limits
+    assert (limits.max_running_agents, limits.max_queued_inputs) == (32, 64)
+    assert set(BUILTIN_AGENTS) == {"echo"}
+
+
+def test_profile_tables_become_profiles_after_the_builtin_ones_in_the_files_order(tmp_path):
+    path = write_config(
+        tmp_path,
+        '[runtime]\ndefault_profile = "gemini"\n'
+        "[profiles.gemini]\n"
+        'command = ["gemini", "--experimental-acp"]\ncwd = "/srv/agents/gemini"\n'
+        'env = { GEMINI_MODEL = "gemini-2.5-flash" }\npass_env = ["GEMINI_API_KEY"]\n'
+        'permissions = "deny"\nrestart = "never"\nstop_grace_seconds = 0.5\nstart_timeout_seconds = 10\n'
+        '[profiles.careful-echo]\nbuiltin = "echo"\npermissions = "allow"\n'
+        '[execution]\nworkspace_roots = ["/srv/work"]\npermission_timeout_seconds = 2.5\n'
+        "[limits]\nmax_running_agents = 3\nmax_queued_inputs = 4\nmax_agent_message_bytes = 5\n"
+        "agent_log_lines_per_second = 6\n",
+    )
+
+    config = load_config(path, environ={})
+
+    echo, gemini, careful = config.execution.profiles
+    assert echo.name == "builtin:echo"
+    assert gemini == AgentProfile(
+        "gemini",
+        ProfileSource.CONFIG,
+        ("gemini", "--experimental-acp"),
+        cwd=Path("/srv/agents/gemini"),
+        env={"GEMINI_MODEL": "gemini-2.5-flash"},
+        pass_env=("GEMINI_API_KEY",),
+        permissions=PermissionPolicy.DENY,
+        restart=RestartPolicy.NEVER,
+        stop_grace_seconds=0.5,
+        start_timeout_seconds=10.0,
+    )
+    assert careful == AgentProfile(
+        "careful-echo", ProfileSource.CONFIG, echo.command, permissions=PermissionPolicy.ALLOW
+    )
+    assert config.execution.default_profile == "gemini"
+    assert config.execution.workspace_roots == (Path("/srv/work"),)
+    assert config.execution.permission_timeout_seconds == 2.5
+    assert (config.execution.max_agent_message_bytes, config.execution.agent_log_lines_per_second) == (5, 6)
+    assert (config.limits.max_running_agents, config.limits.max_queued_inputs) == (3, 4)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [('"builtin:echo"', "builtin:echo"), ('"echo"', "builtin:echo"), ('"mine"', "mine")],
+)
+def test_the_default_profile_is_a_table_or_a_builtin_agent(tmp_path, value, expected):
+    path = write_config(tmp_path, f'[runtime]\ndefault_profile = {value}\n[profiles.mine]\ncommand = ["a"]\n')
+
+    assert load_config(path, environ={}).execution.default_profile == expected
+
+
+def test_a_table_named_like_a_builtin_agent_wins_for_a_bare_default(tmp_path):
+    path = write_config(tmp_path, '[runtime]\ndefault_profile = "echo"\n[profiles.echo]\ncommand = ["my-echo"]\n')
+
+    assert load_config(path, environ={}).execution.default_profile == "echo"
+
+
+@pytest.mark.parametrize(
+    ("text", "complaint"),
+    [
+        ("[profiles.x]\ncommand = []\n", "[profiles.x] command must not be empty"),
+        ('[profiles.x]\ncommand = [""]\n', "[profiles.x] command must name a program first, not an empty string"),
+        ('[profiles.x]\ncommand = "gemini"\n', "[profiles.x] command must be a list of strings, not a string"),
+        ("[profiles.x]\n", '[profiles.x] needs command = ["program", …] or builtin = "<name>"'),
+        (
+            '[profiles.x]\ncommand = ["a"]\nbuiltin = "echo"\n',
+            "[profiles.x] builtin must not be given beside command: a profile runs a command or a built-in agent",
+        ),
+        ('[profiles.x]\nbuiltin = "chat"\n', "[profiles.x] builtin names no built-in agent: 'chat' (known: echo)"),
+        (
+            '[profiles.x]\nbuiltin = "echo"\nmodel = "small"\n',
+            "unknown key [profiles.x] model (known: command, builtin, cwd, env, pass_env, permissions, restart, "
+            "stop_grace_seconds, start_timeout_seconds)",
+        ),
+        (
+            '[profiles.x]\ncommand = ["a"]\npermissions = "maybe"\n',
+            "[profiles.x] permissions must be one of 'ask', 'allow', 'deny', not 'maybe'",
+        ),
+        (
+            '[profiles.x]\ncommand = ["a"]\nrestart = "always"\n',
+            "[profiles.x] restart must be one of 'on-failure', 'never', not 'always'",
+        ),
+        ('[profiles.x]\ncommand = ["a"]\ncwd = "agents"\n', "[profiles.x] cwd must be an absolute path, not 'agents'"),
+        (
+            '[profiles.x]\ncommand = ["a"]\nenv = { A = 1 }\n',
+            "[profiles.x] env must be a table of strings; A is an integer",
+        ),
+        ('[profiles.x]\ncommand = ["a"]\nenv = ["A"]\n', "[profiles.x] env must be a table of strings, not an array"),
+        (
+            '[profiles.x]\ncommand = ["a"]\npass_env = ["A=B"]\n',
+            "[profiles.x] pass_env item 0 must be an environment variable name, not 'A=B'",
+        ),
+        (
+            '[profiles.x]\ncommand = ["a"]\nstop_grace_seconds = -1\n',
+            "[profiles.x] stop_grace_seconds must be a finite number, 0 or more, not -1",
+        ),
+        (
+            '[profiles.x]\ncommand = ["a"]\nstart_timeout_seconds = 0\n',
+            "[profiles.x] start_timeout_seconds must be a finite number above 0, not 0",
+        ),
+        (
+            '[profiles."builtin:x"]\ncommand = ["a"]\n',
+            "[profiles.builtin:x] a profile name must not start with builtin: (it names a built-in agent)",
+        ),
+        ('[profiles." "]\ncommand = ["a"]\n', "[profiles. ] a profile name must not be empty"),
+        ("[profiles.x]\ncommand = 5\n", "[profiles.x] command must be a list of strings, not an integer"),
+        ("[profiles]\nx = 5\n", "[profiles.x] must be a table, not an integer"),
+        (
+            '[execution]\nworkspace_roots = ["work"]\n',
+            "[execution] workspace_roots item 0 must be an absolute path, not 'work'",
+        ),
+        (
+            "[execution]\npermission_timeout_seconds = 0\n",
+            "[execution] permission_timeout_seconds must be a finite number above 0, not 0",
+        ),
+        ("[limits]\nmax_running_agents = 0\n", "[limits] max_running_agents must be at least 1, not 0"),
+        ("[limits]\nmax_queued_inputs = 0\n", "[limits] max_queued_inputs must be at least 1, not 0"),
+        ('[runtime]\ndefault_profile = ""\n', "[runtime] default_profile must not be empty"),
+    ],
+)
+def test_every_profile_problem_names_the_file_and_the_table_and_key(tmp_path, text, complaint):
+    path = write_config(tmp_path, text)
+
+    assert config_error(path) == f"{path}: {complaint}"
+
+
+def test_a_default_profile_that_names_no_profile_names_the_key_and_the_known_profiles(tmp_path):
+    path = write_config(tmp_path, '[runtime]\ndefault_profile = "gemni"\n[profiles.gemini]\ncommand = ["g"]\n')
+
+    assert config_error(path) == (
+        f"{path}: [runtime] default_profile names no profile: 'gemni' (known: builtin:echo, gemini)"
+    )
+
+
+def test_a_bad_profile_stops_serve_with_exit_2_naming_the_table_and_key(tmp_path, monkeypatch):
+    async def must_not_run(config: Any, *_: object) -> None:
+        raise AssertionError("serve accepted a bad config file")
+
+    monkeypatch.setattr(runtimed.cli, "run", must_not_run)
+    path = write_config(tmp_path, "[profiles.gemini]\ncommand = []\n")
+
+    result = CliRunner().invoke(runtimed.cli.main, ["serve", "--config", str(path)], prog_name="runtimed")
+
+    assert result.exit_code == 2
+    assert result.stderr == f"runtimed: {path}: [profiles.gemini] command must not be empty\n"
+
+
+def test_the_execution_config_resolves_selectors_as_the_contract_says(tmp_path):
+    path = write_config(tmp_path, '[runtime]\ndefault_profile = "mine"\n[profiles.mine]\ncommand = ["a"]\n')
+    execution = load_config(path, environ={}).execution
+
+    def name(selector: Any) -> str | None:
+        profile = execution.resolve(selector)
+        return None if profile is None else profile.name
+
+    assert name(BuiltinProfile("builtin:echo")) == "builtin:echo"
+    assert name(BuiltinProfile("builtin:coder")) is None
+    assert name(BuiltinProfile("mine")) is None  # a table is named, never built in
+    assert name(NamedProfile("mine")) == "mine"
+    assert name(NamedProfile("builtin:echo")) is None
+    assert name(NamedProfile("other")) is None
+    assert name(RuntimeDefaultProfile()) == "mine"
+    assert [(profile.name, default) for profile, default in execution.listing()] == [
+        ("builtin:echo", False),
+        ("mine", True),
+    ]
+    assert load_config(environ={}).execution.resolve(RuntimeDefaultProfile()) is None
+
+
 # ----------------------------------------------------------------------- the token
 
 
@@ -629,9 +830,11 @@ def example_sections() -> dict[str, list[str]]:
     sections: dict[str, list[str]] = {}
     name = None
     for line in EXAMPLE.read_text(encoding="utf-8").splitlines():
-        if header := re.fullmatch(r"\[(\w+)\]", line.strip()):
+        # A table of a section of named tables is commented out (``# [profiles.gemini]``): its
+        # lines count as the section's.
+        if header := re.fullmatch(r"(?:# )?\[(\w+)(?:\.[\w-]+)?\]", line.strip()):
             name = header[1]
-            sections[name] = []
+            sections.setdefault(name, [])
         elif name is not None:
             sections[name].append(line)
     return sections
@@ -670,14 +873,15 @@ def test_every_known_key_is_documented_in_its_section_of_the_example(section, ke
 CHOICES = [
     (name, key, field.enum)
     for name, section in SECTIONS.items()
-    if isinstance(section, Section)
-    for key, field in section.fields.items()
+    for key, field in (section.section if isinstance(section, NamedTables) else section).fields.items()
     if isinstance(field, Choice)
 ]
 
 
-def test_the_closed_sets_are_the_store_kind_and_the_log_level_and_format():
+def test_the_closed_sets_are_the_profiles_policies_the_store_kind_and_the_log_level_and_format():
     assert [(name, key, enum) for name, key, enum in CHOICES] == [
+        ("profiles", "permissions", PermissionPolicy),
+        ("profiles", "restart", RestartPolicy),
         ("store", "kind", StoreKind),
         ("log", "level", LogLevel),
         ("log", "format", LogFormat),
@@ -709,7 +913,7 @@ def test_every_flag_is_named_beside_its_key_in_the_example(flag, section, key):
 
 def test_the_commented_out_examples_are_valid_too(tmp_path):
     text = EXAMPLE.read_text(encoding="utf-8")
-    uncommented = re.sub(r"^# (\w+ = )", r"\1", text, flags=re.MULTILINE)
+    uncommented = re.sub(r"^# (\w+ = |\[profiles\.)", r"\1", text, flags=re.MULTILINE)
     assert uncommented != text
     path = write_config(tmp_path, uncommented)
 
@@ -718,6 +922,8 @@ def test_the_commented_out_examples_are_valid_too(tmp_path):
     assert config.server.local_token_env == "RUNTIMED_TOKEN"
     assert config.runtime.runtime_id is not None and config.runtime.display_name is not None
     assert config.store.root is not None
+    assert config.execution.default_profile == "builtin:echo"
+    assert [profile.name for profile in config.execution.profiles] == ["builtin:echo", "gemini", "careful-echo"]
 
 
 # ------------------------------------------------------------------ through the CLI

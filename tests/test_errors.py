@@ -4,19 +4,23 @@ changes nothing (contract §4 order of checks, §5 errors)."""
 from __future__ import annotations
 
 import io
+import json
 import logging
 
 import pytest
 
 from runtimed.domain import errors as domain_errors
 from runtimed.domain.errors import RuntimedError
+from runtimed.domain.management import RuntimeLimits, RuntimeOptions
 from runtimed.runtime import Runtime
+from runtimed.store import MemoryStore
 from runtimed.web import errors as web_errors
+from runtimed.web import keys as web_keys
 from runtimed.web import schemas
 from runtimed.web.app import create_app
 from runtimed.web.settings import ServerConfig
 
-from .helpers import TASK_REQUEST, BrokenStore, FailingStore, create_worker
+from .helpers import ECHO_REQUEST, TASK_REQUEST, BrokenStore, FailingStore, FakeBackend, create_worker
 
 W = "worker-00000001"  # created by the fixture below
 MISSING = "worker-0000ffff"
@@ -266,6 +270,103 @@ async def test_runtime_stopped_beats_missing_worker_but_not_bad_json(seeded_clie
         "/v1/workers", json={"intent": {"kind": "task", "objective": ""}, "profile": {"kind": "runtime_default"}}
     )
     assert (response.status, (await response.json())["error"]["code"]) == (409, "runtime_stopped")
+
+
+# ------------------------------------------------------- executing workers (§9)
+
+A = "worker-00000001"  # agent-backed; its one queued input fills its queue; perm-1 is pending
+R = "worker-00000002"  # record-only
+ECHO_TASK = {**ECHO_REQUEST, "intent": {"kind": "task", "objective": " "}}
+# (method, path, body bytes or None, status, code, message or None when it varies)
+# fmt: off
+EXECUTION_CASES = [
+    ("POST", "/v1/workers", json.dumps(ECHO_REQUEST).encode(), 429, "worker_limit_reached", "2 agent-backed workers are running, the most [limits] max_running_agents allows; stop one or create a worker of a profile that names no agent"),
+    ("POST", f"/v1/workers/{A}/input", b'{"kind": "user", "content": "more"}', 429, "input_queue_full", f"worker {A} has 1 inputs waiting to be delivered, the most [limits] max_queued_inputs allows"),
+    ("POST", f"/v1/workers/{R}/interrupt", None, 409, "worker_not_executing", f"worker {R} runs no agent; it records input only"),
+    ("GET", f"/v1/workers/{R}/permissions", None, 409, "worker_not_executing", f"worker {R} runs no agent; it records input only"),
+    ("POST", f"/v1/workers/{R}/permissions/perm-1", b'{"option_id": "allow"}', 409, "worker_not_executing", None),
+    ("POST", f"/v1/workers/{A}/permissions/perm-9", b'{"option_id": "allow"}', 404, "permission_not_found", f"worker {A} has no pending permission request perm-9"),
+    ("POST", f"/v1/workers/{A}/permissions/perm-1", b'{"option_id": "maybe"}', 400, "invalid_request", "invalid request: option maybe was not offered by permission request perm-1"),
+    ("POST", f"/v1/workers/{A}/permissions/perm-1", b"{}", 400, "invalid_json", "invalid JSON request body: option_id: Missing data for required field."),
+    ("POST", f"/v1/workers/{A}/permissions/perm-1", b"", 400, "invalid_json", "invalid JSON request body: the body is empty; expected a JSON object"),
+    ("POST", f"/v1/workers/{A}/permissions/perm-1", b'{"option_id": 1}', 400, "invalid_json", "invalid JSON request body: option_id: Not a valid string."),
+    ("POST", f"/v1/workers/{A}/interrupt", b"null", 400, "invalid_json", "invalid lifecycle request JSON: expected a JSON object, got null"),
+    ("POST", f"/v1/workers/{A}/interrupt", b'{"drop_queued": "yes"}', 400, "invalid_json", "invalid lifecycle request JSON: drop_queued: Not a valid boolean."),
+    ("POST", f"/v1/workers/{A}/interrupt", b'{"drop_queued": 1}', 400, "invalid_json", "invalid lifecycle request JSON: drop_queued: Not a valid boolean."),
+    ("POST", f"/v1/workers/{MISSING}/interrupt", None, 404, "worker_not_found", None),
+    ("GET", f"/v1/workers/{MISSING}/permissions", None, 404, "worker_not_found", None),
+    ("POST", f"/v1/workers/{MISSING}/permissions/perm-1", b'{"option_id": "allow"}', 404, "worker_not_found", None),
+    ("POST", "/v1/workers/%20/interrupt", None, 400, "invalid_worker_id", "worker_id must not be empty"),
+    ("GET", "/v1/workers/%20/permissions", None, 400, "invalid_worker_id", "worker_id must not be empty"),
+    ("POST", "/v1/profiles", None, 405, "method_not_allowed", None),
+    ("GET", f"/v1/workers/{A}/interrupt", None, 405, "method_not_allowed", None),
+    ("POST", f"/v1/workers/{A}/interrupt", b" " * BIG, 413, "payload_too_large", None),
+    # order of checks (§9.3)
+    ("POST", "/v1/workers", json.dumps(ECHO_TASK).encode(), 400, "invalid_request", "invalid request: task objective must not be empty"),
+    ("POST", f"/v1/workers/{A}/input", b'{"kind": "user", "content": " "}', 400, "invalid_request", "invalid request: worker input content must not be empty"),
+    ("POST", f"/v1/workers/{MISSING}/permissions/perm-9", b'{"option_id": "x"}', 404, "worker_not_found", None),
+    ("POST", f"/v1/workers/{R}/permissions/perm-9", b'{"option_id": "x"}', 409, "worker_not_executing", None),
+    ("POST", f"/v1/workers/{A}/permissions/perm-9", b'{"option_id": "maybe"}', 404, "permission_not_found", None),
+    ("POST", f"/v1/workers/{R}/permissions/perm-1", b"{", 400, "invalid_json", None),
+    ("POST", f"/v1/workers/{R}/interrupt", b"[]", 400, "invalid_json", None),
+    ("POST", "/v1/workers/%20/permissions/perm-1", b"{", 400, "invalid_worker_id", None),
+]
+# fmt: on
+
+
+@pytest.fixture
+async def executing_client(aiohttp_client):
+    """Two running agent-backed workers (the limit), the first with a full queue and a pending
+    permission request, and a record-only worker between them."""
+    limits = RuntimeLimits(max_running_agents=2, max_queued_inputs=1)
+    runtime = await Runtime.open(MemoryStore(), RuntimeOptions(limits=limits))
+    backend = FakeBackend(runtime)
+    runtime.attach(backend)
+    client = await aiohttp_client(create_app(runtime))
+    await create_worker(client, ECHO_REQUEST)
+    await create_worker(client, TASK_REQUEST)
+    await create_worker(client, ECHO_REQUEST)
+    response = await client.post(f"/v1/workers/{A}/input", json={"kind": "user", "content": "queued"})
+    assert response.status == 200
+    backend.ask(runtime.worker_ref(A), "perm-1")
+    yield client
+    await runtime.close()
+
+
+def _executing_state(client) -> tuple:
+    runtime = client.app[web_keys.RUNTIME]
+    return (*_state(runtime), runtime.permissions(runtime.worker_ref(A)))
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "code", "message"), EXECUTION_CASES, ids=lambda v: str(v)[:60]
+)
+async def test_execution_error_shape(executing_client, method, path, body, status, code, message):
+    before = _executing_state(executing_client)
+    response = await executing_client.request(method, path, data=_data(body))
+    assert response.status == status
+    payload = await response.json()
+    schemas.ErrorResponseSchema().load(payload)
+    assert payload["error"]["code"] == code
+    if message is not None:
+        assert payload["error"]["message"] == message
+    assert _executing_state(executing_client) == before
+
+
+async def test_runtime_stopped_beats_the_execution_errors_but_reads_keep_theirs(executing_client):
+    await executing_client.post("/v1/runtime/stop")
+    for method, path, body in (
+        ("POST", f"/v1/workers/{R}/interrupt", None),
+        ("POST", f"/v1/workers/{MISSING}/interrupt", None),
+        ("POST", f"/v1/workers/{A}/permissions/perm-9", b'{"option_id": "allow"}'),
+        ("POST", f"/v1/workers/{R}/permissions/perm-1", b'{"option_id": "allow"}'),
+    ):
+        response = await executing_client.request(method, path, data=body)
+        assert (response.status, (await response.json())["error"]["code"]) == (409, "runtime_stopped"), path
+    response = await executing_client.get(f"/v1/workers/{R}/permissions")
+    assert (response.status, (await response.json())["error"]["code"]) == (409, "worker_not_executing")
+    response = await executing_client.post(f"/v1/workers/{A}/permissions/perm-1", data=b"{")
+    assert (response.status, (await response.json())["error"]["code"]) == (400, "invalid_json")
 
 
 # ------------------------------------------------------------ server errors

@@ -25,13 +25,14 @@ from runtimed.domain.catalog import (
     WorkspaceRef,
 )
 from runtimed.domain.errors import StoreCorrupt, StoreError, StoreIo, StoreMissing
+from runtimed.domain.execution import AgentInfo, ExecutionState, ProcessExit, StopReason
 from runtimed.domain.interaction import InputKind, WorkerInput
 from runtimed.domain.management import RuntimeLimits, RuntimeOptions, RuntimeStatus
 from runtimed.runtime import Runtime
 from runtimed.store.fs import FsStore, hex_id
 from runtimed.web.app import create_app
 
-from .helpers import wait_until
+from .helpers import FakeBackend, run_turn, wait_until
 
 TASK = CreateWorkerRequest(
     intent=TaskIntent("ship it"),
@@ -881,3 +882,199 @@ async def test_an_existing_root_readable_by_others_is_tightened_at_start(root):
     for name, mode in modes(root).items():
         path = root.parent / name
         assert mode == (0o700 if path.is_dir() else 0o600), (name, oct(mode))
+
+
+# ------------------------------------------------------ executing workers (§9)
+
+ECHO = CreateWorkerRequest(
+    AssistantIntent(), BuiltinProfile("builtin:echo"), requested_capabilities=(CapabilityRequest("read"),)
+)
+
+
+async def open_executing(root: Path, store: FsStore | None = None, **limits: int) -> tuple[Runtime, FakeBackend]:
+    if store is None:
+        runtime = await open_runtime(root, **limits)
+    else:
+        runtime = await Runtime.open(store)
+    backend = FakeBackend(runtime)
+    runtime.attach(backend)
+    return runtime, backend
+
+
+async def with_turns(root: Path) -> Runtime:
+    """An executing worker with a turn that made an entry, one that made none, and one still
+    open, beside a record-only worker."""
+    runtime, _ = await open_executing(root)
+    ref = (await runtime.create_worker(ECHO)).worker_ref
+    await runtime.create_worker(TASK)
+    await runtime.update_execution(
+        ref, state=ExecutionState.IDLE, pid=4242, agent=AgentInfo("echo", "0.1"), session_id="sess-1"
+    )
+    for text in ("a", "b", "c", "d"):
+        await runtime.send_input(ref, user(text))
+    await run_turn(runtime, ref)
+    await run_turn(runtime, ref, text="", reason=StopReason.ERROR)
+    await runtime.begin_turn(ref)  # "c", still open when the daemon stops
+    await runtime.update_execution(ref, pending_permissions=1)
+    return runtime
+
+
+async def test_an_executing_worker_comes_back_with_its_open_turn_and_what_was_delivered(root):
+    runtime = await with_turns(root)
+    ref = runtime.worker_ref("worker-00000001")
+    before = reads(runtime)
+    execution = runtime.worker_detail(ref).execution
+    assert execution is not None
+    assert (execution.open_turn, execution.delivered_sequence, execution.queued_inputs) == (3, 3, 1)
+    await runtime.close()
+
+    restored, _ = await open_executing(root)
+
+    assert reads(restored) == before
+    assert restored.worker_detail(ref).execution == execution
+    assert restored.worker_detail(restored.worker_ref("worker-00000002")).execution is None
+    assert [w.worker_ref for w in restored.executing_workers()] == [ref]
+    # What the supervisor does at restore: the open turn ends interrupted, its input is not
+    # delivered again, and the input never delivered is next.
+    await restored.end_turn(ref, 3, StopReason.INTERRUPTED)
+    started = await restored.begin_turn(ref)
+    assert started is not None and (started.turn, started.entry.content) == (4, "d")
+    await restored.close()
+
+
+async def test_changes_without_a_runtime_event_are_durable(root):
+    runtime, _ = await open_executing(root)
+    ref = (await runtime.create_worker(ECHO)).worker_ref
+    await runtime.send_input(ref, user("a"))
+    await runtime.update_execution(ref, state=ExecutionState.IDLE, pid=7, exit=ProcessExit(code=0))
+    await runtime.begin_turn(ref)
+    execution = runtime.worker_detail(ref).execution
+    await runtime.close()
+
+    restored = await open_runtime(root)
+
+    assert restored.worker_detail(ref).execution == execution
+    assert execution is not None and (execution.pid, execution.open_turn, execution.state) == (
+        7,
+        1,
+        ExecutionState.BUSY,
+    )
+    await restored.close()
+
+
+async def test_a_begin_turn_whose_commit_never_finished_delivered_nothing(root):
+    runtime, _ = await open_executing(root)
+    ref = (await runtime.create_worker(ECHO)).worker_ref
+    await runtime.send_input(ref, user("a"))
+    committed = runtime.worker_detail(ref).execution
+    commits = runtime_dir(root) / "commits.jsonl"
+    lines_before = commits.read_bytes()
+    await runtime.begin_turn(ref)
+    await runtime.close()
+    # A crash after the data of the flush (turn_started) was written, before its commit line.
+    commits.write_bytes(lines_before)
+
+    restored = await open_runtime(root)
+
+    assert restored.worker_detail(ref).execution == committed
+    assert [d.code for d in restored.diagnostics()][-1] == "store.uncommitted_discarded"
+    assert restored.replay_observations(ref, 0)[-1].event == "user_message"
+    await restored.close()
+
+
+async def test_a_failed_flush_of_a_turn_leaves_the_worker_as_it_was_on_disk_too(root):
+    store = FaultyFsStore(root)
+    runtime, _ = await open_executing(root, store)
+    ref = (await runtime.create_worker(ECHO)).worker_ref
+    await runtime.send_input(ref, user("a"))
+    before = reads(runtime)
+    files_before = files_of(root)
+
+    store.fail_next = True
+    with pytest.raises(StoreIo):
+        await runtime.begin_turn(ref)
+
+    assert reads(runtime) == before
+    assert files_of(root) == files_before
+    started = await runtime.begin_turn(ref)
+    assert started is not None and started.turn == 1
+    await runtime.close()
+    restored = await open_runtime(root)
+    execution = restored.worker_detail(ref).execution
+    assert execution is not None and (execution.open_turn, execution.delivered_sequence) == (1, 1)
+    await restored.close()
+
+
+async def test_a_turn_end_that_made_an_entry_says_so_in_the_event_log(root):
+    runtime = await with_turns(root)
+    await runtime.close()
+
+    ended = [e for e in iter_jsonl(runtime_dir(root) / "events.jsonl") if e["kind"] == "worker_turn_ended"]
+
+    assert [e.get("transcript_sequence") for e in ended] == [5, None]
+    assert [e["message"] for e in ended] == ["turn 1 ended: end_turn", "turn 2 ended: error"]
+
+
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        (
+            "drop_assistant_entry",
+            "holds 4 entries, but the event log accepted 4 inputs and committed 1 assistant replies",
+        ),
+        ("wrong_event", "transcript entry 5 (assistant, event 3) is not the entry event"),
+        ("wrong_role", "transcript entry 5 (user, event"),
+        ("unknown_worker", "holds the execution of worker worker-000000ff, which was never created"),
+        ("bad_execution", "bad commit record on line"),
+    ],
+)
+async def test_damage_to_what_execution_committed_is_refused(root, damage, problem):
+    runtime = await with_turns(root)
+    await runtime.close()
+    transcript = worker_dir(root, "worker-00000001") / "transcript.jsonl"
+    commits = runtime_dir(root) / "commits.jsonl"
+    entries = iter_jsonl(transcript)
+    if damage == "drop_assistant_entry":
+        entries.pop()
+    elif damage == "wrong_event":
+        entries[-1]["event_id"] = 3
+    elif damage == "wrong_role":
+        entries[-1]["role"] = "user"
+    transcript.write_bytes(b"".join(json.dumps(entry).encode() + b"\n" for entry in entries))
+    lines = iter_jsonl(commits)
+    if damage == "unknown_worker":
+        lines[-1]["executions"] = {"worker-000000ff": lines[-1]["executions"]["worker-00000001"]}
+    elif damage == "bad_execution":
+        lines[-1]["executions"]["worker-00000001"]["turns"] = "three"
+    commits.write_bytes(b"".join(json.dumps(line).encode() + b"\n" for line in lines))
+    before = files_of(root)
+
+    with pytest.raises(StoreCorrupt) as caught:
+        await open_runtime(root)
+
+    assert problem in caught.value.message
+    assert files_of(root) == before
+
+
+async def test_the_commit_log_checkpoint_keeps_every_execution(root, monkeypatch):
+    import runtimed.store.fs.store as fs_store
+
+    monkeypatch.setattr(fs_store, "COMMIT_LOG_LINES", 4)
+    runtime, _ = await open_executing(root)
+    quiet = (await runtime.create_worker(ECHO)).worker_ref
+    busy = (await runtime.create_worker(ECHO)).worker_ref
+    await runtime.update_execution(quiet, session_id="quiet")
+    for pid in range(1, 30):
+        await runtime.update_execution(busy, pid=pid)
+    before = reads(runtime)
+    await runtime.close()
+    assert len(iter_jsonl(runtime_dir(root) / "commits.jsonl")) <= 4 + 2 + 1
+
+    restored = await open_runtime(root)
+
+    assert reads(restored) == before
+    quiet_execution = restored.worker_detail(quiet).execution
+    busy_execution = restored.worker_detail(busy).execution
+    assert quiet_execution is not None and quiet_execution.session_id == "quiet"
+    assert busy_execution is not None and busy_execution.pid == 29
+    await restored.close()

@@ -22,13 +22,14 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 
 from runtimed.daemon.config import Secret, ServerConfig
 from runtimed.daemon.systemd import notify
+from runtimed.domain.execution import ExecutionState, StopReason
 from runtimed.runtime import Runtime
 from runtimed.store import MemoryStore
 from runtimed.store.fs import FsStore
 from runtimed.web.app import create_app
 from runtimed.web.metrics import REQUEST_BUCKETS, HttpMetrics
 
-from .helpers import TASK_REQUEST, BrokenStore, create_worker, wait_until
+from .helpers import ECHO_REQUEST, TASK_REQUEST, BrokenStore, create_worker, run_turn, wait_until
 from .process import RuntimedProcess, request_json, run_runtimed, send_raw
 from .slow_disk import FLUSH_STARTED
 
@@ -373,6 +374,30 @@ def test_the_http_metrics_are_exported_as_prometheus_clients_own_metrics_would_b
     assert without_created(generate_latest(registry)) == without_created(generate_latest(reference))
 
 
+async def test_metrics_count_agents_pending_permissions_turns_and_restarts(client, runtime, backend):
+    busy = runtime.worker_ref((await create_worker(client, ECHO_REQUEST))["worker_id"])
+    idle = runtime.worker_ref((await create_worker(client, ECHO_REQUEST))["worker_id"])
+    await runtime.update_execution(idle, state=ExecutionState.IDLE, pending_permissions=3)
+    await runtime.update_execution(idle, state=ExecutionState.RESTARTING)
+    await runtime.update_execution(idle, state=ExecutionState.IDLE)
+    for text in ("a", "b"):
+        await client.post(f"/v1/workers/{busy.worker_id}/input", json={"kind": "user", "content": text})
+    await run_turn(runtime, busy, reason=StopReason.MAX_TOKENS)
+    await runtime.begin_turn(busy)
+
+    text = await (await client.get("/metrics")).text()
+
+    assert metric(text, "runtimed_agents", state="busy") == 1
+    assert metric(text, "runtimed_agents", state="idle") == 1
+    assert metric(text, "runtimed_agents", state="starting") == 0
+    assert metric(text, "runtimed_pending_permissions") == 3
+    assert metric(text, "runtimed_agent_restarts_total") == 1
+    assert metric(text, "runtimed_turns_total", stop_reason="max_tokens") == 1
+    assert metric(text, "runtimed_turns_total", stop_reason="end_turn") == 0
+    assert metric(text, "runtimed_turn_duration_seconds_count") == 1
+    assert metric(text, "runtimed_turn_duration_seconds_bucket", le="+Inf") == 1
+
+
 async def test_metrics_count_fs_store_flushes_and_their_latency(tmp_path, aiohttp_client):
     runtime = await Runtime.open(FsStore(tmp_path / "root"))
     client = await aiohttp_client(create_app(runtime))
@@ -566,6 +591,17 @@ async def test_readyz_is_ready_with_a_loaded_writable_store_and_needs_no_token(t
     response = await client.get("/readyz")
     assert (response.status, await response.json()) == (200, {"status": "ready"})
     await runtime.close()
+
+
+async def test_readyz_is_503_until_every_agent_restore_has_been_attempted(client, backend):
+    backend.ready = False
+    response = await client.get("/readyz")
+    assert response.status == 503
+    assert await response.json() == {
+        "error": {"code": "not_ready", "message": "not ready: agents of running workers are still being restored"}
+    }
+    backend.ready = True
+    assert (await client.get("/readyz")).status == 200
 
 
 @pytest.mark.process

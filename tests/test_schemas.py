@@ -19,6 +19,7 @@ from runtimed.domain.catalog import (
     TaskIntent,
     WorkspaceRef,
 )
+from runtimed.domain.execution import AgentInfo, ExecutionState, ProcessExit, WorkerExecution
 from runtimed.domain.identity import WorkerRef
 from runtimed.domain.interaction import InputKind, WorkerInput
 from runtimed.domain.observation import (
@@ -33,6 +34,8 @@ from runtimed.domain.observation import (
 from runtimed.runtime import Runtime
 from runtimed.store import MemoryStore, codec
 from runtimed.web import schemas
+
+from .helpers import FakeBackend, run_turn
 
 REQUESTS = [
     CreateWorkerRequest(AssistantIntent(), RuntimeDefaultProfile()),
@@ -54,7 +57,27 @@ REQUESTS = [
 @pytest.fixture
 async def busy_runtime():
     runtime = await Runtime.open(MemoryStore())
+    backend = FakeBackend(runtime, default_profile="careful")
+    runtime.attach(backend)
     workers = [await runtime.create_worker(request) for request in REQUESTS]
+    # Agent-backed workers: a plain one, and one with every optional part of its execution.
+    echo = await runtime.create_worker(CreateWorkerRequest(AssistantIntent(), BuiltinProfile("builtin:echo")))
+    careful = await runtime.create_worker(CreateWorkerRequest(AssistantIntent(), NamedProfile("careful")))
+    await runtime.update_execution(
+        careful.worker_ref,
+        state=ExecutionState.IDLE,
+        pid=99,
+        agent=AgentInfo("careful", "2.0"),
+        session_id="s",
+        exit=ProcessExit(code=1, signal="SIGTERM"),
+    )
+    await runtime.send_input(careful.worker_ref, WorkerInput(InputKind.USER, "go"))
+    await run_turn(runtime, careful.worker_ref)
+    await runtime.send_input(careful.worker_ref, WorkerInput(InputKind.USER, "again"))
+    await runtime.begin_turn(careful.worker_ref)
+    backend.ask(careful.worker_ref, "perm-1")
+    backend.ask(careful.worker_ref, "perm-2", turn=None)
+    assert echo.execution is not None
     for i, worker in enumerate(workers):
         for j in range(i + 1):
             await runtime.send_input(
@@ -88,10 +111,18 @@ async def test_every_response_shape_dumps_the_same(busy_runtime):
             schemas.SnapshotDataSchema(),
             {"worker": snapshot.worker, "status": snapshot.worker.status, "entries": snapshot.entries},
         )
+    assert any(worker.execution is not None for worker in workers)
     running = workers[0].worker_ref
     ack = await runtime.send_input(running, WorkerInput(InputKind.USER, "x"))
     assert_same(schemas.WorkerInteractionAckResponseSchema(), {"ack": ack})
     assert_same(schemas.WorkerLifecycleAckResponseSchema(), {"ack": await runtime.stop_worker(running)})
+    assert_same(schemas.ProfilesResponseSchema(), {"profiles": runtime.profiles()})
+    careful = runtime.worker_ref("worker-00000006")
+    assert_same(schemas.PermissionsResponseSchema(), {"permissions": runtime.permissions(careful)})
+    answer = await runtime.answer_permission(careful, "perm-1", "allow")
+    assert_same(schemas.PermissionAnswerResponseSchema(), {"permission": answer})
+    assert_same(schemas.InterruptAckResponseSchema(), {"ack": await runtime.interrupt(careful)})
+    assert_same(schemas.InterruptAckResponseSchema(), {"ack": await runtime.interrupt(careful)})  # no turn
 
 
 @pytest.mark.parametrize("data", [None, {"text": "x"}, {}])
@@ -126,6 +157,23 @@ RECORDS = [
     (schemas.RuntimeEventSchema(), RuntimeEvent(1, EventKind.RUNTIME_STARTED, "runtime started")),
     *[(schemas.RuntimeDiagnosticSchema(), RuntimeDiagnostic(1, severity, "c", "m", REF)) for severity in Severity],
     (schemas.RuntimeDiagnosticSchema(), RuntimeDiagnostic(2, Severity.INFO, "c", "m")),
+    *[(schemas.ExecutionSchema(), WorkerExecution("builtin:echo", state)) for state in ExecutionState],
+    (
+        schemas.ExecutionSchema(),
+        WorkerExecution(
+            "gemini",
+            ExecutionState.BUSY,
+            pid=1,
+            agent=AgentInfo("g", "1"),
+            session_id="s",
+            turns=3,
+            turns_started=3,
+            queued_inputs=2,
+            pending_permissions=1,
+            exit=ProcessExit(code=0),
+        ),
+    ),
+    (schemas.ExecutionSchema(), WorkerExecution("x", agent=AgentInfo("g"), exit=ProcessExit(signal="SIGKILL"))),
 ]
 
 

@@ -15,6 +15,7 @@ import pytest
 from aiohttp import WSMsgType
 
 from runtimed.daemon.config import Secret, ServerConfig
+from runtimed.domain.execution import ExecutionState, StopReason
 from runtimed.domain.management import RuntimeLimits, RuntimeOptions
 from runtimed.domain.observation import encode_cursor
 from runtimed.runtime import Runtime
@@ -24,7 +25,7 @@ from runtimed.web.app import create_app
 from runtimed.web.keys import WS_SESSIONS
 from runtimed.web.masking import MaskCheck
 
-from .helpers import create_worker, wait_until
+from .helpers import ECHO_REQUEST, create_worker, wait_until
 
 _event_frame = schemas.EventFrameSchema()
 _diagnostic_frame = schemas.DiagnosticFrameSchema()
@@ -244,6 +245,65 @@ async def test_a_stopped_worker_can_still_be_observed(client, runtime):
         assert snapshot["payload"]["data"]["status"] == "cancelled"
         status = envelope(await next_frame(ws))
         assert status["payload"]["data"] == {"status": "cancelled", "reason": "worker cancelled"}
+
+
+async def test_an_executing_workers_turn_reaches_observers_in_order(client, runtime, backend):
+    worker = await create_worker(client, ECHO_REQUEST)
+    wid = worker["worker_id"]
+    ref = runtime.worker_ref(wid)
+    async with client.ws_connect(ws_path(wid)) as ws:
+        snapshot = envelope(await next_frame(ws))
+        assert snapshot["payload"]["data"]["worker"]["execution"]["state"] == "starting"
+        await runtime.update_execution(ref, state=ExecutionState.IDLE)  # no observation of its own
+        await input_(client, wid, "hi")
+        started = await runtime.begin_turn(ref)
+        assert started is not None
+        await runtime.observe(ref, "text_delta", {"turn": started.turn, "text": "echo: "})
+        await runtime.observe(ref, "text_delta", {"turn": started.turn, "text": "hi"})
+        await runtime.end_turn(ref, started.turn, StopReason.END_TURN, "echo: hi")
+        await client.post(f"/v1/workers/{wid}/stop")
+
+        frames = [envelope(await next_frame(ws)) for _ in range(7)]
+
+        assert [(f["payload"]["event"], f["payload"].get("data")) for f in frames] == [
+            ("user_message", {"sequence": 1, "content": "hi"}),
+            ("turn_started", {"turn": 1, "input_sequence": 1}),
+            ("text_delta", {"turn": 1, "text": "echo: "}),
+            ("text_delta", {"turn": 1, "text": "hi"}),
+            ("assistant_message", {"turn": 1, "sequence": 2, "content": "echo: hi"}),
+            ("turn_ended", {"turn": 1, "stop_reason": "end_turn"}),
+            ("worker_status", {"status": "stopped", "reason": "worker stopped"}),
+        ]
+        cursors = [f["cursor"] for f in frames]
+        assert cursors == sorted(cursors) and len(set(cursors)) == 7
+    # A client that connects afterwards sees the reply in its snapshot, and replays the turn.
+    async with client.ws_connect(ws_path(wid, snapshot["cursor"])) as ws:
+        data = envelope(await next_frame(ws))["payload"]["data"]
+        assert [(e["role"], e["content"]) for e in data["entries"]] == [("user", "hi"), ("assistant", "echo: hi")]
+        assert data["worker"]["execution"]["turns"] == 1
+        replayed = [envelope(await next_frame(ws))["payload"]["event"] for _ in range(7)]
+        assert replayed == [f["payload"]["event"] for f in frames]
+
+
+async def test_a_turn_that_ends_after_a_stop_is_published_after_the_status(client, runtime, backend):
+    worker = await create_worker(client, ECHO_REQUEST)
+    wid = worker["worker_id"]
+    ref = runtime.worker_ref(wid)
+    await input_(client, wid, "long job")
+    started = await runtime.begin_turn(ref)
+    assert started is not None
+    async with client.ws_connect(ws_path(wid)) as ws:
+        await next_frame(ws)
+        await client.post(f"/v1/workers/{wid}/stop", json={"reason": "enough"})
+        await runtime.end_turn(ref, started.turn, StopReason.CANCELLED, "partial")
+
+        frames = [envelope(await next_frame(ws))["payload"] for _ in range(3)]
+
+        assert [(f["event"], f["data"]) for f in frames] == [
+            ("worker_status", {"status": "stopped", "reason": "enough"}),
+            ("assistant_message", {"turn": 1, "sequence": 2, "content": "partial"}),
+            ("turn_ended", {"turn": 1, "stop_reason": "cancelled"}),
+        ]
 
 
 async def test_reconnecting_with_the_last_cursor_never_repeats_or_skips(aiohttp_client):

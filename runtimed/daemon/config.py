@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import sys
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,8 +22,16 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, ClassVar, cast
 
-from marshmallow import RAISE, Schema, ValidationError, fields, missing, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, missing, validate, validates_schema
 
+from ..domain.execution import (
+    BUILTIN_PREFIX,
+    AgentProfile,
+    ExecutionConfig,
+    PermissionPolicy,
+    ProfileSource,
+    RestartPolicy,
+)
 from ..domain.management import RuntimeLimits, RuntimeOptions
 from ..web.settings import (
     DEFAULT_HOST,
@@ -74,12 +83,33 @@ class LogConfig:
     file: Path | None = None
 
 
+#: The built-in agents (§9.1, §9.6): name -> the command that runs it, with the daemon's own
+#: interpreter. Each is the profile ``builtin:<name>``, and ``builtin = "<name>"`` in a profile.
+BUILTIN_AGENTS: Mapping[str, tuple[str, ...]] = {
+    "echo": (sys.executable, "-m", "runtimed.agents.echo"),
+}
+
+
+def builtin_profiles() -> tuple[AgentProfile, ...]:
+    """The profiles of the built-in agents, as they exist without any configuration."""
+    return tuple(
+        AgentProfile(name=BUILTIN_PREFIX + name, source=ProfileSource.BUILTIN, command=command)
+        for name, command in BUILTIN_AGENTS.items()
+    )
+
+
+def default_execution() -> ExecutionConfig:
+    return ExecutionConfig(profiles=builtin_profiles())
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
     store: StoreConfig = field(default_factory=StoreConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    #: Profiles, the default profile and the supervisor's settings, for the agent supervisor.
+    execution: ExecutionConfig = field(default_factory=default_execution)
 
     @property
     def limits(self) -> RuntimeLimits:
@@ -138,6 +168,29 @@ def env_name(value: str) -> None:
 def finite_and_not_negative(value: float) -> None:
     if not (math.isfinite(value) and value >= 0):
         raise ValidationError(f"must be a finite number, 0 or more, not {value}")
+
+
+def finite_and_positive(value: float) -> None:
+    if not (math.isfinite(value) and value > 0):
+        raise ValidationError(f"must be a finite number above 0, not {value}")
+
+
+def absolute_path(value: str) -> None:
+    if not os.path.isabs(value):
+        raise ValidationError(f"must be an absolute path, not {value!r}")
+
+
+def env_names(values: tuple[str, ...]) -> None:
+    for index, value in enumerate(values):
+        if not value.strip() or "=" in value:
+            raise ValidationError(f"item {index} must be an environment variable name, not {value!r}")
+
+
+def a_command(values: tuple[str, ...]) -> None:
+    if not values:
+        raise ValidationError("must not be empty")
+    if not values[0].strip():
+        raise ValidationError("must name a program first, not an empty string")
 
 
 def timeout_up_to(most: float) -> Callable[[float], None]:
@@ -199,8 +252,8 @@ class String(TomlValue, fields.String):
 class FilePath(String):
     """A path to a file or directory: a string that is not blank, held as a ``Path``."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(validate=not_blank, **kwargs)
+    def __init__(self, validate: Callable[[str], None] | None = None, **kwargs: Any) -> None:
+        super().__init__(validate=[not_blank] if validate is None else [not_blank, validate], **kwargs)
 
     def convert(self, value: str) -> Path:
         return Path(value)
@@ -258,6 +311,43 @@ class StringList(TomlValue, fields.List[Any]):
             raise self.make_error("item", index=index, type=_type_name(value[index])) from None
 
 
+class PathList(StringList):
+    """An array of absolute paths, held as a tuple of ``Path``."""
+
+    expected = "a list of absolute paths"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(validate=self._absolute, **kwargs)
+
+    @staticmethod
+    def _absolute(values: tuple[str, ...]) -> None:
+        for index, value in enumerate(values):
+            if not os.path.isabs(value):
+                raise ValidationError(f"item {index} must be an absolute path, not {value!r}")
+
+    def convert(self, value: tuple[str, ...]) -> tuple[Path, ...]:
+        return tuple(Path(item) for item in value)
+
+
+class StringTable(TomlValue):
+    """A table of strings keyed by environment variable names (``env = { MODEL = "x" }``), held as a dict."""
+
+    toml_types = (dict,)
+    expected = "a table of strings"
+    default_error_messages = {  # noqa: RUF012 - marshmallow's own attribute
+        "name": "must be keyed by environment variable names, not {name!r}",
+        "item": "must be a table of strings; {name} is {type}",
+    }
+
+    def _load_value(self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any) -> Any:
+        for key, item in value.items():
+            if not key.strip() or "=" in key:
+                raise self.make_error("name", name=key)
+            if not isinstance(item, str):
+                raise self.make_error("item", name=key, type=_type_name(item))
+        return dict(value)
+
+
 class Choice(TomlValue):
     """One value of a closed set, written as the ``Enum`` member's value and held as the member."""
 
@@ -310,6 +400,11 @@ class ServerSection(Section):
 class RuntimeSection(Section):
     runtime_id = String(validate=not_blank)
     display_name = String()
+    default_profile = String(validate=not_blank)
+
+
+#: ``[runtime]`` keys that belong to the ``ExecutionConfig``: the Runtime never resolves profiles.
+EXECUTION_RUNTIME_KEYS = ("default_profile",)
 
 
 class LimitsSection(Section):
@@ -320,11 +415,57 @@ class LimitsSection(Section):
     observation_backlog = Integer(validate=at_least_1)
     subscriber_queue = Integer(validate=at_least_1)
     max_observation_sessions = Integer(validate=at_least_1)
+    max_running_agents = Integer(validate=at_least_1)
+    max_queued_inputs = Integer(validate=at_least_1)
+    max_agent_message_bytes = Integer(validate=at_least_1)
+    agent_log_lines_per_second = Integer(validate=at_least_1)
 
 
 #: ``[limits]`` keys that set a ``ServerConfig`` attribute of the same name, not a ``RuntimeLimits``
 #: one: the web layer counts observation sessions, the Runtime never sees them.
 WEB_LIMITS = ("max_observation_sessions",)
+#: ``[limits]`` keys of the agent supervisor (``ExecutionConfig``): it reads agents' output.
+EXECUTION_LIMITS = ("max_agent_message_bytes", "agent_log_lines_per_second")
+
+
+class ExecutionSection(Section):
+    workspace_roots = PathList()
+    permission_timeout_seconds = Seconds(validate=finite_and_positive)
+
+
+class ProfileSection(Section):
+    """One ``[profiles.<name>]`` table (§9.1): an agent run by ``command``, or a built-in agent
+    named by ``builtin``; the other keys apply to both. A built-in profile takes no settings of
+    its own yet (a later built-in agent brings them)."""
+
+    command = StringList(validate=a_command)
+    builtin = String(validate=not_blank)
+    cwd = FilePath(validate=absolute_path)
+    env = StringTable()
+    pass_env = StringList(validate=env_names)
+    permissions = Choice(PermissionPolicy)
+    restart = Choice(RestartPolicy)
+    stop_grace_seconds = Seconds(validate=finite_and_not_negative)
+    start_timeout_seconds = Seconds(validate=finite_and_positive)
+
+    @validates_schema
+    def _one_agent(self, data: dict[str, Any], **_: Any) -> None:
+        if "command" in data and "builtin" in data:
+            raise ValidationError(
+                "must not be given beside command: a profile runs a command or a built-in agent", "builtin"
+            )
+        if "builtin" in data and data["builtin"] not in BUILTIN_AGENTS:
+            known = ", ".join(BUILTIN_AGENTS)
+            raise ValidationError(f"names no built-in agent: {data['builtin']!r} (known: {known})", "builtin")
+        if "command" not in data and "builtin" not in data:
+            raise ValidationError('needs command = ["program", …] or builtin = "<name>"')
+
+
+def profile_name(name: str) -> None:
+    if not name.strip():
+        raise ValidationError("a profile name must not be empty")
+    if name.startswith(BUILTIN_PREFIX):
+        raise ValidationError(f"a profile name must not start with {BUILTIN_PREFIX} (it names a built-in agent)")
 
 
 class StoreSection(Section):
@@ -342,9 +483,11 @@ class LogSection(Section):
 class NamedTables:
     """A section made of named tables, such as ``[profiles.<name>]``, each holding the keys of ``section``.
 
-    It loads as ``{name: values}``; messages name a key as ``[profiles.<name>] key``."""
+    It loads as ``{name: values}`` in the file's order; messages name a key as
+    ``[profiles.<name>] key``. ``name`` checks a table's name (raising ``ValidationError``)."""
 
     section: Section
+    name: Callable[[str], None] | None = None
 
 
 #: Every section of the file, in the order ``config.example.toml`` documents them. A new key is a
@@ -354,6 +497,8 @@ SECTIONS: dict[str, Section | NamedTables] = {
     "server": ServerSection(),
     "runtime": RuntimeSection(),
     "limits": LimitsSection(),
+    "execution": ExecutionSection(),
+    "profiles": NamedTables(ProfileSection(), name=profile_name),
     "store": StoreSection(),
     "log": LogSection(),
 }
@@ -430,6 +575,11 @@ def read_toml(path: Path, sections: Mapping[str, Section | NamedTables] | None =
             for table_name, named_table in table.items():
                 header = f"{name}.{table_name}"
                 _expect_table(path, header, named_table)
+                if section.name is not None:
+                    try:
+                        section.name(table_name)
+                    except ValidationError as error:
+                        raise ConfigError(f"{path}: [{header}] {_complaint(error.messages)}") from None
                 loaded[name][table_name] = _load_table(path, header, section.section, named_table)
         else:
             loaded[name] = _load_table(path, name, section, table)
@@ -472,12 +622,46 @@ def load_config(
 
     limits = dict(values["limits"])
     web_limits = {key: limits.pop(key) for key in WEB_LIMITS if key in limits}
+    execution_limits = {key: limits.pop(key) for key in EXECUTION_LIMITS if key in limits}
+    runtime_values = dict(values["runtime"])
+    default_profile = runtime_values.pop("default_profile", None)
     server = _server_config({**values["server"], **web_limits}, where, environ)
-    runtime = RuntimeOptions(**values["runtime"], limits=RuntimeLimits(**limits))
+    runtime = RuntimeOptions(**runtime_values, limits=RuntimeLimits(**limits))
     store = StoreConfig(**values["store"])
     if store.kind is StoreKind.FS and store.root is None:
         raise ConfigError(f"{where('store', 'kind')}: the fs store needs a root ([store] root or --fs-root)")
-    return Config(server=server, runtime=runtime, store=store, log=LogConfig(**values["log"]))
+    execution = _execution_config(
+        values["profiles"], default_profile, {**values["execution"], **execution_limits}, where
+    )
+    return Config(server=server, runtime=runtime, store=store, log=LogConfig(**values["log"]), execution=execution)
+
+
+def _execution_config(
+    tables: Mapping[str, Mapping[str, Any]],
+    default_profile: str | None,
+    values: Mapping[str, Any],
+    where: Callable[[str, str], str],
+) -> ExecutionConfig:
+    """The profiles (built-in, then ``[profiles.<name>]`` in the file's order) and the default.
+
+    ``default_profile`` is a table's name or ``builtin:<name>``; a bare name no table has that
+    a built-in agent has (``"echo"``) means that built-in agent."""
+    profiles = list(builtin_profiles())
+    for name, table in tables.items():
+        settings = dict(table)
+        builtin = settings.pop("builtin", None)
+        command = BUILTIN_AGENTS[builtin] if builtin is not None else settings.pop("command")
+        profiles.append(AgentProfile(name=name, source=ProfileSource.CONFIG, command=command, **settings))
+    names = [profile.name for profile in profiles]
+    if default_profile is not None and default_profile not in names:
+        if default_profile in BUILTIN_AGENTS:
+            default_profile = BUILTIN_PREFIX + default_profile
+        else:
+            raise ConfigError(
+                f"{where('runtime', 'default_profile')} names no profile: {default_profile!r} "
+                f"(known: {', '.join(names)})"
+            )
+    return ExecutionConfig(profiles=tuple(profiles), default_profile=default_profile, **values)
 
 
 def _server_config(

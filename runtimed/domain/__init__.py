@@ -4,5 +4,6 @@
 ``RuntimedError`` classes, each with its stable ``code``), ``catalog`` (intents, profiles,
 worker state and views), ``interaction`` (input and its ack), ``observation`` (transcripts, the
 event log, diagnostics, observation cursors), ``management`` (options, limits, the runtime
-summary), ``stats`` (plain counters).
+summary), ``execution`` (agent profiles, a worker's execution, turns, permissions, the
+execution config), ``stats`` (plain counters).
 """

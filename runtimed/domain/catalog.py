@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import ClassVar
 
+from .execution import WorkerExecution
 from .identity import WorkerRef
 
 
@@ -109,6 +110,8 @@ class WorkerState:
     status: WorkerStatus
     transcript_len: int
     last_event_id: int
+    #: The agent that runs the worker (§9); ``None``: a record-only worker.
+    execution: WorkerExecution | None = None
 
 
 class _NamedByRef:
@@ -136,6 +139,7 @@ class WorkerSummary(_NamedByRef):
     has_config_bundle: bool
     transcript_len: int
     last_event_id: int
+    execution: WorkerExecution | None = None
 
     @classmethod
     def of(cls, state: WorkerState) -> WorkerSummary:
@@ -148,6 +152,7 @@ class WorkerSummary(_NamedByRef):
             has_config_bundle=state.request.config_bundle is not None,
             transcript_len=state.transcript_len,
             last_event_id=state.last_event_id,
+            execution=state.execution,
         )
 
 
@@ -163,6 +168,8 @@ class WorkerDetail(_NamedByRef):
     mount_refs: tuple[MountRef, ...]
     transcript_len: int
     last_event_id: int
+    #: The whole stored execution; the API shows it without its restore bookkeeping (§9.2).
+    execution: WorkerExecution | None = None
 
     @classmethod
     def of(cls, state: WorkerState) -> WorkerDetail:
@@ -178,6 +185,7 @@ class WorkerDetail(_NamedByRef):
             mount_refs=request.mount_refs,
             transcript_len=state.transcript_len,
             last_event_id=state.last_event_id,
+            execution=state.execution,
         )
 
 

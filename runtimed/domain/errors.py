@@ -66,6 +66,53 @@ class RuntimeStopped(RuntimedError):
         super().__init__(f"runtime {runtime_id} is stopped")
 
 
+class WorkerNotExecuting(RuntimedError):
+    """Interrupt or permissions on a worker that runs no agent (a record-only worker, §9)."""
+
+    code = "worker_not_executing"
+
+    def __init__(self, worker_id: str) -> None:
+        super().__init__(f"worker {worker_id} runs no agent; it records input only")
+        self.worker_id = worker_id
+
+
+class InputQueueFull(RuntimedError):
+    """Input to an agent-backed worker that already has ``[limits] max_queued_inputs`` undelivered."""
+
+    code = "input_queue_full"
+
+    def __init__(self, worker_id: str, limit: int) -> None:
+        super().__init__(
+            f"worker {worker_id} has {limit} inputs waiting to be delivered, the most [limits] max_queued_inputs allows"
+        )
+        self.worker_id = worker_id
+        self.limit = limit
+
+
+class WorkerLimitReached(RuntimedError):
+    """Creating an agent-backed worker while ``[limits] max_running_agents`` of them are running."""
+
+    code = "worker_limit_reached"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"{limit} agent-backed workers are running, the most [limits] max_running_agents allows; "
+            "stop one or create a worker of a profile that names no agent"
+        )
+        self.limit = limit
+
+
+class PermissionNotFound(RuntimedError):
+    """A permission request that is unknown, or already answered (§9.5)."""
+
+    code = "permission_not_found"
+
+    def __init__(self, worker_id: str, request_id: str) -> None:
+        super().__init__(f"worker {worker_id} has no pending permission request {request_id}")
+        self.worker_id = worker_id
+        self.request_id = request_id
+
+
 class StoreError(RuntimedError):
     """The store failed; the message names the operation and the path."""
 

@@ -11,9 +11,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .catalog import WorkerStatus
 from .identity import WorkerRef
+
+if TYPE_CHECKING:
+    # The catalog holds a worker's ``WorkerExecution``, so it imports this module, not the reverse.
+    from .catalog import ProfileSelector, WorkerStatus
+
+#: The prefix of a built-in agent's profile name (``builtin:echo``), as selectors and the API write it.
+BUILTIN_PREFIX = "builtin:"
 
 
 class ExecutionState(str, Enum):
@@ -105,6 +112,11 @@ class WorkerExecution:
     been consumed — delivered to the agent, or dropped by an interrupt — so restore knows
     exactly which inputs reached the agent. ``open_turn`` is the turn started and not yet ended.
     ``queued_inputs`` is kept by the Runtime as inputs are accepted and consumed.
+
+    ``turns_started``, ``delivered_sequence`` and ``open_turn`` are the restore bookkeeping: they
+    are stored, and the API does not show them. The Runtime alone changes ``profile``, the turn
+    counts, ``queued_inputs``, ``delivered_sequence`` and ``open_turn``; the backend the rest,
+    through ``Runtime.update_execution``.
     """
 
     profile: str
@@ -161,3 +173,62 @@ class InterruptAck:
     status: WorkerStatus
     turn: int | None
     dropped_inputs: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileSummary:
+    """A profile as ``GET /v1/profiles`` shows it (§9.1): never its ``env`` values."""
+
+    name: str
+    source: ProfileSource
+    command: tuple[str, ...]
+    permissions: PermissionPolicy
+    restart: RestartPolicy
+    default: bool
+
+    @classmethod
+    def of(cls, profile: AgentProfile, default: bool) -> ProfileSummary:
+        return cls(profile.name, profile.source, profile.command, profile.permissions, profile.restart, default)
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionConfig:
+    """What the daemon's config says about executing workers (§9, §10), for the agent supervisor.
+
+    ``profiles`` are the built-in agents' (``builtin:<name>``) then the ``[profiles.<name>]``
+    tables', in the file's order; ``default_profile`` names one of them (or is ``None``: a
+    ``runtime_default`` selector makes a record-only worker). The limits here are the
+    supervisor's; those the Runtime enforces are ``RuntimeLimits``.
+    """
+
+    profiles: tuple[AgentProfile, ...] = ()
+    default_profile: str | None = None
+    #: Directories a worker's absolute ``workspace_refs`` may name as its working directory.
+    workspace_roots: tuple[Path, ...] = ()
+    permission_timeout_seconds: float = 300.0
+    max_agent_message_bytes: int = 8 * 1024 * 1024
+    agent_log_lines_per_second: int = 50
+
+    def profile(self, name: str) -> AgentProfile | None:
+        """The profile called ``name`` (``builtin:echo``, or a table's name), if any."""
+        for profile in self.profiles:
+            if profile.name == name:
+                return profile
+        return None
+
+    def resolve(self, selector: ProfileSelector) -> AgentProfile | None:
+        """The agent a create with ``selector`` runs (§9.1), or ``None`` for a record-only worker:
+        ``builtin:<name>`` names a built-in agent, ``named`` a ``[profiles.<name>]`` table,
+        ``runtime_default`` the ``default_profile``."""
+        if selector.kind == "runtime_default":
+            return None if self.default_profile is None else self.profile(self.default_profile)
+        value: str = getattr(selector, "value", "")
+        profile = self.profile(value)
+        if profile is None:
+            return None
+        wanted = ProfileSource.BUILTIN if selector.kind == "builtin" else ProfileSource.CONFIG
+        return profile if profile.source is wanted else None
+
+    def listing(self) -> list[tuple[AgentProfile, bool]]:
+        """Every profile, and whether it is the default (what ``ExecutionBackend.profiles`` answers)."""
+        return [(profile, profile.name == self.default_profile) for profile in self.profiles]

@@ -19,6 +19,10 @@ class RuntimeLimits:
     max_event_batch_items: int = 256
     observation_backlog: int = 1024
     subscriber_queue: int = 256
+    #: Agent-backed workers that may be ``running`` at once; one more create is ``worker_limit_reached``.
+    max_running_agents: int = 32
+    #: Inputs of an agent-backed worker accepted and not yet delivered; one more is ``input_queue_full``.
+    max_queued_inputs: int = 64
 
     def __post_init__(self) -> None:
         for name in self.__dataclass_fields__:

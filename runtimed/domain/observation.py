@@ -44,6 +44,10 @@ class EventKind(str, Enum):
     WORKER_STOPPED = "worker_stopped"
     WORKER_CANCELLED = "worker_cancelled"
     RUNTIME_STOPPED = "runtime_stopped"
+    #: Executing workers (§9): a turn ended (its assistant entry, if any, names this event), and
+    #: an interrupt that ended a turn or dropped queued inputs.
+    WORKER_TURN_ENDED = "worker_turn_ended"
+    WORKER_INTERRUPTED = "worker_interrupted"
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,10 @@ class LatencyHistogram:
     total: float = 0.0
     count: int = 0
 
+    def __post_init__(self) -> None:
+        if len(self.counts) != len(self.buckets) + 1:
+            self.counts = [0] * (len(self.buckets) + 1)
+
     def observe(self, seconds: float) -> None:
         self.counts[bisect.bisect_left(self.buckets, seconds)] += 1
         self.total += seconds

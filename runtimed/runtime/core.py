@@ -8,6 +8,12 @@ runtime event a mutation of the contract appends; published observations and res
 append none), apply it to memory, then wait for the store to make it durable.
 Applying and building happen without an ``await`` in between, so concurrent mutations never
 interleave half-way; if the store fails, the change is undone and the caller gets the error.
+
+Executing workers (§9): an attached ``ExecutionBackend`` (``runtime.execution``) runs the workers
+whose profile names an agent. The Runtime keeps their ``WorkerExecution`` (turns, queued inputs,
+what was delivered) in the worker's state and tells the backend, once a change is durable, what
+to start, wake or stop; the backend reports back through ``update_execution``, ``begin_turn``,
+``observe``, ``end_turn``, ``stop_worker`` and ``diagnose``, each a durable change.
 """
 
 from __future__ import annotations
@@ -18,14 +24,19 @@ import dataclasses
 import itertools
 import json
 import logging
+import time
 from collections import Counter, deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from ..domain.catalog import (
+    BuiltinProfile,
     CreateWorkerRequest,
+    NamedProfile,
+    ProfileSelector,
     TaskIntent,
     WorkerDetail,
     WorkerLifecycleAck,
@@ -34,13 +45,27 @@ from ..domain.catalog import (
     WorkerSummary,
 )
 from ..domain.errors import (
+    InputQueueFull,
     InvalidRequest,
     LimitTooLarge,
     RuntimeStopped,
     StatePoisoned,
     StoreError,
+    WorkerLimitReached,
+    WorkerNotExecuting,
     WorkerNotFound,
     WrongRuntime,
+)
+from ..domain.execution import (
+    AgentInfo,
+    ExecutionState,
+    InterruptAck,
+    PermissionAnswer,
+    PermissionRequest,
+    ProcessExit,
+    ProfileSummary,
+    StopReason,
+    WorkerExecution,
 )
 from ..domain.identity import WorkerRef, format_worker_id, generate_runtime_id
 from ..domain.interaction import WorkerInput, WorkerInteractionAck
@@ -59,16 +84,44 @@ from ..domain.observation import (
 from ..domain.stats import LatencyHistogram
 from ..store.base import Change, RestoredState, Store
 from .bus import ObservationBus, Subscription
+from .execution import ExecutionBackend, TurnStart
 
 log = logging.getLogger("runtimed.runtime")
 
 DIAG_LOCAL_DEFAULT_RESOURCES = "runtime.local_default_resources"
 DIAG_TOOLS_LESS = "worker.tools_less"
+DIAG_RECORD_ONLY = "worker.record_only"
+DIAG_TURN_FAILED = "worker.turn_failed"
 
 #: Snapshot entries are bounded in count (the projection limit) and in content bytes.
 SNAPSHOT_CONTENT_BYTES = 1024 * 1024
 #: Event names the Runtime publishes itself, or that the WebSocket protocol reserves.
-RESERVED_OBSERVATIONS = frozenset({"snapshot", "user_message", "system_item", "worker_status"})
+RESERVED_OBSERVATIONS = frozenset(
+    {"snapshot", "user_message", "system_item", "worker_status", "turn_started", "assistant_message", "turn_ended"}
+)
+#: Seconds; from a quick echo to a long agent turn.
+TURN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+#: The input roles a turn delivers (an assistant entry is a turn's reply, never its input).
+INPUT_ROLES = frozenset({TranscriptRole.USER, TranscriptRole.SYSTEM})
+
+
+class _Keep(Enum):
+    """``update_execution``'s "leave this field as it is" (``None`` is a value of several)."""
+
+    KEEP = "keep"
+
+
+KEEP = _Keep.KEEP
+
+
+def describe_selector(selector: ProfileSelector) -> str:
+    """How a diagnostic names a profile selector: ``builtin:coder`` (a built-in selector's value
+    as given), ``named:<name>``, or ``runtime_default``."""
+    if isinstance(selector, BuiltinProfile):
+        return selector.value
+    if isinstance(selector, NamedProfile):
+        return f"named:{selector.value}"
+    return "runtime_default"
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +134,16 @@ class RuntimeStats:
     observers: int
     store_flushes: int
     store_flush_seconds: LatencyHistogram
+    #: Running agent-backed workers by their execution state.
+    agents_by_state: Mapping[ExecutionState, int]
+    #: Permission requests of running workers waiting for the backend's answer.
+    pending_permissions: int
+    #: Turns ended since start, by how they ended, and how long they took (turns still open
+    #: when the daemon last stopped are not timed).
+    turns_by_stop_reason: Mapping[StopReason, int]
+    turn_seconds: LatencyHistogram
+    #: Times an agent went ``restarting`` since start.
+    agent_restarts: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +230,12 @@ class Runtime:
         self._change_numbers = itertools.count(1)
         self._durable = _DurableView()
         self._poisoned = False
+        self._backend: ExecutionBackend | None = None
+        self._running_agents = 0  # running agent-backed workers, changes not yet durable included
+        self._turns_ended: Counter[StopReason] = Counter()
+        self._turn_seconds = LatencyHistogram(TURN_BUCKETS)
+        self._turn_started_at: dict[str, float] = {}  # worker id -> when its open turn started
+        self._agent_restarts = 0
 
     @classmethod
     async def open(cls, store: Store, options: RuntimeOptions | None = None) -> Runtime:
@@ -196,6 +265,7 @@ class Runtime:
         for state in restored.workers:
             self._workers[state.worker_ref.worker_id] = state
             self._status_counts[state.status] += 1
+            self._running_agents += _runs_an_agent(state)
         self._transcripts = {wid: list(restored.transcripts.get(wid, ())) for wid in self._workers}
         durable = self._durable
         durable.workers = dict(self._workers)
@@ -213,10 +283,25 @@ class Runtime:
         )
         await self._commit(Change(event=None, runtime_status=self._status, diagnostics=diagnostics))
 
+    def attach(self, backend: ExecutionBackend) -> None:
+        """Let ``backend`` execute the workers whose profile names an agent (§9).
+
+        Attach once, before serving and before the backend restores its workers: the backend is
+        built after the Runtime, since it calls the Runtime back. ``close`` closes it.
+        """
+        if self._backend is not None:
+            raise RuntimeError("an execution backend is attached already")
+        self._backend = backend
+
     async def close(self) -> None:
-        """End observation subscriptions and release the store."""
-        self._bus.close()
-        await self._store.close()
+        """Close the execution backend (its last turn ends are still recorded), then end
+        observation subscriptions and release the store."""
+        try:
+            if self._backend is not None:
+                await self._backend.close()
+        finally:
+            self._bus.close()
+            await self._store.close()
 
     # ------------------------------------------------------------------ reads
 
@@ -296,9 +381,18 @@ class Runtime:
         """Why the runtime cannot serve writes now, or ``None`` when it is ready."""
         if self._poisoned:
             return "runtime state is unusable after a failed store write; restart the daemon"
+        if self._backend is not None and not self._backend.ready:
+            return "agents of running workers are still being restored"
         return await self._store.check_writable()
 
     def stats(self) -> RuntimeStats:
+        """The counters of the metrics endpoint (the agent figures walk the workers: a scrape is rare)."""
+        agents: Counter[ExecutionState] = Counter()
+        pending = 0
+        for state in self._durable.workers.values():
+            if state.execution is not None and state.status is WorkerStatus.RUNNING:
+                agents[state.execution.state] += 1
+                pending += state.execution.pending_permissions
         return RuntimeStats(
             workers_by_status={status: self._durable.counts[status] for status in WorkerStatus},
             observations_published=self._bus.published,
@@ -306,7 +400,31 @@ class Runtime:
             observers=self._bus.subscriber_count(),
             store_flushes=self._store.flushes,
             store_flush_seconds=self._store.flush_seconds,
+            agents_by_state={state: agents[state] for state in ExecutionState},
+            pending_permissions=pending,
+            turns_by_stop_reason={reason: self._turns_ended[reason] for reason in StopReason},
+            turn_seconds=self._turn_seconds,
+            agent_restarts=self._agent_restarts,
         )
+
+    def profiles(self) -> list[ProfileSummary]:
+        """The profiles workers can be created with (none without an execution backend)."""
+        if self._backend is None:
+            return []
+        return [ProfileSummary.of(profile, default) for profile, default in self._backend.profiles()]
+
+    def permissions(self, ref: WorkerRef) -> list[PermissionRequest]:
+        """The worker's permission requests waiting for an answer, oldest first (§9.5)."""
+        return self._executing(self._read_worker(ref)).pending_permissions(ref)
+
+    def executing_workers(self) -> list[WorkerDetail]:
+        """Every ``running`` agent-backed worker with its whole stored execution: what the
+        backend restores at start (§9.4)."""
+        return [
+            WorkerDetail.of(state)
+            for state in self._durable.workers.values()
+            if state.execution is not None and state.status is WorkerStatus.RUNNING
+        ]
 
     # ------------------------------------------------------------ observation
 
@@ -384,6 +502,12 @@ class Runtime:
         for capability in request.requested_capabilities:
             if not capability.name.strip():
                 raise InvalidRequest("capability name must not be empty")
+        backend = self._backend
+        profile = backend.resolve(request.profile) if backend is not None else None
+        if backend is not None and profile is not None:
+            backend.check_create(request, profile)
+            if self._running_agents >= self._limits.max_running_agents:
+                raise WorkerLimitReached(self._limits.max_running_agents)
 
         worker_id = format_worker_id(self._worker_sequence + 1)
         ref = WorkerRef(self._runtime_id, worker_id)
@@ -394,6 +518,7 @@ class Runtime:
             status=WorkerStatus.RUNNING,
             transcript_len=0,
             last_event_id=event.id,
+            execution=WorkerExecution(profile=profile.name) if profile is not None else None,
         )
         diagnostics: list[tuple[str, str]] = []
         if request.config_bundle is None:
@@ -405,6 +530,14 @@ class Runtime:
             )
         if not request.requested_capabilities:
             diagnostics.append((DIAG_TOOLS_LESS, "worker created without requested tool capabilities"))
+        if backend is not None and profile is None:
+            # Without a backend nothing can execute, and the worker is the seed's: no diagnostic.
+            diagnostics.append(
+                (
+                    DIAG_RECORD_ONLY,
+                    f"profile {describe_selector(request.profile)} names no agent; the worker records input only",
+                )
+            )
         first_id = len(self._diagnostics) + 1
         change = Change(
             event=event,
@@ -417,6 +550,8 @@ class Runtime:
         )
         await self._commit(change)
         log.info("worker %s created", worker_id)
+        if backend is not None and profile is not None:
+            self._tell_backend(backend.start, ref)
         return WorkerDetail.of(state)
 
     async def send_input(self, ref: WorkerRef, worker_input: WorkerInput) -> WorkerInteractionAck:
@@ -426,6 +561,11 @@ class Runtime:
             raise InvalidRequest("worker input content must not be empty")
         if state.status is not WorkerStatus.RUNNING:
             raise InvalidRequest(f"worker {ref.worker_id} is not running")
+        execution = state.execution
+        if execution is not None:
+            if execution.queued_inputs >= self._limits.max_queued_inputs:
+                raise InputQueueFull(ref.worker_id, self._limits.max_queued_inputs)
+            execution = dataclasses.replace(execution, queued_inputs=execution.queued_inputs + 1)
 
         event = self._next_event(EventKind.WORKER_INPUT_ACCEPTED, "worker input accepted", state.worker_ref)
         entry = TranscriptEntry(
@@ -435,7 +575,9 @@ class Runtime:
             content=worker_input.content,
             event_id=event.id,
         )
-        new_state = dataclasses.replace(state, transcript_len=entry.sequence, last_event_id=event.id)
+        new_state = dataclasses.replace(
+            state, transcript_len=entry.sequence, last_event_id=event.id, execution=execution
+        )
         kind = "user_message" if entry.role is TranscriptRole.USER else "system_item"
         observation = self._bus.reserve(state.worker_ref, kind, {"sequence": entry.sequence, "content": entry.content})
         await self._commit(
@@ -447,6 +589,8 @@ class Runtime:
                 observations=(observation,),
             )
         )
+        if execution is not None and self._backend is not None:
+            self._tell_backend(self._backend.wake, ref)
         return WorkerInteractionAck(
             worker_ref=new_state.worker_ref,
             status=new_state.status,
@@ -480,6 +624,10 @@ class Runtime:
             Change(event=event, runtime_status=self._status, workers=(new_state,), observations=(observation,))
         )
         log.info("worker %s %s: %s", ref.worker_id, status.value, message)
+        if state.execution is not None and self._backend is not None:
+            # Told once the status change is durable, and not waited for: the status changes at
+            # once (§9.3), while the process gets its grace in the backend's own task.
+            self._tell_backend(self._backend.stop, ref, kill=status is WorkerStatus.CANCELLED)
         return WorkerLifecycleAck(new_state.worker_ref, new_state.status, event.id)
 
     async def stop(self) -> RuntimeSummary:
@@ -500,6 +648,10 @@ class Runtime:
             Change(event=event, runtime_status=RuntimeStatus.STOPPED, workers=stopped, observations=observations)
         )
         log.info("runtime %s stopped (%d running workers stopped)", self._runtime_id, len(stopped))
+        if self._backend is not None:
+            for state in stopped:
+                if state.execution is not None:
+                    self._tell_backend(self._backend.stop, state.worker_ref, kill=False)
         return self.summary()
 
     async def start(self) -> RuntimeSummary:
@@ -513,6 +665,227 @@ class Runtime:
         event = self._next_event(EventKind.RUNTIME_STARTED, "runtime started")
         await self._commit(Change(event=event, runtime_status=RuntimeStatus.RUNNING))
         log.info("runtime %s started", self._runtime_id)
+
+    # ------------------------------------------------------------ execution (§9)
+
+    async def interrupt(self, ref: WorkerRef, drop_queued: bool = False) -> InterruptAck:
+        """End the worker's running turn, if any; with ``drop_queued``, drop its queued inputs
+        first (they stay in the transcript and are never delivered).
+
+        Appends ``worker_interrupted`` when it dropped an input or ended a turn, else changes
+        nothing. The drop is made durable before the backend is asked, so the agent, once its
+        turn has ended, finds nothing queued to deliver next. On a worker that is no longer
+        running it changes nothing (its stop ended the turn already).
+        """
+        self._require_running()
+        state = self._worker(ref)
+        backend = self._executing(state)
+        if state.status is not WorkerStatus.RUNNING:
+            return InterruptAck(state.worker_ref, state.status, None, 0)
+        execution = self._execution_of(state)
+        dropped = execution.queued_inputs if drop_queued else 0
+        if dropped:
+            event = self._next_event(EventKind.WORKER_INTERRUPTED, "worker interrupted", state.worker_ref)
+            # Every input entry up to the transcript's end is consumed, so begin_turn finds none.
+            drained = dataclasses.replace(execution, delivered_sequence=state.transcript_len, queued_inputs=0)
+            new_state = dataclasses.replace(state, last_event_id=event.id, execution=drained)
+            await self._commit(Change(event=event, runtime_status=self._status, workers=(new_state,)))
+            log.info("worker %s: %d queued inputs dropped", ref.worker_id, dropped)
+        turn = await backend.interrupt(ref)
+        if turn is not None and not dropped:
+            state = self._worker(ref)
+            event = self._next_event(EventKind.WORKER_INTERRUPTED, "worker interrupted", state.worker_ref)
+            new_state = dataclasses.replace(state, last_event_id=event.id)
+            await self._commit(Change(event=event, runtime_status=self._status, workers=(new_state,)))
+        if turn is not None:
+            log.info("worker %s: turn %d interrupted", ref.worker_id, turn)
+        state = self._worker(ref)
+        return InterruptAck(state.worker_ref, state.status, turn, dropped)
+
+    async def answer_permission(self, ref: WorkerRef, request_id: str, option_id: str) -> PermissionAnswer:
+        """Answer a pending permission request of the worker's agent (§9.5)."""
+        self._require_running()
+        backend = self._executing(self._worker(ref))
+        return await backend.answer_permission(ref, request_id, option_id)
+
+    async def update_execution(
+        self,
+        ref: WorkerRef,
+        *,
+        state: ExecutionState | _Keep = KEEP,
+        pid: int | _Keep | None = KEEP,
+        agent: AgentInfo | _Keep | None = KEEP,
+        session_id: str | _Keep | None = KEEP,
+        exit: ProcessExit | _Keep | None = KEEP,
+        pending_permissions: int | _Keep = KEEP,
+    ) -> WorkerExecution:
+        """Record what the backend knows of the worker's agent: a keyword left out is kept.
+
+        A durable change with no runtime event (the worker's ``last_event_id`` stays); allowed
+        whatever the worker's status, so an exit is recorded after a stop too. ``busy`` is
+        ``begin_turn``'s to set, and ``idle`` waits for the open turn to end (§9.2).
+        """
+        worker = self._worker(ref)
+        execution = self._execution_of(worker)
+        if state is ExecutionState.BUSY:
+            raise ValueError("an execution becomes busy by begin_turn, which makes its turn durable first")
+        if state is ExecutionState.IDLE and execution.open_turn is not None:
+            raise ValueError(f"worker {ref.worker_id} has turn {execution.open_turn} open; end it before going idle")
+        if isinstance(pending_permissions, int) and pending_permissions < 0:
+            raise ValueError(f"pending_permissions must not be negative, not {pending_permissions}")
+        # A field left out keeps its value (``None`` is a value of several, hence ``KEEP``).
+        updated = WorkerExecution(
+            profile=execution.profile,
+            state=execution.state if state is KEEP else state,
+            pid=execution.pid if pid is KEEP else pid,
+            agent=execution.agent if agent is KEEP else agent,
+            session_id=execution.session_id if session_id is KEEP else session_id,
+            turns=execution.turns,
+            turns_started=execution.turns_started,
+            queued_inputs=execution.queued_inputs,
+            pending_permissions=execution.pending_permissions if pending_permissions is KEEP else pending_permissions,
+            delivered_sequence=execution.delivered_sequence,
+            open_turn=execution.open_turn,
+            exit=execution.exit if exit is KEEP else exit,
+        )
+        if updated == execution:
+            return execution
+        await self._commit(
+            Change(
+                event=None,
+                runtime_status=self._status,
+                workers=(dataclasses.replace(worker, execution=updated),),
+            )
+        )
+        if updated.state is ExecutionState.RESTARTING and execution.state is not ExecutionState.RESTARTING:
+            self._agent_restarts += 1
+        return updated
+
+    async def begin_turn(self, ref: WorkerRef) -> TurnStart | None:
+        """Take the worker's oldest undelivered input and start turn ``turns_started + 1``.
+
+        One durable change, made before the prompt is sent: ``delivered_sequence`` (so the input
+        reaches the agent at most once, across a crash too), ``open_turn``, state ``busy``, one
+        input fewer queued, and the ``turn_started`` observation. ``None`` when nothing is
+        queued or the worker is no longer running (queued inputs of a stopped worker are never
+        delivered).
+        """
+        state = self._worker(ref)
+        execution = self._execution_of(state)
+        if execution.open_turn is not None:
+            raise ValueError(f"worker {ref.worker_id} has turn {execution.open_turn} open already")
+        if state.status is not WorkerStatus.RUNNING or execution.queued_inputs == 0:
+            return None
+        transcript = self._transcripts[ref.worker_id]
+        # Entries past delivered_sequence are queued inputs, and the replies of turns that ended.
+        entry = next(
+            (e for e in transcript[execution.delivered_sequence : state.transcript_len] if e.role in INPUT_ROLES),
+            None,
+        )
+        if entry is None:
+            raise AssertionError(f"worker {ref.worker_id} counts {execution.queued_inputs} queued inputs, and has none")
+        turn = execution.turns_started + 1
+        started = dataclasses.replace(
+            execution,
+            state=ExecutionState.BUSY,
+            turns_started=turn,
+            delivered_sequence=entry.sequence,
+            open_turn=turn,
+            queued_inputs=execution.queued_inputs - 1,
+        )
+        observation = self._bus.reserve(
+            state.worker_ref, "turn_started", {"turn": turn, "input_sequence": entry.sequence}
+        )
+        await self._commit(
+            Change(
+                event=None,
+                runtime_status=self._status,
+                workers=(dataclasses.replace(state, execution=started),),
+                observations=(observation,),
+            )
+        )
+        self._turn_started_at[ref.worker_id] = time.monotonic()
+        return TurnStart(turn, entry)
+
+    async def end_turn(
+        self, ref: WorkerRef, turn: int, stop_reason: StopReason, text: str = "", error: str | None = None
+    ) -> None:
+        """End the worker's open turn ``turn``, however it ended (§9.3).
+
+        One durable change around the ``worker_turn_ended`` event ("turn <n> ended: <reason>"),
+        the worker's new ``last_event_id``: the assistant entry holding ``text`` (none when it is
+        empty), whose ``event_id`` the event is; ``turns`` + 1, no open turn, state ``idle`` (if
+        it was ``busy`` and the worker still runs: an agent that went away keeps the state the
+        backend gave it); with ``error``, a warning diagnostic ``worker.turn_failed``; then the
+        observations ``assistant_message`` (with the entry) and ``turn_ended``. Allowed on a
+        stopped or cancelled worker and on a stopped runtime: a turn still ends after a stop.
+        """
+        state = self._worker(ref)
+        execution = self._execution_of(state)
+        if execution.open_turn != turn:
+            raise ValueError(f"turn {turn} of worker {ref.worker_id} is not open (open: {execution.open_turn})")
+        event = self._next_event(
+            EventKind.WORKER_TURN_ENDED, f"turn {turn} ended: {stop_reason.value}", state.worker_ref
+        )
+        entries: tuple[TranscriptEntry, ...] = ()
+        observations: list[Observation] = []
+        if text:
+            entry = TranscriptEntry(
+                state.transcript_len + 1, state.worker_ref, TranscriptRole.ASSISTANT, text, event.id
+            )
+            entries = (entry,)
+            observations.append(
+                self._bus.reserve(
+                    state.worker_ref, "assistant_message", {"turn": turn, "sequence": entry.sequence, "content": text}
+                )
+            )
+        observations.append(
+            self._bus.reserve(state.worker_ref, "turn_ended", {"turn": turn, "stop_reason": stop_reason.value})
+        )
+        running = state.status is WorkerStatus.RUNNING and execution.state is ExecutionState.BUSY
+        ended = dataclasses.replace(
+            execution,
+            turns=execution.turns + 1,
+            open_turn=None,
+            state=ExecutionState.IDLE if running else execution.state,
+        )
+        diagnostics: tuple[RuntimeDiagnostic, ...] = ()
+        if error is not None:
+            diagnostics = (
+                RuntimeDiagnostic(
+                    len(self._diagnostics) + 1,
+                    Severity.WARNING,
+                    DIAG_TURN_FAILED,
+                    f"turn {turn} failed: {error}",
+                    state.worker_ref,
+                ),
+            )
+        new_state = dataclasses.replace(
+            state, transcript_len=state.transcript_len + len(entries), last_event_id=event.id, execution=ended
+        )
+        await self._commit(
+            Change(
+                event=event,
+                runtime_status=self._status,
+                workers=(new_state,),
+                transcript=entries,
+                diagnostics=diagnostics,
+                observations=tuple(observations),
+            )
+        )
+        self._turns_ended[stop_reason] += 1
+        started_at = self._turn_started_at.pop(ref.worker_id, None)
+        if started_at is not None:
+            self._turn_seconds.observe(time.monotonic() - started_at)
+        log.info("worker %s: turn %d ended: %s", ref.worker_id, turn, stop_reason.value)
+
+    async def diagnose(self, ref: WorkerRef | None, severity: Severity, code: str, message: str) -> RuntimeDiagnostic:
+        """Record a diagnostic (``worker.agent_exited`` …), naming the worker ``ref`` if given.
+        A durable change with no runtime event, like a restore warning."""
+        worker_ref = self._worker(ref).worker_ref if ref is not None else None
+        diagnostic = RuntimeDiagnostic(len(self._diagnostics) + 1, severity, code, message, worker_ref)
+        await self._commit(Change(event=None, runtime_status=self._status, diagnostics=(diagnostic,)))
+        return diagnostic
 
     # ---------------------------------------------------------------- helpers
 
@@ -535,6 +908,28 @@ class Runtime:
             return workers[ref.worker_id]
         except KeyError:
             raise WorkerNotFound(ref.worker_id, self._runtime_id) from None
+
+    def _executing(self, state: WorkerState) -> ExecutionBackend:
+        """The backend that runs the worker; ``WorkerNotExecuting`` for a record-only worker (or
+        any worker, when no backend is attached: nothing in this process runs it)."""
+        if state.execution is None or self._backend is None:
+            raise WorkerNotExecuting(state.worker_ref.worker_id)
+        return self._backend
+
+    @staticmethod
+    def _execution_of(state: WorkerState) -> WorkerExecution:
+        """The worker's execution, for the backend's calls: asking of a record-only worker is a bug."""
+        if state.execution is None:
+            raise ValueError(f"worker {state.worker_ref.worker_id} is record-only: it has no execution")
+        return state.execution
+
+    def _tell_backend(self, call: Callable[..., None], ref: WorkerRef, **kwargs: Any) -> None:
+        """Hand the backend a change that is durable already: its failure is logged, never the
+        client's answer (what the client asked for has happened)."""
+        try:
+            call(ref, **kwargs)
+        except Exception:
+            log.exception("the execution backend failed in %s for worker %s", call.__name__, ref.worker_id)
 
     def _next_event(self, kind: EventKind, message: str, ref: WorkerRef | None = None) -> RuntimeEvent:
         return RuntimeEvent(id=len(self._events) + 1, kind=kind, message=message, worker_ref=ref)
@@ -626,7 +1021,9 @@ class Runtime:
                 self._transcripts[worker_id] = []
             else:
                 self._status_counts[previous.status] -= 1
+                self._running_agents -= _runs_an_agent(previous)
             self._status_counts[state.status] += 1
+            self._running_agents += _runs_an_agent(state)
             self._workers[worker_id] = state
         for entry in change.transcript:
             self._transcripts[entry.worker_ref.worker_id].append(entry)
@@ -642,10 +1039,17 @@ class Runtime:
         for worker_id, previous, transcript_len in reversed(undo.workers):
             current = self._workers[worker_id]
             self._status_counts[current.status] -= 1
+            self._running_agents -= _runs_an_agent(current)
             if previous is None:
                 del self._workers[worker_id]
                 del self._transcripts[worker_id]
             else:
                 self._status_counts[previous.status] += 1
+                self._running_agents += _runs_an_agent(previous)
                 self._workers[worker_id] = previous
                 del self._transcripts[worker_id][transcript_len:]
+
+
+def _runs_an_agent(state: WorkerState) -> int:
+    """1 for a running agent-backed worker (what ``[limits] max_running_agents`` counts), else 0."""
+    return int(state.execution is not None and state.status is WorkerStatus.RUNNING)

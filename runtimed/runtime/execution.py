@@ -3,25 +3,47 @@
 The Runtime stays the single writer of the catalog and knows nothing of processes or ACP. It
 talks to an ``ExecutionBackend`` (the agent supervisor, ``runtimed.agents``, is one) through the
 calls below, and the backend speaks back only through the Runtime's own methods, each a durable
-change like every other:
+change like every other.
+
+**Wiring.** The backend needs the Runtime to call back, so it is built after it and attached:
+``runtime = await Runtime.open(store, options)``, then ``backend = Supervisor(runtime, …)``,
+``runtime.attach(backend)``, then the backend's restore (it reads ``executing_workers()``), then
+serve. ``Runtime.close()`` closes the backend first (its last turn ends still reach the store),
+then the store. Without a backend every worker is record-only, as in the seed.
 
 Runtime -> backend (this Protocol)
     ``resolve`` at create (which profile, if any, runs the worker), ``check_create`` (refuse a
     request before anything is created), ``start`` once the create is durable, ``wake`` once an
-    input is durable, ``interrupt`` / ``stop`` / permissions on the REST routes of §9, and
-    ``close`` at shutdown.
+    input is durable, ``stop`` once a stop or cancel (of the worker, or of the whole runtime) is
+    durable, ``interrupt`` and the permission calls on the REST routes of §9, ``profiles`` for
+    ``GET /v1/profiles``, ``ready`` for ``/readyz``, and ``close`` at shutdown. ``start``,
+    ``wake`` and ``stop`` return at once: the backend does the work in tasks of its own, so a
+    status change is answered without waiting for a process (§9.3: "stopped at once").
 
-Backend -> Runtime (methods of ``Runtime``)
-    ``update_execution(ref, …)``   state, pid, agent info, session id, exit, pending permissions
-    ``begin_turn(ref)``            take the next queued input, number the turn, make it durable
-                                   (``delivered_sequence``) and publish ``turn_started`` — all
-                                   before the prompt is sent; ``None`` when nothing is queued
-    ``observe(ref, event, data)``  turn events (``text_delta``, ``tool_call``, ``log`` …)
-    ``end_turn(ref, turn, reason, text, error)``  the assistant entry, ``worker_turn_ended``,
-                                   ``assistant_message`` and ``turn_ended``, state ``idle``
-    ``stop_worker(ref, reason)``   the agent exited or failed to start (§9.3, §9.4)
-    ``diagnose(ref, severity, code, message)``  ``worker.agent_exited`` and the like
-    ``executing_workers()``        at restore: every running agent-backed worker, its state
+Backend -> Runtime (methods of ``Runtime``; each awaits durability, then returns)
+    ``update_execution(ref, *, state=, pid=, agent=, session_id=, exit=, pending_permissions=)``
+        the process's facts; a keyword left out is kept. Never ``busy`` (``begin_turn``'s), nor
+        ``idle`` while a turn is open. Returns the new ``WorkerExecution``.
+    ``begin_turn(ref) -> TurnStart | None``
+        take the oldest undelivered input, number the turn, make it durable
+        (``delivered_sequence``, ``open_turn``, state ``busy``) and publish ``turn_started`` — all
+        before the prompt is sent; ``None`` when nothing is queued or the worker is not running.
+    ``observe(ref, event, data)``
+        turn events (``text_delta``, ``tool_call``, ``permission_requested``, ``log`` …).
+    ``end_turn(ref, turn, stop_reason, text="", error=None)``
+        the assistant entry (when ``text`` is not empty), the ``worker_turn_ended`` event,
+        ``assistant_message`` and ``turn_ended``, state ``idle`` (if it was ``busy`` and the
+        worker runs); ``error`` becomes a ``worker.turn_failed`` warning. Also after a stop.
+    ``stop_worker(ref, reason)``
+        the agent exited or failed to start (§9.3, §9.4); the Runtime then calls ``stop`` back,
+        which must be harmless for an agent that is gone already. Like the REST stop, it raises
+        ``RuntimeStopped`` on a stopped runtime, whose workers are all stopped already.
+    ``diagnose(ref, severity, code, message)``
+        ``worker.agent_exited``, ``worker.agent_start_failed`` and the like.
+    ``executing_workers() -> list[WorkerDetail]``
+        at restore: every ``running`` agent-backed worker, with its whole stored execution.
+    ``worker_detail(ref)``
+        a worker's request (workspace refs, capabilities) and execution, e.g. in ``start``.
 """
 
 from __future__ import annotations
@@ -68,12 +90,14 @@ class ExecutionBackend(Protocol):
 
     async def interrupt(self, ref: WorkerRef) -> int | None:
         """End the running turn (``session/cancel``, pending permissions cancelled) and wait
-        until it has ended; the turn's number, or ``None`` when none was running."""
+        until it has ended (``end_turn`` done); the turn's number, or ``None`` when none was running."""
         ...
 
-    async def stop(self, ref: WorkerRef, *, kill: bool) -> None:
+    def stop(self, ref: WorkerRef, *, kill: bool) -> None:
         """The worker is stopped (``kill=False``: cancel the turn, close stdin, then SIGTERM and
-        SIGKILL after the grace) or cancelled (``kill=True``: SIGKILL at once); it is durable."""
+        SIGKILL after the grace) or cancelled (``kill=True``: SIGKILL at once); it is durable.
+        Returns at once; the stop sequence runs in the backend's own task. Called for every
+        such status change, whoever made it (the backend's own ``stop_worker`` too)."""
         ...
 
     def pending_permissions(self, ref: WorkerRef) -> list[PermissionRequest]:

@@ -42,6 +42,7 @@ from ..domain.catalog import (
     WorkspaceRef,
 )
 from ..domain.errors import InvalidWorkerId
+from ..domain.execution import AgentInfo, ExecutionState, ProcessExit, WorkerExecution
 from ..domain.identity import WorkerRef
 from ..domain.management import RuntimeStatus
 from ..domain.observation import (
@@ -245,6 +246,72 @@ def decode_worker_record(record: Mapping[str, Any], decode_ref: RefDecoder = dec
     )
 
 
+# ---------------------------------------------------------------- execution
+
+
+def encode_execution(execution: WorkerExecution, *, bookkeeping: bool = True) -> Record:
+    """A ``WorkerExecution`` (§9.2): ``{profile, state, pid?, agent? {name, version?}, session_id?,
+    turns, queued_inputs, pending_permissions, exit? {code?, signal?}}``, and with
+    ``bookkeeping`` (the stored form) ``turns_started``, ``delivered_sequence`` and ``open_turn?``,
+    which the API does not show."""
+    record: Record = {"profile": execution.profile, "state": execution.state.value}
+    if execution.pid is not None:
+        record["pid"] = execution.pid
+    if execution.agent is not None:
+        agent: Record = {"name": execution.agent.name}
+        if execution.agent.version is not None:
+            agent["version"] = execution.agent.version
+        record["agent"] = agent
+    if execution.session_id is not None:
+        record["session_id"] = execution.session_id
+    record["turns"] = execution.turns
+    record["queued_inputs"] = execution.queued_inputs
+    record["pending_permissions"] = execution.pending_permissions
+    if execution.exit is not None:
+        record["exit"] = {
+            key: value
+            for key, value in (("code", execution.exit.code), ("signal", execution.exit.signal))
+            if value is not None
+        }
+    if bookkeeping:
+        record["turns_started"] = execution.turns_started
+        record["delivered_sequence"] = execution.delivered_sequence
+        if execution.open_turn is not None:
+            record["open_turn"] = execution.open_turn
+    return record
+
+
+def encode_execution_view(execution: WorkerExecution) -> Record:
+    """A ``WorkerExecution`` as the API shows it: without the restore bookkeeping."""
+    return encode_execution(execution, bookkeeping=False)
+
+
+def decode_execution(record: Mapping[str, Any]) -> WorkerExecution:
+    """A ``WorkerExecution``, stored or as the API shows it (the bookkeeping then defaults to
+    ``turns`` started, nothing delivered, no open turn)."""
+    agent = record.get("agent")
+    exit_ = record.get("exit")
+    turns = _integer(record["turns"], "turns")
+    return WorkerExecution(
+        profile=_string(record["profile"], "profile"),
+        state=ExecutionState(record["state"]),
+        pid=_optional(record, "pid", _integer),
+        agent=None
+        if agent is None
+        else AgentInfo(_string(agent["name"], "agent.name"), _optional(agent, "version", _string)),
+        session_id=_optional(record, "session_id", _string),
+        turns=turns,
+        turns_started=_integer(record.get("turns_started", turns), "turns_started"),
+        queued_inputs=_integer(record["queued_inputs"], "queued_inputs"),
+        pending_permissions=_integer(record["pending_permissions"], "pending_permissions"),
+        delivered_sequence=_integer(record.get("delivered_sequence", 0), "delivered_sequence"),
+        open_turn=_optional(record, "open_turn", _integer),
+        exit=None
+        if exit_ is None
+        else ProcessExit(_optional(exit_, "code", _integer), _optional(exit_, "signal", _string)),
+    )
+
+
 # --------------------------------------------------------------- management
 
 
@@ -363,3 +430,20 @@ def _integer(value: Any, name: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"{name} {value!r} is not an integer")
     return value
+
+
+def _string(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} {value!r} is not a string")
+    return value
+
+
+V = TypeVar("V")
+
+
+def _optional(record: Mapping[str, Any], key: str, check: Callable[[Any, str], V]) -> V | None:
+    """``record[key]`` checked by ``check``, or ``None`` when absent."""
+    if not isinstance(record, Mapping):
+        raise TypeError(f"{record!r} is not an object")
+    value = record.get(key)
+    return None if value is None else check(value, key)

@@ -30,10 +30,16 @@ _transcript_response = schemas.compile_dumper(schemas.TranscriptResponseSchema()
 _events_response = schemas.compile_dumper(schemas.EventBatchSchema())
 _diagnostics_response = schemas.compile_dumper(schemas.DiagnosticsResponseSchema())
 _health_response = schemas.compile_dumper(schemas.HealthResponseSchema())
+_interrupt_ack_response = schemas.compile_dumper(schemas.InterruptAckResponseSchema())
+_permissions_response = schemas.compile_dumper(schemas.PermissionsResponseSchema())
+_permission_answer_response = schemas.compile_dumper(schemas.PermissionAnswerResponseSchema())
+_profiles_response = schemas.compile_dumper(schemas.ProfilesResponseSchema())
 
 _create_request = schemas.CreateWorkerRequestSchema()
 _input_request = schemas.WorkerInputSchema()
 _lifecycle_request = schemas.WorkerLifecycleRequestSchema()
+_interrupt_request = schemas.WorkerInterruptRequestSchema()
+_permission_answer_request = schemas.PermissionAnswerRequestSchema()
 # The hot bodies are loaded by functions compiled from their schemas (see ``compile_loader``).
 _input_loader = compile_loader(_input_request)
 _lifecycle_loader = compile_loader(_lifecycle_request)
@@ -186,13 +192,22 @@ async def send_input(request: web.Request) -> web.Response:
     return json_response(_input_ack_response({"ack": ack}), unknown)
 
 
-async def _lifecycle_reason(request: web.Request) -> tuple[str | None, list[str]]:
-    """The optional ``reason`` of a stop/cancel body; an empty body means no reason."""
+async def _lifecycle_body(
+    request: web.Request, schema: schemas.BaseSchema, loader: Loader | None = None
+) -> tuple[dict[str, Any], list[str]]:
+    """The optional body of stop, cancel and interrupt: an empty one means every field's default
+    (``loader``, compiled from ``schema``, loads it where it can)."""
     prefix = "invalid lifecycle request JSON"
     body = await read_json_body(request, prefix)
     if not body.strip():
-        return None, []
-    data, unknown = load_object(_lifecycle_request, parse_json(body, prefix), prefix, _lifecycle_loader)
+        return schema.load({}), []
+    data, unknown = load_object(schema, parse_json(body, prefix), prefix, loader)
+    return data, unknown
+
+
+async def _lifecycle_reason(request: web.Request) -> tuple[str | None, list[str]]:
+    """The optional ``reason`` of a stop/cancel body; an empty body means no reason."""
+    data, unknown = await _lifecycle_body(request, _lifecycle_request, _lifecycle_loader)
     return data.get("reason"), unknown
 
 
@@ -208,6 +223,29 @@ async def cancel_worker(request: web.Request) -> web.Response:
     reason, unknown = await _lifecycle_reason(request)
     ack = await request.app[RUNTIME].cancel_worker(ref, reason)
     return json_response(_lifecycle_ack_response({"ack": ack}), unknown)
+
+
+async def interrupt_worker(request: web.Request) -> web.Response:
+    ref = worker_ref(request)
+    data, unknown = await _lifecycle_body(request, _interrupt_request)
+    ack = await request.app[RUNTIME].interrupt(ref, data["drop_queued"])
+    return json_response(_interrupt_ack_response({"ack": ack}), unknown)
+
+
+async def get_permissions(request: web.Request) -> web.Response:
+    permissions = request.app[RUNTIME].permissions(worker_ref(request))
+    return json_response(_permissions_response({"permissions": permissions}))
+
+
+async def answer_permission(request: web.Request) -> web.Response:
+    ref = worker_ref(request)
+    data, unknown = await load_body(request, _permission_answer_request)
+    answer = await request.app[RUNTIME].answer_permission(ref, request.match_info["request_id"], data["option_id"])
+    return json_response(_permission_answer_response({"permission": answer}), unknown)
+
+
+async def get_profiles(request: web.Request) -> web.Response:
+    return json_response(_profiles_response({"profiles": request.app[RUNTIME].profiles()}))
 
 
 async def get_transcript(request: web.Request) -> web.Response:

@@ -58,6 +58,31 @@ class RuntimeCollector:
             buckets=histogram.cumulative(),
             sum_value=histogram.total,
         )
+        agents = GaugeMetricFamily(
+            "runtimed_agents", "Agents of running workers, by execution state.", labels=["state"]
+        )
+        for state, count in stats.agents_by_state.items():
+            agents.add_metric([state.value], count)
+        yield agents
+        yield GaugeMetricFamily(
+            "runtimed_pending_permissions",
+            "Permission requests of running workers' agents waiting for the backend's answer.",
+            value=stats.pending_permissions,
+        )
+        yield CounterMetricFamily(
+            "runtimed_agent_restarts", "Times an agent was restarted after a failure.", value=stats.agent_restarts
+        )
+        turns = CounterMetricFamily("runtimed_turns", "Agent turns ended, by stop reason.", labels=["stop_reason"])
+        for reason, count in stats.turns_by_stop_reason.items():
+            turns.add_metric([reason.value], count)
+        yield turns
+        turn_seconds = stats.turn_seconds
+        yield HistogramMetricFamily(
+            "runtimed_turn_duration_seconds",
+            "Time from a turn's start to its end.",
+            buckets=turn_seconds.cumulative(),
+            sum_value=turn_seconds.total,
+        )
 
 
 class HttpMetrics:

@@ -71,6 +71,10 @@ CODE_MEANINGS: Mapping[str, str] = MappingProxyType(
         ),
         "upgrade_required": "a plain GET on the WebSocket route",
         "too_many_sessions": "`[limits] max_observation_sessions` observation sessions are open",
+        "worker_not_executing": "the worker runs no agent (a record-only worker)",
+        "input_queue_full": "`[limits] max_queued_inputs` inputs of the worker wait to be delivered; nothing accepted",
+        "worker_limit_reached": "`[limits] max_running_agents` agent-backed workers are running; nothing created",
+        "permission_not_found": "the worker has no pending permission request of this id (unknown, or answered)",
         "not_ready": "the store is not loaded or does not take writes",
         "store_io": "the filesystem store failed to write (the message names the operation and the path)",
         "state_poisoned": "a failed write could not be undone; the daemon must be restarted",
@@ -104,8 +108,10 @@ Every frame the server sends is one JSON text message, tagged by `kind` \
 - `{"kind": "event", "envelope": {"cursor", "event_id", "worker_id", "payload": {"event", "data"?}}}` \
 (`EventFrame`). The first frame is a `snapshot` event whose cursor is the start point, whose \
 `event_id` is `snapshot:<cursor>`, and whose data is `SnapshotData`. Then come `user_message` and \
-`system_item` (`{"sequence", "content"}`), `worker_status` (`{"status", "reason"?}`) and whatever \
-else is published for the worker.
+`system_item` (`{"sequence", "content"}`), `worker_status` (`{"status", "reason"?}`), an executing \
+worker's turns (`turn_started` `{"turn", "input_sequence"}`, its streamed events, \
+`assistant_message` `{"turn", "sequence", "content"}` and `turn_ended` `{"turn", "stop_reason"}`) \
+and whatever else is published for the worker.
 - `{"kind": "diagnostic", "diagnostic": {"code", "message", "resume_from"?}}` \
 (`DiagnosticFrame`), after which the server closes the socket: `runtime.cursor_malformed`, \
 `runtime.cursor_unknown_or_expired`, `runtime.cursor_expired` (the client fell behind; reconnect \
@@ -282,6 +288,11 @@ def _operations(converter: OpenAPIConverter) -> dict[tuple[str, str], dict[str, 
     )
     runtime_response = _json(schemas.RuntimeResponseSchema, "The runtime summary.")
     lifecycle_codes = ("invalid_worker_id", *BODY_CODES, *WRITE_CODES, "worker_not_found")
+    interrupt_body = _body(
+        schemas.WorkerInterruptRequestSchema,
+        "Optional: an empty (or only whitespace) body drops nothing; `null` or a non-object is `invalid_json`.",
+        required=False,
+    )
     frames = {"event": COMPONENT_PREFIX + "EventFrame", "diagnostic": COMPONENT_PREFIX + "DiagnosticFrame"}
     # The table keeps each operation's id, tag and summary on one line; the formatter would
     # give every argument a line of its own.
@@ -313,8 +324,9 @@ def _operations(converter: OpenAPIConverter) -> dict[tuple[str, str], dict[str, 
         ),
         ("POST", "/v1/runtime/stop"): _operation(
             "stopRuntime", "runtime", "Stop the runtime",
-            "Marks running workers `stopped` and appends `runtime_stopped`; from then on create, input, stop and "
-            "cancel answer `409 runtime_stopped`, while reads keep working. On a stopped runtime it changes nothing. "
+            "Marks running workers `stopped` (their agents get the stop sequence) and appends `runtime_stopped`; from "
+            "then on create, input, stop, cancel, interrupt and permission answers get `409 runtime_stopped`, while "
+            "reads keep working. On a stopped runtime it changes nothing. "
             "Takes no body (any body is ignored).",
             runtime_response, ("store_io", "state_poisoned"),
         ),
@@ -342,9 +354,11 @@ def _operations(converter: OpenAPIConverter) -> dict[tuple[str, str], dict[str, 
         ("POST", "/v1/workers"): _operation(
             "createWorker", "workers", "Create a worker",
             "Creates a `running` worker. Without `config_bundle` it gets diagnostic `runtime.local_default_resources`; "
-            "without requested capabilities, `worker.tools_less`.",
+            "without requested capabilities, `worker.tools_less`. When its profile names an agent, the agent starts "
+            "once the worker is created (its `execution` shows it); otherwise it records input only "
+            "(`worker.record_only`).",
             _with_warning(_json(schemas.WorkerResponseSchema, "The new worker's detail.")),
-            (*BODY_CODES, *WRITE_CODES, "invalid_request"),
+            (*BODY_CODES, *WRITE_CODES, "invalid_request", "worker_limit_reached"),
             requestBody=_body(schemas.CreateWorkerRequestSchema, "The worker to create."),
         ),
         ("GET", "/v1/workers/{worker_id}"): _operation(
@@ -354,17 +368,18 @@ def _operations(converter: OpenAPIConverter) -> dict[tuple[str, str], dict[str, 
         ),
         ("POST", "/v1/workers/{worker_id}/input"): _operation(
             "sendInput", "workers", "Send input to a worker",
-            "Appends a transcript entry (its role is the input's kind) to a `running` worker.",
+            "Appends a transcript entry (its role is the input's kind) to a `running` worker; an agent-backed "
+            "worker's agent gets it as a prompt turn, in order, once it is idle.",
             _with_warning(
                 _json(schemas.WorkerInteractionAckResponseSchema, "The transcript sequence and event id of the input.")
             ),
-            ("invalid_worker_id", *BODY_CODES, *WRITE_CODES, "worker_not_found", "invalid_request"),
+            ("invalid_worker_id", *BODY_CODES, *WRITE_CODES, "worker_not_found", "invalid_request", "input_queue_full"),
             parameters=worker, requestBody=_body(schemas.WorkerInputSchema, "The input."),
         ),
         ("POST", "/v1/workers/{worker_id}/stop"): _operation(
             "stopWorker", "workers", "Stop a worker",
             "Moves a `running` worker to `stopped`, with one event whose message is the reason "
-            "(or \"worker stopped\"). "
+            "(or \"worker stopped\"); its agent, if any, gets the stop sequence in the background. "
             "On a worker that is no longer running it changes nothing and answers its current status.",
             _with_warning(_json(schemas.WorkerLifecycleAckResponseSchema, "The worker's status and last event id.")),
             lifecycle_codes, parameters=worker, requestBody=lifecycle_body,
@@ -372,10 +387,49 @@ def _operations(converter: OpenAPIConverter) -> dict[tuple[str, str], dict[str, 
         ("POST", "/v1/workers/{worker_id}/cancel"): _operation(
             "cancelWorker", "workers", "Cancel a worker",
             "Moves a `running` worker to `cancelled`, with one event whose message is the reason "
-            "(or \"worker cancelled\"). "
+            "(or \"worker cancelled\"); its agent, if any, is killed in the background. "
             "On a worker that is no longer running it changes nothing and answers its current status.",
             _with_warning(_json(schemas.WorkerLifecycleAckResponseSchema, "The worker's status and last event id.")),
             lifecycle_codes, parameters=worker, requestBody=lifecycle_body,
+        ),
+        ("POST", "/v1/workers/{worker_id}/interrupt"): _operation(
+            "interruptWorker", "workers", "Interrupt a worker's turn",
+            "Ends the agent's running turn, if any (it ends `cancelled`, or `interrupted` if the agent does not end it "
+            "within its `stop_grace_seconds`), and with `drop_queued` first drops the inputs waiting to be delivered "
+            "(they stay in the transcript). Appends `worker_interrupted` when it ended a turn or dropped an input, "
+            "else changes nothing; on a worker that is no longer running it changes nothing.",
+            _with_warning(_json(schemas.InterruptAckResponseSchema, "The turn ended, if any, and the inputs dropped.")),
+            (*lifecycle_codes, "worker_not_executing"), parameters=worker, requestBody=interrupt_body,
+        ),
+        ("GET", "/v1/workers/{worker_id}/permissions"): _operation(
+            "getPermissions", "workers", "A worker's pending permission requests",
+            "The permission requests of the worker's agent waiting for an answer, oldest first.",
+            _json(schemas.PermissionsResponseSchema, "The pending requests."),
+            ("invalid_worker_id", "worker_not_found", "worker_not_executing"), parameters=worker,
+        ),
+        ("POST", "/v1/workers/{worker_id}/permissions/{request_id}"): _operation(
+            "answerPermission", "workers", "Answer a permission request",
+            "Answers a pending permission request with one of the options it offered (`invalid_request` for another).",
+            _with_warning(_json(schemas.PermissionAnswerResponseSchema, "The answer given.")),
+            (
+                "invalid_worker_id", *BODY_CODES, *WRITE_CODES, "worker_not_found", "worker_not_executing",
+                "permission_not_found", "invalid_request",
+            ),
+            parameters=[
+                *worker,
+                {
+                    "name": "request_id", "in": "path", "required": True, "schema": {"type": "string"},
+                    "description": "The `request_id` of a pending permission request.",
+                },
+            ],
+            requestBody=_body(schemas.PermissionAnswerRequestSchema, "The option chosen."),
+        ),
+        ("GET", "/v1/profiles"): _operation(
+            "getProfiles", "workers", "Profiles",
+            "The profiles workers can be created with: the built-in agents (`builtin:<name>`) and the configured "
+            "`[profiles.<name>]`, with which one `runtime_default` selects. A selector that names none of them makes "
+            "a record-only worker.",
+            _json(schemas.ProfilesResponseSchema, "The profiles."),
         ),
         ("GET", "/v1/workers/{worker_id}/transcript"): _operation(
             "getTranscript", "workers", "A page of a worker's transcript",

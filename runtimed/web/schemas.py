@@ -31,6 +31,7 @@ from ..domain.catalog import (
     TaskIntent,
     WorkerStatus,
 )
+from ..domain.execution import ExecutionState, PermissionPolicy, ProfileSource, RestartPolicy
 from ..domain.interaction import InputKind, WorkerInput
 from ..domain.management import RuntimeStatus
 from ..domain.observation import EventKind, Severity, TranscriptRole
@@ -143,6 +144,15 @@ class TaggedUnion(fields.Field[Any]):
         if value is None:
             return None
         return {"kind": value.kind, **self._schemas[value.kind].dump(value)}
+
+
+class JsonBoolean(fields.Boolean):
+    """``true`` or ``false`` only: marshmallow's own field also takes ``"yes"``, ``1`` and the like."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid", input=value)
+        return value
 
 
 #: The most digits a query integer may have: every 18-digit number fits in 63 bits.
@@ -261,6 +271,36 @@ class CreateWorkerRequestSchema(BaseSchema):
     mount_refs = fields.List(fields.Nested(MountRefSchema))
 
 
+class AgentInfoSchema(BaseSchema):
+    __omit_when_empty__ = frozenset({"version"})
+    name = fields.String(required=True)
+    version = fields.String()
+
+
+class ProcessExitSchema(BaseSchema):
+    __omit_when_empty__ = frozenset({"code", "signal"})
+    code = fields.Integer()
+    signal = fields.String()
+
+
+class ExecutionSchema(BaseSchema):
+    """A worker's execution as the API shows it (§9.2): the stored one without its restore
+    bookkeeping (``turns_started``, ``delivered_sequence``, ``open_turn``)."""
+
+    __decode__ = staticmethod(codec.decode_execution)
+    __encode__ = staticmethod(codec.encode_execution_view)
+    __omit_when_empty__ = frozenset({"pid", "agent", "session_id", "exit"})
+    profile = fields.String(required=True)
+    state = fields.Enum(ExecutionState, by_value=True, required=True)
+    pid = fields.Integer()
+    agent = fields.Nested(AgentInfoSchema)
+    session_id = fields.String()
+    turns = fields.Integer(required=True)
+    queued_inputs = fields.Integer(required=True)
+    pending_permissions = fields.Integer(required=True)
+    exit = fields.Nested(ProcessExitSchema)
+
+
 class _WorkerViewSchema(BaseSchema):
     worker_ref = fields.Nested(WorkerRefSchema, required=True)
     runtime_id = fields.String(required=True)
@@ -271,20 +311,23 @@ class _WorkerViewSchema(BaseSchema):
 
 
 class WorkerSummarySchema(_WorkerViewSchema):
+    __omit_when_empty__ = frozenset({"execution"})
     requested_capability_count = fields.Integer(required=True)
     has_config_bundle = fields.Boolean(required=True)
     transcript_len = fields.Integer(required=True)
     last_event_id = fields.Integer(required=True)
+    execution = fields.Nested(ExecutionSchema)
 
 
 class WorkerDetailSchema(_WorkerViewSchema):
-    __omit_when_empty__ = CreateWorkerRequestSchema.__omit_when_empty__
+    __omit_when_empty__ = CreateWorkerRequestSchema.__omit_when_empty__ | {"execution"}
     config_bundle = fields.Nested(ConfigBundleRefSchema)
     requested_capabilities = fields.List(fields.Nested(CapabilityRequestSchema))
     workspace_refs = fields.List(fields.Nested(WorkspaceRefSchema))
     mount_refs = fields.List(fields.Nested(MountRefSchema))
     transcript_len = fields.Integer(required=True)
     last_event_id = fields.Integer(required=True)
+    execution = fields.Nested(ExecutionSchema)
 
 
 class WorkerLifecycleRequestSchema(BaseSchema):
@@ -312,6 +355,66 @@ class WorkerInteractionAckSchema(BaseSchema):
     status = fields.Enum(WorkerStatus, by_value=True, required=True)
     transcript_sequence = fields.Integer(required=True)
     event_id = fields.Integer(required=True)
+
+
+# -------------------------------------------------------------- execution (§9)
+
+
+class WorkerInterruptRequestSchema(BaseSchema):
+    """The optional body of ``POST …/interrupt``."""
+
+    drop_queued = JsonBoolean(load_default=False)
+
+
+class InterruptAckSchema(BaseSchema):
+    __omit_when_empty__ = frozenset({"turn"})
+    worker_ref = fields.Nested(WorkerRefSchema, required=True)
+    status = fields.Enum(WorkerStatus, by_value=True, required=True)
+    turn = fields.Integer()
+    dropped_inputs = fields.Integer(required=True)
+
+
+class ToolCallSchema(BaseSchema):
+    tool_call_id = fields.String(required=True)
+    title = fields.String(required=True)
+    kind = fields.String(required=True)
+
+
+class PermissionOptionSchema(BaseSchema):
+    option_id = fields.String(required=True)
+    name = fields.String(required=True)
+    kind = fields.String(required=True)
+
+
+class PermissionRequestSchema(BaseSchema):
+    """A pending permission request, as the ``permission_requested`` event carries it (§9.5)."""
+
+    __omit_when_empty__ = frozenset({"turn"})
+    turn = fields.Integer()
+    request_id = fields.String(required=True)
+    tool_call = fields.Nested(ToolCallSchema, required=True)
+    options = fields.List(fields.Nested(PermissionOptionSchema), required=True)
+
+
+class PermissionAnswerRequestSchema(BaseSchema):
+    option_id = fields.String(required=True)
+
+
+class PermissionAnswerSchema(BaseSchema):
+    request_id = fields.String(required=True)
+    option_id = fields.String(required=True)
+    by = fields.String(required=True)
+
+
+class ProfileSchema(BaseSchema):
+    """A profile workers can be created with (§9.1); never its ``env`` values."""
+
+    name = fields.String(required=True)
+    source = fields.Enum(ProfileSource, by_value=True, required=True)
+    command = fields.List(fields.String(), required=True)
+    permissions = fields.Enum(PermissionPolicy, by_value=True, required=True)
+    restart = fields.Enum(RestartPolicy, by_value=True, required=True)
+    default = fields.Boolean(required=True)
 
 
 # ------------------------------------------------------------------ observation
@@ -416,6 +519,22 @@ class WorkerInteractionAckResponseSchema(BaseSchema):
 
 class WorkerLifecycleAckResponseSchema(BaseSchema):
     ack = fields.Nested(WorkerLifecycleAckSchema, required=True)
+
+
+class InterruptAckResponseSchema(BaseSchema):
+    ack = fields.Nested(InterruptAckSchema, required=True)
+
+
+class PermissionsResponseSchema(BaseSchema):
+    permissions = fields.List(fields.Nested(PermissionRequestSchema), required=True)
+
+
+class PermissionAnswerResponseSchema(BaseSchema):
+    permission = fields.Nested(PermissionAnswerSchema, required=True)
+
+
+class ProfilesResponseSchema(BaseSchema):
+    profiles = fields.List(fields.Nested(ProfileSchema), required=True)
 
 
 class TranscriptResponseSchema(BaseSchema):

@@ -28,14 +28,27 @@ is acknowledged before that line is durable. The line holds, as absolute values,
 id, the last observation sequence and the last diagnostic id, and for each worker the batch
 observed, how many observations its ``observations.jsonl`` has taken in (``runtimed.store.fs.commit``).
 So every acknowledged record is accounted for, observations published by ``Runtime.observe``
-(which have no event) included. At restore the commit log's last whole line rules:
+(which have no event) included.
+
+**Executions.** An agent-backed worker's ``WorkerExecution`` (§9.2) lives in the commit record
+itself: a line holds, under ``executions``, the whole execution of each worker the batch changed
+(the checkpoint line, of every such worker), a later one replacing an earlier one. So a change
+with no runtime event (``Runtime.begin_turn`` making an input delivered, ``update_execution``) is
+durable exactly when its commit line is, and restore never takes an unacknowledged turn for
+delivered. ``worker.json`` does not hold it. A ``worker_turn_ended`` event that made an assistant
+transcript entry says so in its line of ``events.jsonl`` (``"transcript_sequence": n``, which the
+event's JSON elsewhere does not carry), so that a missing assistant entry is told from a turn
+that made none.
+
+At restore the commit log's last whole line rules:
 
 - events up to its event id, diagnostics up to its diagnostic id, and transcript entries of those
-  events must all be there, densely numbered; observations up to its sequence must be there too,
-  each worker's file holding exactly its count (the lines kept plus the ``trimmed`` count of its
-  compaction marker). A committed record that is missing — a file deleted, cut to fewer lines, a
-  line dropped — is corruption: restore refuses, naming the file (``store_missing``,
-  ``store_corrupt``).
+  events (one per ``worker_input_accepted``, one per marked ``worker_turn_ended``, each naming
+  its event) must all be there, densely numbered; observations up to its sequence must be there
+  too, each worker's file holding exactly its count (the lines kept plus the ``trimmed`` count of
+  its compaction marker); an execution must be of a worker that was created. A committed record
+  that is missing — a file deleted, cut to fewer lines, a line dropped — is corruption: restore
+  refuses, naming the file (``store_missing``, ``store_corrupt``).
 - records past the commit are an unacknowledged tail: discarded, each file's with a
   ``store.uncommitted_discarded`` warning. They can only close a file; anywhere else they are
   corruption. A worker directory whose ``worker_created`` event is past the commit is removed.

@@ -23,7 +23,14 @@ from ...domain.catalog import WorkerState, WorkerStatus
 from ...domain.errors import StoreCorrupt, StoreIo, StoreMissing
 from ...domain.identity import WorkerRef
 from ...domain.management import RuntimeStatus
-from ...domain.observation import EventKind, Observation, RuntimeDiagnostic, RuntimeEvent, TranscriptEntry
+from ...domain.observation import (
+    EventKind,
+    Observation,
+    RuntimeDiagnostic,
+    RuntimeEvent,
+    TranscriptEntry,
+    TranscriptRole,
+)
 from .. import codec
 from ..base import RestoredState
 from . import commit, files
@@ -165,6 +172,7 @@ class Restorer:
             )
         events = self._decode_each(events_path, records, lambda record: codec.decode_event(record, decode_ref), "event")
         self._require_dense(events_path, events, lambda event: event.id, "event id")
+        replies = self._replies(events_path, records)
         last_event = len(events)
         if self.commit is not None and last_event < self.commit.event_id:
             raise self.short(
@@ -180,7 +188,7 @@ class Restorer:
             )
 
         diagnostics = self._diagnostics(last_event)
-        workers, transcripts, observations = self._workers(events, last_event)
+        workers, transcripts, observations = self._workers(events, last_event, replies)
 
         status = RuntimeStatus.RUNNING
         for event in events:
@@ -394,6 +402,19 @@ class Restorer:
 
         return decode
 
+    def _replies(self, path: Path, records: list[dict[str, Any]]) -> dict[int, int]:
+        """Per ``worker_turn_ended`` event that committed an assistant entry, that entry's
+        sequence (the store marks such events with ``transcript_sequence``)."""
+        replies: dict[int, int] = {}
+        for number, record in enumerate(records, start=1):
+            if "transcript_sequence" not in record:
+                continue
+            sequence = record["transcript_sequence"]
+            if record.get("kind") != EventKind.WORKER_TURN_ENDED.value or not isinstance(sequence, int):
+                raise self.corrupt(path, f"bad event record on line {number}: transcript_sequence {sequence!r}")
+            replies[record["id"]] = sequence
+        return replies
+
     def _diagnostics(self, last_event: int) -> list[RuntimeDiagnostic]:
         path = self.dir / "diagnostics.jsonl"
         if self.commit is not None:
@@ -419,7 +440,7 @@ class Restorer:
         return diagnostics
 
     def _workers(
-        self, events: list[RuntimeEvent], last_event: int
+        self, events: list[RuntimeEvent], last_event: int, replies: Mapping[int, int]
     ) -> tuple[list[WorkerState], dict[str, list[TranscriptEntry]], list[Observation]]:
         workers_dir = self.dir / "workers"
         if not workers_dir.exists():
@@ -459,6 +480,11 @@ class Restorer:
                     raise self.corrupt(
                         self.dir / COMMIT_LOG, f"counts observations of worker {worker_id}, which was never created"
                     )
+            for worker_id in self.commit.executions:
+                if worker_id not in created:
+                    raise self.corrupt(
+                        self.dir / COMMIT_LOG, f"holds the execution of worker {worker_id}, which was never created"
+                    )
         for worker_id in created:
             if worker_id not in on_disk:
                 raise StoreMissing(
@@ -468,7 +494,9 @@ class Restorer:
         # The event log wins: status and last event of each worker come from it.
         status: dict[str, WorkerStatus] = {}
         last: dict[str, int] = {}
-        inputs: dict[str, int] = {}
+        # Per worker, the events that committed its transcript entries, in order: every input,
+        # and each turn end that made an assistant entry.
+        committing: dict[str, list[int]] = {}
         for event in events:
             ref = event.worker_ref
             if event.kind is EventKind.RUNTIME_STOPPED:
@@ -485,8 +513,8 @@ class Restorer:
                 status[ref.worker_id] = WorkerStatus.STOPPED
             elif event.kind is EventKind.WORKER_CANCELLED:
                 status[ref.worker_id] = WorkerStatus.CANCELLED
-            elif event.kind is EventKind.WORKER_INPUT_ACCEPTED:
-                inputs[ref.worker_id] = inputs.get(ref.worker_id, 0) + 1
+            elif event.kind is EventKind.WORKER_INPUT_ACCEPTED or event.id in replies:
+                committing.setdefault(ref.worker_id, []).append(event.id)
             if ref.worker_id not in created:
                 raise self.corrupt(
                     self.dir / "events.jsonl", f"event {event.id} names worker {ref.worker_id}, which was never created"
@@ -508,12 +536,9 @@ class Restorer:
             if ref.worker_id != worker_id:
                 raise self.corrupt(snapshot_path, f"names worker {ref.worker_id!r}, not {worker_id!r}")
             entries = self._transcript(directory, ref, last_event)
-            if len(entries) != inputs.get(worker_id, 0):
-                raise self.corrupt(
-                    directory / "transcript.jsonl",
-                    f"holds {len(entries)} entries, but the event log accepted {inputs.get(worker_id, 0)} inputs",
-                )
-            state = WorkerState(ref, stored.request, status[worker_id], len(entries), last[worker_id])
+            self._check_entries(directory / "transcript.jsonl", entries, committing.get(worker_id, []), replies)
+            execution = self.commit.executions.get(worker_id) if self.commit is not None else None
+            state = WorkerState(ref, stored.request, status[worker_id], len(entries), last[worker_id], execution)
             self.created_event[worker_id] = created[worker_id]
             self.snapshots[snapshot_path] = raw
             self.snapshot_status[worker_id] = state.status
@@ -529,6 +554,28 @@ class Restorer:
             self.observation_lines[worker_id] = len(worker_observations)
             observations.extend(worker_observations)  # the bus keeps the newest it is configured for
         return workers, transcripts, observations
+
+    def _check_entries(
+        self, path: Path, entries: list[TranscriptEntry], committing: list[int], replies: Mapping[int, int]
+    ) -> None:
+        """Every entry the event log committed is there, each named by the event that committed
+        it: an input's ``worker_input_accepted``, an assistant reply's ``worker_turn_ended``."""
+        if len(entries) != len(committing):
+            answered = sum(1 for event_id in committing if event_id in replies)
+            committed = f"accepted {len(committing) - answered} inputs"
+            if answered:
+                committed += f" and committed {answered} assistant replies"
+            raise self.corrupt(path, f"holds {len(entries)} entries, but the event log {committed}")
+        for entry, event_id in zip(entries, committing, strict=True):
+            reply = replies.get(event_id)
+            if entry.event_id != event_id or (reply is not None) != (entry.role is TranscriptRole.ASSISTANT):
+                raise self.corrupt(
+                    path,
+                    f"transcript entry {entry.sequence} ({entry.role.value}, event {entry.event_id}) is not the "
+                    f"entry event {event_id} committed",
+                )
+            if reply is not None and reply != entry.sequence:
+                raise self.corrupt(path, f"event {event_id} committed entry {reply}, not {entry.sequence}")
 
     @staticmethod
     def _remove_worker_dir(directory: Path) -> None:

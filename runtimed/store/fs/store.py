@@ -22,7 +22,9 @@ from typing import Any
 
 from ...domain.catalog import WorkerState, WorkerStatus
 from ...domain.errors import StatePoisoned, StoreCorrupt, StoreError, StoreIo, StoreLocked
+from ...domain.execution import WorkerExecution
 from ...domain.management import RuntimeStatus
+from ...domain.observation import EventKind
 from .. import codec
 from ..base import Change, RestoredState, Store
 from . import commit, files
@@ -44,7 +46,7 @@ from .restore import Restored, Restorer
 log = logging.getLogger("runtimed.store")
 
 #: The commit log is cut back to one checkpoint line once it has this many lines more than
-#: the runtime has workers with observations (so a checkpoint costs little per flush).
+#: the runtime has workers with observations or executions (so a checkpoint costs little per flush).
 COMMIT_LOG_LINES = 4096
 #: What ``create`` puts in the hidden directory it builds a runtime in, before renaming it into
 #: place; a directory of that name holding no more than this is a start that was cut short.
@@ -84,6 +86,7 @@ class _Batch:
     # What the store will remember once the batch is durable (nothing, if it fails).
     created_event: dict[str, int] = field(default_factory=dict)
     snapshot_status: dict[str, WorkerStatus] = field(default_factory=dict)
+    executions: dict[str, WorkerExecution] = field(default_factory=dict)  # changed by the batch
     runtime_status: RuntimeStatus | None = None
     #: What the batch's commit record says (observation counts: of the workers it observes).
     committed: CommitRecord = field(default_factory=CommitRecord)
@@ -125,6 +128,7 @@ class FsStore(Store):
         self._observation_sequence = 0
         self._diagnostic_id = 0
         self._observation_counts: dict[str, int] = {}  # worker id -> observations its file took in
+        self._executions: dict[str, WorkerExecution] = {}  # worker id -> its committed execution
         self._commit_lines = 0
 
     # ----------------------------------------------------------- paths
@@ -277,6 +281,7 @@ class FsStore(Store):
         self._observation_sequence = committed.observation_sequence
         self._diagnostic_id = committed.diagnostic_id
         self._observation_counts = dict(committed.observations)
+        self._executions = dict(committed.executions)
         self._commit_lines = restored.commit_lines
 
     def _upgrade(self, restored: Restored) -> None:
@@ -298,7 +303,7 @@ class FsStore(Store):
         path = self.runtime_dir / COMMIT_LOG
         now = CommitRecord(self._last_event_id, self._observation_sequence, self._diagnostic_id)
         self._files.forget(path)
-        replace_atomically(path, jsonl_line(commit.encode(now, self._observation_counts)))
+        replace_atomically(path, jsonl_line(commit.encode(now, self._observation_counts, self._executions)))
         self._commit_lines = 1
 
     async def check_writable(self) -> str | None:
@@ -413,6 +418,12 @@ class FsStore(Store):
             for state in change.workers:
                 worker_id = state.worker_ref.worker_id
                 directory = self.worker_dir(worker_id)
+                execution = state.execution
+                if execution is not None and execution != batch.executions.get(
+                    worker_id, self._executions.get(worker_id)
+                ):
+                    # The commit line carries it: durable exactly when the batch is.
+                    batch.executions[worker_id] = execution
                 created = batch.created_event.get(worker_id, self._created_event.get(worker_id))
                 if created is None:
                     assert change_event is not None
@@ -445,15 +456,20 @@ class FsStore(Store):
                 batch.append(runtime_dir / "diagnostics.jsonl", record)
                 diagnostic_id = max(diagnostic_id, diagnostic.id)
             if change.event is not None:
-                batch.append(runtime_dir / "events.jsonl", codec.encode_event(change.event))
+                event = codec.encode_event(change.event)
+                if change.event.kind is EventKind.WORKER_TURN_ENDED and change.transcript:
+                    # Not every turn makes an entry: the event says which one it committed, so
+                    # restore can tell a missing assistant entry from a turn that had none.
+                    event["transcript_sequence"] = change.transcript[0].sequence
+                batch.append(runtime_dir / "events.jsonl", event)
                 event_id = change.event.id
             if change.runtime_status is not runtime_status:
                 runtime_status = batch.runtime_status = change.runtime_status
                 batch.snapshots[runtime_dir / "runtime.json"] = _runtime_snapshot(
                     self._runtime_id or "", change.runtime_status, event_id
                 )
-        batch.committed = CommitRecord(event_id, sequence, diagnostic_id, counts)
-        batch.commit_line = jsonl_line(commit.encode(batch.committed, counts))
+        batch.committed = CommitRecord(event_id, sequence, diagnostic_id, counts, batch.executions)
+        batch.commit_line = jsonl_line(commit.encode(batch.committed, counts, batch.executions))
 
     def _write_data(self, batch: _Batch) -> None:
         synced_dirs: set[Path] = set()
@@ -506,6 +522,7 @@ class FsStore(Store):
         self._snapshots.update(batch.snapshots)
         self._created_event.update(batch.created_event)
         self._snapshot_status.update(batch.snapshot_status)
+        self._executions.update(batch.executions)
         if batch.runtime_status is not None:
             self._runtime_status = batch.runtime_status
         committed = batch.committed
@@ -525,7 +542,7 @@ class FsStore(Store):
                 except OSError:
                     log.warning("could not compact observations of %s; will retry", worker_id, exc_info=True)
         # And the commit log: only its last line matters, once the counts are all in one line.
-        if self._commit_lines > COMMIT_LOG_LINES + len(self._observation_counts):
+        if self._commit_lines > COMMIT_LOG_LINES + len(self._observation_counts) + len(self._executions):
             try:
                 self._write_checkpoint()
             except OSError:
