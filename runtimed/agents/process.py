@@ -59,6 +59,9 @@ _STDERR_CHUNK_BYTES = 64 * 1024
 #: How long the pipes may stay open once the whole group has been killed: only a process that
 #: left the group (``setsid``) can hold them longer, and it is not waited for.
 _PIPE_CLOSE_SECONDS = 2.0
+#: How often, and how many times, an exited leader's status is looked for when its pipes stay open.
+_STATUS_CHECK_SECONDS = 0.01
+_STATUS_CHECKS = 500
 _PR_SET_PDEATHSIG = 1
 
 
@@ -452,21 +455,41 @@ class AgentProcess:
         # The leader is gone: so is whatever it left running in its group, so that nothing the
         # agent started outlives it and the pipes those processes hold get closed.
         self._signal_group(signal.SIGKILL)
-        try:
-            returncode: int | None = await asyncio.wait_for(asyncio.shield(self._process.wait()), _PIPE_CLOSE_SECONDS)
-        except TimeoutError:
+        # Its output ends once every process holding the pipes is gone: at once, unless one left
+        # the group (setsid), which is not waited for.
+        _, stuck = await asyncio.wait((self._stdout_task, self._stderr_task), timeout=_PIPE_CLOSE_SECONDS)
+        if stuck:
             log.warning("agent %d exited, but a process outside its group keeps its pipes open", self.pid)
-            returncode = self._process.returncode
             self.close_stdin()
-            self._stdout_task.cancel()
-            self._stderr_task.cancel()
+            for task in stuck:
+                task.cancel()
+            await asyncio.wait(stuck)
+        exit = process_exit(await self._returncode())
+        if stuck:
+            # Give up on the pipes rather than hold them until that process exits. asyncio's
+            # Process has no public way to close its transport; it keeps it in _transport.
+            transport = getattr(self._process, "_transport", None)
+            if isinstance(transport, asyncio.BaseTransport):
+                transport.close()
         self._group_gone = True
-        for task in (self._stdout_task, self._stderr_task):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        exit = process_exit(returncode)
         log.info("agent %d %s", self.pid, describe_exit(exit))
         return exit
+
+    async def _returncode(self) -> int | None:
+        """The leader's exit status, as asyncio's child watcher reports it.
+
+        ``Process.wait`` returns it at once when the watcher has reported it, but otherwise also
+        waits for every pipe to close, which a process outside the group may prevent. The
+        leader is known to have exited, so the report comes within moments: past the wait for
+        the pipes, it is looked for a few times, and the status is unknown if it never comes.
+        """
+        with contextlib.suppress(TimeoutError):
+            return await asyncio.wait_for(asyncio.shield(self._process.wait()), _PIPE_CLOSE_SECONDS)
+        for _ in range(_STATUS_CHECKS):
+            if self._process.returncode is not None:
+                break
+            await asyncio.sleep(_STATUS_CHECK_SECONDS)
+        return self._process.returncode
 
     async def _leader_exit(self) -> None:
         """Wait for the leader to exit, whoever holds its pipes.
