@@ -79,11 +79,11 @@ def serve(config_path: str | None, **flags: object) -> None:
     except ConfigError as error:
         raise ConfigProblem(f"runtimed: {error}") from None
     try:
-        log_file = configure_logging(config.log)
+        log_handler = configure_logging(config.log)
     except OSError as error:
         raise ConfigProblem(f"runtimed: cannot open log file {config.log.file}: {error.strerror or error}") from None
     try:
-        asyncio.run(run(config, build_store(config), log_file))
+        asyncio.run(run(config, build_store(config), log_handler))
     except ConfigError as error:
         raise ConfigProblem(f"runtimed: {error}") from None
     except (OSError, RuntimedError, StartError) as error:

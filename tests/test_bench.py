@@ -75,3 +75,10 @@ def test_fs_bench() -> None:
     assert "| goal | measured | target | result |" in out
     assert "| fs + 2 ms flush | 64 | one shared |" in out  # runtimed through tests/slow_disk.py
     assert "| (b) `runtimed serve --store fs` from exec to its start-up line |" in out
+
+
+def test_agents_bench() -> None:
+    out = run_bench("agents_bench.py", "--agents", "2", "--turns", "5")
+    assert "| store | first delta p50 ms |" in out
+    assert "| memory | " in out and "| fs | " in out
+    assert "200 / 200 | 0 |" in out  # every chunk of /stream 100 on both agents, no overrun

@@ -22,7 +22,7 @@ from runtimed.daemon.openfiles import AcceptErrors, OpenFileLimit
 from runtimed.runtime import Runtime
 from runtimed.web import schemas
 from runtimed.web.app import create_app
-from runtimed.web.connections import ConnectionGuard, ConnectionRunner
+from runtimed.web.connections import Connection, ConnectionGuard, ConnectionRunner
 from runtimed.web.settings import ServerConfig
 
 from .helpers import TASK_REQUEST, wait_until
@@ -168,6 +168,40 @@ async def test_a_keep_alive_connection_serves_a_next_request_that_comes_in_time(
             writer.write(request_head("GET", "/healthz"))
             status, _, body = await read_response(reader)
             assert (status, json.loads(body)) == (200, {"status": "ok"})
+
+
+async def test_requests_on_a_keep_alive_connection_set_no_timer_each(runtime, monkeypatch):
+    async with serving(runtime, ServerConfig()) as served:
+        reader, writer = await served.connect()
+        # The first response brings the deadline nearer (keep-alive 20 s < header 30 s): a timer.
+        writer.write(request_head("GET", "/healthz"))
+        assert (await read_response(reader))[0] == 200
+        loop = asyncio.get_running_loop()
+        timers: list[Any] = []
+        call_at = loop.call_at
+
+        def counting_call_at(when: float, callback: Any, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+            if isinstance(getattr(callback, "__self__", None), Connection):
+                timers.append(callback)
+            return call_at(when, callback, *args, **kwargs)
+
+        monkeypatch.setattr(loop, "call_at", counting_call_at)
+        for _ in range(20):
+            writer.write(request_head("GET", "/healthz"))
+            assert (await read_response(reader))[0] == 200
+        assert timers == []  # the one the connection had keeps running; its deadline moves
+
+
+async def test_a_connection_kept_busy_past_every_timeout_stays_open_and_closes_once_idle(runtime):
+    # Each request moves the deadline later than the timer set for it: the timer, when it
+    # fires, must wait on for the deadline rather than close the connection.
+    async with serving(runtime) as served:
+        reader, writer = await served.connect()
+        for _ in range(8):  # 0.8 s: past the header (0.3 s) and keep-alive (0.2 s) timeouts
+            writer.write(request_head("GET", "/healthz"))
+            assert (await read_response(reader))[0] == 200
+            await asyncio.sleep(0.1)
+        assert await closed_by_server(reader) == b""
 
 
 async def test_a_request_being_handled_is_not_cut_by_the_header_timeout(runtime):

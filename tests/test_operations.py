@@ -18,6 +18,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from runtimed.daemon.config import Secret, ServerConfig
 from runtimed.daemon.systemd import notify
@@ -26,6 +27,7 @@ from runtimed.runtime import Runtime
 from runtimed.store import MemoryStore
 from runtimed.store.fs import FsStore
 from runtimed.web.app import create_app
+from runtimed.web.metrics import REQUEST_BUCKETS, HttpMetrics
 
 from .helpers import ECHO_REQUEST, TASK_REQUEST, BrokenStore, create_worker, run_turn, wait_until
 from .process import RuntimedProcess, request_json, run_runtimed, send_raw
@@ -338,6 +340,38 @@ async def test_metrics_count_requests_workers_sessions_and_observations(client, 
     assert metric(text, "runtimed_observation_events_published_total") == 1
     assert metric(text, "runtimed_subscriber_overruns_total") == 0
     assert metric(text, "runtimed_store_flushes_total") == 0  # the memory store never flushes
+
+
+def test_the_http_metrics_are_exported_as_prometheus_clients_own_metrics_would_be():
+    # HttpMetrics keeps plain numbers where prometheus-client's Counter and Histogram take locks.
+    reference = CollectorRegistry()
+    requests = Counter(
+        "runtimed_http_requests",
+        "HTTP requests answered, by method, route and status.",
+        ["method", "route", "status"],
+        registry=reference,
+    )
+    latency = Histogram(
+        "runtimed_http_request_duration_seconds",
+        "Time to answer HTTP requests (WebSocket sessions: their whole length).",
+        ["method", "route"],
+        buckets=REQUEST_BUCKETS,
+        registry=reference,
+    )
+    registry = CollectorRegistry()
+    http = HttpMetrics()
+    registry.register(http)
+    seconds = [0.0, 0.0005, 0.00051, 0.001, 0.003, 0.0999, 0.1, 7.5, 10.0, 10.5, 1e6, *REQUEST_BUCKETS]
+    for index, value in enumerate(seconds):
+        method, route, status = ("GET", "/v1/runtime", 200) if index % 3 else ("POST", "unmatched", 404)
+        requests.labels(method, route, str(status)).inc()
+        latency.labels(method, route).observe(value)
+        http.record(method, route, status, value)
+
+    def without_created(text: bytes) -> list[str]:
+        return [re.sub(r"_created(\{.*\})? \S+$", r"_created\1", line) for line in text.decode().splitlines()]
+
+    assert without_created(generate_latest(registry)) == without_created(generate_latest(reference))
 
 
 async def test_metrics_count_agents_pending_permissions_turns_and_restarts(client, runtime, backend):

@@ -8,7 +8,8 @@ import pytest
 
 from runtimed.daemon.config import Secret, ServerConfig
 from runtimed.web.app import create_app
-from runtimed.web.security import host_name, token_matches
+from runtimed.web.errors import HostNotAllowed
+from runtimed.web.security import HOST_DECISIONS, SecurityChecks, host_allowed, host_name, token_matches
 
 TOKEN = "s3cret-Token-value"
 
@@ -238,3 +239,27 @@ def test_token_matches_is_strict_about_the_token_and_lenient_about_the_scheme():
     assert token_matches(TOKEN, f"Bearer  {TOKEN} ")
     assert not token_matches(TOKEN, f"Bearer {TOKEN.upper()}")
     assert not token_matches(TOKEN, None)
+
+
+class HeadersOnly:
+    """As much of a request as the checks read."""
+
+    def __init__(self, host: str) -> None:
+        self.headers = {"Host": host}
+        self.path = "/v1/runtime"
+
+
+@pytest.mark.parametrize("config", [ServerConfig(allowed_hosts=("Mine.Internal",)), ServerConfig(host="0.0.0.0")])
+def test_the_remembered_host_decisions_are_the_decisions_and_stay_bounded(config):
+    checks = SecurityChecks(config)
+    hosts = ["localhost", "mine.internal:80", "evil.example", "[::1]:7420", "127.0.0.1:1:2", "LOCALHOST"]
+    hosts += [f"h{index}.example" for index in range(3 * HOST_DECISIONS)]
+    for _ in range(2):  # decided, then remembered
+        for host in hosts:
+            try:
+                checks.check(HeadersOnly(host))  # type: ignore[arg-type]
+                allowed = True
+            except HostNotAllowed:
+                allowed = False
+            assert allowed == host_allowed(config, host), host
+            assert len(checks._hosts) <= HOST_DECISIONS

@@ -60,6 +60,9 @@ _STDERR_CHUNK_BYTES = 64 * 1024
 #: How long the pipes may stay open once the whole group has been killed: only a process that
 #: left the group (``setsid``) can hold them longer, and it is not waited for.
 _PIPE_CLOSE_SECONDS = 2.0
+#: How often, and how many times, an exited leader's status is looked for when its pipes stay open.
+_STATUS_CHECK_SECONDS = 0.01
+_STATUS_CHECKS = 500
 _PR_SET_PDEATHSIG = 1
 
 
@@ -477,18 +480,32 @@ class AgentProcess:
         for task in (self._stdout_task, self._stderr_task):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        returncode: int | None
+        # Where Process.wait waits for the pipes too, it would wait for a stray process: bounded.
+        exit = process_exit(await self._returncode())
         if readers:
-            # Where Process.wait waits for the pipes too, it would wait for the stray process.
-            try:
-                returncode = await asyncio.wait_for(asyncio.shield(self._process.wait()), _PIPE_CLOSE_SECONDS)
-            except TimeoutError:
-                returncode = self._process.returncode
-        else:
-            returncode = await self._process.wait()
-        exit = process_exit(returncode)
+            # Give up on the pipes rather than hold them until that process exits. asyncio's
+            # Process has no public way to close its transport; it keeps it in _transport.
+            transport = getattr(self._process, "_transport", None)
+            if isinstance(transport, asyncio.BaseTransport):
+                transport.close()
         log.info("agent %d %s", self.pid, describe_exit(exit))
         return exit
+
+    async def _returncode(self) -> int | None:
+        """The leader's exit status, as asyncio's child watcher reports it.
+
+        ``Process.wait`` returns it at once when the watcher has reported it, but otherwise also
+        waits for every pipe to close, which a process outside the group may prevent. The
+        leader is known to have exited, so the report comes within moments: past the wait for
+        the pipes, it is looked for a few times, and the status is unknown if it never comes.
+        """
+        with contextlib.suppress(TimeoutError):
+            return await asyncio.wait_for(asyncio.shield(self._process.wait()), _PIPE_CLOSE_SECONDS)
+        for _ in range(_STATUS_CHECKS):
+            if self._process.returncode is not None:
+                break
+            await asyncio.sleep(_STATUS_CHECK_SECONDS)
+        return self._process.returncode
 
     async def _leader_exit(self) -> None:
         """Wait for the leader to exit, whoever holds its pipes.

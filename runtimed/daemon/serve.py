@@ -40,9 +40,10 @@ from ..runtime import Runtime
 from ..store import FsStore, MemoryStore, Store
 from ..web.app import create_app
 from ..web.connections import ConnectionRunner
+from ..web.middleware import AccessLog, log_access
 from ..web.settings import ServerConfig, format_host_port
 from .config import Config, StoreKind
-from .logs import ReopenableFileHandler
+from .logs import BatchingHandler, ReopenableFileHandler
 from .openfiles import LISTEN_BACKLOG, AcceptErrors, OpenFileLimit, raise_open_file_limit, reserved
 from .systemd import notify
 
@@ -69,9 +70,9 @@ class Signals:
     the log file. Installed before anything else, so a signal that arrives while the store is
     restored or the socket bound still ends in an orderly shutdown."""
 
-    def __init__(self, log_file: ReopenableFileHandler | None) -> None:
+    def __init__(self, log_handler: BatchingHandler | None) -> None:
         self.stop = asyncio.Event()
-        self._log_file = log_file
+        self._log_handler = log_handler
         self._loop = asyncio.get_running_loop()
         self._loop.add_signal_handler(signal.SIGTERM, self._terminate, signal.SIGTERM)
         self._loop.add_signal_handler(signal.SIGINT, self._terminate, signal.SIGINT)
@@ -89,10 +90,10 @@ class Signals:
         self.stop.set()
 
     def _reopen_log(self) -> None:
-        if self._log_file is None:
+        if not isinstance(self._log_handler, ReopenableFileHandler):
             log.info("SIGHUP: logging to stderr, no log file to reopen")
             return
-        self._log_file.reopen()
+        self._log_handler.reopen()  # what is pending goes to the old file first
         log.info("SIGHUP: reopened the log file")
 
     def remove(self) -> None:
@@ -140,12 +141,23 @@ def agent_workdirs(config: Config) -> Iterator[Path]:
         yield Path(path)
 
 
-async def run(config: Config, store: Store, log_file: ReopenableFileHandler | None = None) -> None:
-    """Serve until SIGTERM or SIGINT, then shut down in the order of the module's docstring."""
+async def run(config: Config, store: Store, log_handler: BatchingHandler | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down in the order of the module's docstring.
+    ``log_handler`` (``configure_logging``'s) batches its lines while the loop runs."""
+    if log_handler is not None:
+        log_handler.start_batching(asyncio.get_running_loop())
+    try:
+        await _run(config, store, log_handler)
+    finally:
+        if log_handler is not None:
+            log_handler.stop_batching()  # what is pending is written before the loop ends
+
+
+async def _run(config: Config, store: Store, log_handler: BatchingHandler | None) -> None:
     # Before the store opens its files: they count against the limit it sets.
     open_files = raise_open_file_limit()
     max_connections = connection_cap(config.server, open_files)
-    signals = Signals(log_file)
+    signals = Signals(log_handler)
     try:
         with AcceptErrors(asyncio.get_running_loop()), agent_workdirs(config) as workdirs:
             runtime = await Runtime.open(store, config.runtime)
@@ -160,7 +172,8 @@ async def run(config: Config, store: Store, log_file: ReopenableFileHandler | No
                 )
                 runtime.attach(supervisor)
                 supervisor.restore()
-                await serve_app(runtime, config, signals.stop, max_connections)
+                access_log = log_handler.access_log() if log_handler is not None else log_access
+                await serve_app(runtime, config, signals.stop, max_connections, access_log)
             finally:
                 # Closes the supervisor (turns cancelled, agents stopped), then the store.
                 await runtime.close()
@@ -168,7 +181,13 @@ async def run(config: Config, store: Store, log_file: ReopenableFileHandler | No
         signals.remove()
 
 
-async def serve_app(runtime: Runtime, config: Config, stop: asyncio.Event, max_connections: int | None = None) -> None:
+async def serve_app(
+    runtime: Runtime,
+    config: Config,
+    stop: asyncio.Event,
+    max_connections: int | None = None,
+    access_log: AccessLog = log_access,
+) -> None:
     """Serve ``runtime`` on the configured sites until ``stop`` is set; ``max_connections``
     defaults to ``[server] max_connections``."""
     server = config.server
@@ -178,7 +197,7 @@ async def serve_app(runtime: Runtime, config: Config, stop: asyncio.Event, max_c
             "unless a TLS-terminating proxy is in front",
             server.bind,
         )
-    app = create_app(runtime, server)
+    app = create_app(runtime, server, access_log)
     # One log line per request comes from the app's own middleware, so aiohttp's is off.
     runner = ConnectionRunner(
         app, max_connections=max_connections, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS
@@ -201,6 +220,8 @@ async def serve_app(runtime: Runtime, config: Config, stop: asyncio.Event, max_c
             unix_socket = server.unix_socket
             addresses.append(f"unix:{server.unix_socket}")
         where = f"(runtime {runtime.runtime_id}, store {runtime.summary().backend})"
+        for handler in logging.getLogger().handlers:
+            handler.flush()  # the log lines of the start-up come before the start-up line
         for address in addresses:
             print(f"runtimed listening on {address} {where}", file=sys.stderr, flush=True)
         notify("READY=1", f"STATUS=listening on {' and '.join(addresses)}")

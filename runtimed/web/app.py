@@ -7,11 +7,10 @@ from aiohttp import web
 
 from ..runtime import Runtime
 from . import handlers, openapi, ws
-from .errors import error_middleware
 from .frames import FrameCache
 from .keys import RUNTIME, SERVER_CONFIG, WS_FRAMES, WS_SESSIONS
-from .metrics import METRICS, Metrics, get_metrics, observe_requests
-from .security import security_middleware
+from .metrics import METRICS, Metrics, get_metrics
+from .middleware import AccessLog, log_access, request_middleware
 from .settings import ServerConfig
 
 # A path segment that may be empty, so that `/v1/workers//input` reaches the handler and is
@@ -19,19 +18,18 @@ from .settings import ServerConfig
 WORKER = "/v1/workers/{worker_id:[^/]*}"
 
 
-def create_app(runtime: Runtime, server_config: ServerConfig | None = None) -> web.Application:
+def create_app(
+    runtime: Runtime, server_config: ServerConfig | None = None, access_log: AccessLog = log_access
+) -> web.Application:
     server_config = server_config or ServerConfig()
-    # Outermost, every request is timed, logged and counted; next, every failure gets the error
-    # shape, the security checks' refusals included.
-    app = web.Application(
-        middlewares=[observe_requests, error_middleware, security_middleware],
-        client_max_size=server_config.max_request_body_bytes,
-    )
+    app = web.Application(client_max_size=server_config.max_request_body_bytes)
     app[RUNTIME] = runtime
     app[SERVER_CONFIG] = server_config
     app[WS_SESSIONS] = set()
     app[WS_FRAMES] = FrameCache()
     app[METRICS] = Metrics(app)
+    # Every request is timed, checked, answered (failures with the error shape), counted and logged.
+    app.middlewares.append(request_middleware(server_config, app[METRICS], access_log))
     app.on_shutdown.append(ws.close_sessions)
     app.router.add_routes(
         [

@@ -185,7 +185,13 @@ class ConnectionGuard:
 
 
 class Connection(web.RequestHandler):
-    """aiohttp's HTTP/1 connection, closed when it idles past its deadline (see the module)."""
+    """aiohttp's HTTP/1 connection, closed when it idles past its deadline (see the module).
+
+    The deadline moves with every request, so it is not a timer of its own: a connection keeps
+    at most one timer, which is left running when the deadline moves later (or goes, while a
+    request is handled) and, when it fires, closes the connection if the deadline has come, or
+    is set again for the deadline as it now stands. A request thus costs no timer of the event
+    loop (each one set and cancelled cost a few microseconds of its heap)."""
 
     __slots__ = (
         "__weakref__",
@@ -196,6 +202,8 @@ class Connection(web.RequestHandler):
         "_header_timeout",
         "_idle_since",
         "_idle_timeout",
+        "_timer",
+        "_timer_at",
     )
 
     def __init__(
@@ -215,7 +223,9 @@ class Connection(web.RequestHandler):
         self._busy = False
         self._idle_since = 0.0
         self._awaiting_first_byte = False
-        self._deadline: asyncio.TimerHandle | None = None
+        self._deadline: float | None = None  # when the connection is closed unless a request comes
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -227,14 +237,14 @@ class Connection(web.RequestHandler):
             # The next request has begun: from the previous response it has the header timeout.
             self._awaiting_first_byte = False
             if not self._busy:
-                self._arm(self._idle_since + self._header_timeout)
+                self._set_deadline(self._idle_since + self._header_timeout)
         super().data_received(data)
 
     def request_started(self) -> None:
         """A request's headers are in and it is being handled: no deadline until its response is sent."""
         self._busy = True
         self._awaiting_first_byte = False
-        self._cancel_deadline()
+        self._deadline = None
         self._guard.not_idle(self)
 
     def close_if_idle(self) -> bool:
@@ -242,7 +252,7 @@ class Connection(web.RequestHandler):
         closed (``False`` too when it is closing already)."""
         if self._busy or self._messages or self.transport is None:
             return False
-        self._cancel_deadline()
+        self._cancel_timer()
         self.force_close()
         return True
 
@@ -258,32 +268,45 @@ class Connection(web.RequestHandler):
         self._idle(min(self._idle_timeout, self._header_timeout), awaiting_first_byte=True)
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        self._cancel_deadline()
+        self._cancel_timer()
         self._guard.release(self)
         super().connection_lost(exc)
 
     def _idle(self, timeout: float, *, awaiting_first_byte: bool) -> None:
         self._idle_since = self._loop.time()
         self._awaiting_first_byte = awaiting_first_byte
-        self._arm(self._idle_since + timeout)
+        self._set_deadline(self._idle_since + timeout)
         self._guard.idle(self)
 
-    def _arm(self, when: float) -> None:
-        self._cancel_deadline()
-        self._deadline = self._loop.call_at(when, self._expire)
+    def _set_deadline(self, when: float) -> None:
+        self._deadline = when
+        if self._timer is not None:
+            if self._timer_at <= when:
+                return  # it fires first, and then waits on for the deadline
+            self._timer.cancel()
+        self._timer = self._loop.call_at(when, self._expire)
+        self._timer_at = when
 
-    def _cancel_deadline(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+    def _cancel_timer(self) -> None:
+        self._deadline = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _expire(self) -> None:
-        self._deadline = None
+        self._timer = None
+        deadline = self._deadline
         # Complete headers aiohttp has parsed but not yet handed to a handler make the connection
         # busy already: the handler starts on the next turn of the loop.
-        if not (self._busy or self._messages):
-            self._guard.not_idle(self)
-            self.force_close()
+        if deadline is None or self._busy or self._messages:
+            return
+        if self._loop.time() < deadline:
+            self._timer = self._loop.call_at(deadline, self._expire)
+            self._timer_at = deadline
+            return
+        self._deadline = None
+        self._guard.not_idle(self)
+        self.force_close()
 
 
 class ConnectionServer(web.Server):

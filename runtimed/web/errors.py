@@ -1,4 +1,4 @@
-"""HTTP errors: the one ``code -> status`` table, the error body, and the error middleware.
+"""HTTP errors: the one ``code -> status`` table, the error body, and the answer to a failure.
 
 The Runtime raises ``RuntimedError`` subclasses that know nothing of HTTP; this module is the
 only place that decides which status each code gets. Errors that only the HTTP layer can
@@ -182,23 +182,21 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CLIENT_CLOSED_REQUEST = 499
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Answer every failure with the typed error body; never an HTML page or a traceback."""
-    try:
-        return await handler(request)
-    except RuntimedError as error:
-        return error_response(error)
-    except web.HTTPException as exc:
-        typed = _from_http_exception(request, exc)
+def failure_response(request: web.Request, failure: Exception) -> web.Response:
+    """The answer to a request whose handling raised ``failure``: the typed error body, never an
+    HTML page or a traceback. An ``HTTPException`` that is not an error runtimed types (a
+    redirect) is raised again, for aiohttp to send."""
+    if isinstance(failure, RuntimedError):
+        return error_response(failure)
+    if isinstance(failure, web.HTTPException):
+        typed = _from_http_exception(request, failure)
         if typed is None:
-            raise
+            raise failure
         return error_response(typed)
-    except ConnectionResetError:
+    if isinstance(failure, ConnectionResetError):
         # The client went away mid-request (a body cut off): nothing went wrong here, and there
         # is no one to read an answer. nginx's 499 says so in the access log and the metrics.
         log.info("client went away during %s %s", request.method, request.path)
         return web.Response(status=CLIENT_CLOSED_REQUEST)
-    except Exception:
-        log.exception("unexpected error in %s %s", request.method, request.path)
-        return error_response(InternalError())
+    log.error("unexpected error in %s %s", request.method, request.path, exc_info=failure)
+    return error_response(InternalError())

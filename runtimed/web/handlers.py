@@ -16,6 +16,7 @@ from . import schemas
 from .encoding import dumps, loads
 from .errors import InvalidJson, InvalidQuery, NotReady, PayloadTooLarge, RequestTimeout, http_error_reason
 from .keys import RUNTIME, SERVER_CONFIG
+from .loaders import Loader, compile_loader
 
 MAX_WARNINGS = 20
 
@@ -39,6 +40,9 @@ _input_request = schemas.WorkerInputSchema()
 _lifecycle_request = schemas.WorkerLifecycleRequestSchema()
 _interrupt_request = schemas.WorkerInterruptRequestSchema()
 _permission_answer_request = schemas.PermissionAnswerRequestSchema()
+# The hot bodies are loaded by functions compiled from their schemas (see ``compile_loader``).
+_input_loader = compile_loader(_input_request)
+_lifecycle_loader = compile_loader(_lifecycle_request)
 _transcript_query = schemas.TranscriptQuerySchema()
 _events_query = schemas.EventsQuerySchema()
 
@@ -81,6 +85,8 @@ async def read_body(request: web.Request) -> bytes:
     limit = config.max_request_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(limit)
+    if request.content.is_eof():  # all of it has arrived: reading it waits for nothing
+        return await request.read()
     try:
         async with asyncio.timeout(config.body_timeout_seconds):
             # aiohttp enforces client_max_size (set to the same limit) while reading a chunked body.
@@ -108,10 +114,17 @@ def parse_json(body: bytes, error_prefix: str) -> Any:
         raise InvalidJson(f"{error_prefix}: {error}") from None
 
 
-def load_object(schema: schemas.BaseSchema, data: Any, error_prefix: str) -> tuple[Any, list[str]]:
-    """Load a JSON object with ``schema``; return the value and the paths of unknown fields."""
+def load_object(
+    schema: schemas.BaseSchema, data: Any, error_prefix: str, loader: Loader | None = None
+) -> tuple[Any, list[str]]:
+    """Load a JSON object with ``schema`` (with ``loader``, compiled from it, where that can);
+    return the value and the paths of unknown fields."""
     if not isinstance(data, dict):
         raise InvalidJson(f"{error_prefix}: expected a JSON object, got {_json_type(data)}")
+    if loader is not None:
+        loaded = loader(data)
+        if loaded is not None:
+            return loaded
     try:
         value = schema.load(data)
     except ValidationError as error:
@@ -119,12 +132,14 @@ def load_object(schema: schemas.BaseSchema, data: Any, error_prefix: str) -> tup
     return value, schema.unknown_paths(data)
 
 
-async def load_body(request: web.Request, schema: schemas.BaseSchema) -> tuple[Any, list[str]]:
+async def load_body(
+    request: web.Request, schema: schemas.BaseSchema, loader: Loader | None = None
+) -> tuple[Any, list[str]]:
     prefix = "invalid JSON request body"
     body = await read_json_body(request, prefix)
     if not body.strip():
         raise InvalidJson(f"{prefix}: the body is empty; expected a JSON object")
-    return load_object(schema, parse_json(body, prefix), prefix)
+    return load_object(schema, parse_json(body, prefix), prefix, loader)
 
 
 def load_query(request: web.Request, schema: schemas.BaseSchema) -> tuple[Any, list[str]]:
@@ -172,24 +187,27 @@ async def get_worker(request: web.Request) -> web.Response:
 
 async def send_input(request: web.Request) -> web.Response:
     ref = worker_ref(request)
-    worker_input, unknown = await load_body(request, _input_request)
+    worker_input, unknown = await load_body(request, _input_request, _input_loader)
     ack = await request.app[RUNTIME].send_input(ref, worker_input)
     return json_response(_input_ack_response({"ack": ack}), unknown)
 
 
-async def _lifecycle_body(request: web.Request, schema: schemas.BaseSchema) -> tuple[dict[str, Any], list[str]]:
-    """The optional body of stop, cancel and interrupt: an empty one means every field's default."""
+async def _lifecycle_body(
+    request: web.Request, schema: schemas.BaseSchema, loader: Loader | None = None
+) -> tuple[dict[str, Any], list[str]]:
+    """The optional body of stop, cancel and interrupt: an empty one means every field's default
+    (``loader``, compiled from ``schema``, loads it where it can)."""
     prefix = "invalid lifecycle request JSON"
     body = await read_json_body(request, prefix)
     if not body.strip():
         return schema.load({}), []
-    data, unknown = load_object(schema, parse_json(body, prefix), prefix)
+    data, unknown = load_object(schema, parse_json(body, prefix), prefix, loader)
     return data, unknown
 
 
 async def _lifecycle_reason(request: web.Request) -> tuple[str | None, list[str]]:
     """The optional ``reason`` of a stop/cancel body; an empty body means no reason."""
-    data, unknown = await _lifecycle_body(request, _lifecycle_request)
+    data, unknown = await _lifecycle_body(request, _lifecycle_request, _lifecycle_loader)
     return data.get("reason"), unknown
 
 

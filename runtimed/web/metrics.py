@@ -1,5 +1,5 @@
-"""Prometheus metrics (``GET /metrics``) and the per-request observation: one log line and
-the request metrics for every request, whatever its outcome.
+"""Prometheus metrics (``GET /metrics``): the request metrics (``middleware`` records them for
+every request, whatever its outcome) and the Runtime's own figures.
 
 Each app has its own registry (no global state). HTTP metrics are recorded as requests end;
 runtime figures (workers, observers, store flushes) are read from the Runtime at scrape time.
@@ -7,21 +7,18 @@ runtime figures (workers, observers, store flushes) are read from the Runtime at
 
 from __future__ import annotations
 
-import logging
+import bisect
+import itertools
 import time
 from collections.abc import Iterator
-from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import Metric
 
-from .errors import Handler
 from .keys import RUNTIME, WS_SESSIONS
-
-access_log = logging.getLogger("runtimed.access")
 
 REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -88,38 +85,67 @@ class RuntimeCollector:
         )
 
 
+class HttpMetrics:
+    """The request metrics: ``runtimed_http_requests`` (by method, route and status) and
+    ``runtimed_http_request_duration_seconds`` (by method and route), exported as
+    prometheus-client's ``Counter`` and ``Histogram`` export them, ``_created`` samples included.
+
+    They are kept in plain numbers rather than in prometheus-client's metrics, whose every
+    ``inc`` and ``observe`` takes a lock and walks the buckets in Python: a couple of
+    microseconds a request. Requests are recorded on the event loop's thread, and the scrape
+    (``GET /metrics``) runs there too, so nothing needs a lock.
+    """
+
+    def __init__(self, buckets: tuple[float, ...] = REQUEST_BUCKETS) -> None:
+        self._bounds = tuple(sorted(buckets))
+        # The ``le`` labels as prometheus-client writes them (its floatToGoString, for these bounds).
+        self._le = [repr(float(bound)) for bound in self._bounds] + ["+Inf"]
+        #: (method, route, status) -> [count, created]
+        self._requests: dict[tuple[str, str, int], list[float]] = {}
+        #: (method, route) -> [count per bucket (+Inf last, not cumulative), sum, created]
+        self._latency: dict[tuple[str, str], tuple[list[int], list[float]]] = {}
+
+    def record(self, method: str, route: str, status: int, seconds: float) -> None:
+        counter = self._requests.get((method, route, status))
+        if counter is None:
+            counter = self._requests[(method, route, status)] = [0, time.time()]
+        counter[0] += 1
+        latency = self._latency.get((method, route))
+        if latency is None:
+            latency = self._latency[(method, route)] = ([0] * (len(self._bounds) + 1), [0.0, time.time()])
+        latency[0][bisect.bisect_left(self._bounds, seconds)] += 1  # the first bucket with seconds <= le
+        latency[1][0] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "runtimed_http_requests",
+            "HTTP requests answered, by method, route and status.",
+            labels=["method", "route", "status"],
+        )
+        for (method, route, status), (count, created) in self._requests.items():
+            requests.add_metric([method, route, str(status)], count, created=created)
+        yield requests
+        name = "runtimed_http_request_duration_seconds"
+        latency = HistogramMetricFamily(
+            name,
+            "Time to answer HTTP requests (WebSocket sessions: their whole length).",
+            labels=["method", "route"],
+        )
+        for (method, route), (counts, (total, created)) in self._latency.items():
+            latency.add_metric([method, route], list(zip(self._le, itertools.accumulate(counts), strict=True)), total)
+            latency.add_sample(name + "_created", {"method": method, "route": route}, created)
+        yield latency
+
+
 class Metrics:
-    """The registry of one app and the HTTP metrics recorded into it."""
+    """The registry of one app: the HTTP metrics recorded into it, and the Runtime's own."""
 
     def __init__(self, app: web.Application) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "runtimed_http_requests",
-            "HTTP requests answered, by method, route and status.",
-            ["method", "route", "status"],
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "runtimed_http_request_duration_seconds",
-            "Time to answer HTTP requests (WebSocket sessions: their whole length).",
-            ["method", "route"],
-            buckets=REQUEST_BUCKETS,
-            registry=self.registry,
-        )
+        self.http = HttpMetrics()
+        self.registry.register(self.http)
         self.registry.register(RuntimeCollector(app))
-        # The labelled children, looked up once each: prometheus-client's labels() costs more
-        # than the rest of the bookkeeping of a small request.
-        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-
-    def record(self, method: str, route: str, status: int, seconds: float) -> None:
-        children = self._children.get((method, route, status))
-        if children is None:
-            children = self._children[(method, route, status)] = (
-                self.requests.labels(method, route, str(status)),
-                self.latency.labels(method, route),
-            )
-        children[0].inc()
-        children[1].observe(seconds)
+        self.record = self.http.record
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -132,38 +158,6 @@ def route_of(request: web.Request) -> str:
     """The route pattern, e.g. ``/v1/workers/{worker_id}``: bounded label values, unlike paths."""
     resource = request.match_info.route.resource
     return resource.canonical if resource is not None else "unmatched"
-
-
-@web.middleware
-async def observe_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Outermost middleware: time the request, then log one line and count it."""
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    finally:
-        duration = time.perf_counter() - started
-        route = route_of(request)
-        request.app[METRICS].record(request.method, route, status, duration)
-        access_log.info(
-            "%s %s %d %.1fms",
-            request.method,
-            request.path,
-            status,
-            duration * 1000,
-            extra={
-                "method": request.method,
-                "path": request.path,
-                "status": status,
-                "duration_ms": round(duration * 1000, 3),
-                "route": route,
-            },
-        )
 
 
 async def get_metrics(request: web.Request) -> web.Response:

@@ -14,8 +14,7 @@ import re
 
 from aiohttp import web
 
-from .errors import Handler, HostNotAllowed, OriginNotAllowed, Unauthorized
-from .keys import SERVER_CONFIG
+from .errors import HostNotAllowed, OriginNotAllowed, Unauthorized
 from .settings import ServerConfig, is_loopback_host
 
 #: Routes that answer without the token: probes (systemd, a supervisor) hold no secrets.
@@ -57,39 +56,69 @@ def _digest(value: str) -> bytes:
     return hashlib.sha256(value.encode("utf-8", "surrogateescape")).digest()
 
 
-def token_matches(expected: str, authorization: str | None) -> bool:
-    """Whether ``Authorization`` is ``Bearer <expected>`` (scheme case-insensitive, RFC 7235).
-
-    Both sides are hashed before the constant-time compare, so neither the content nor the
-    length of the token leaks through timing.
-    """
+def _digest_matches(expected_digest: bytes, authorization: str | None) -> bool:
     if authorization is None:
         return False
     scheme, _, supplied = authorization.strip().partition(" ")
     supplied = supplied.strip()
     if scheme.lower() != "bearer" or not supplied:
         return False
-    return hmac.compare_digest(_digest(supplied), _digest(expected))
+    return hmac.compare_digest(_digest(supplied), expected_digest)
 
 
-@web.middleware
-async def security_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    config = request.app[SERVER_CONFIG]
-    origin = request.headers.get("Origin")
-    if origin is not None and origin.lower() not in (allowed.lower() for allowed in config.allowed_origins):
-        raise OriginNotAllowed(
-            f"requests from origin {origin!r} are not allowed; runtimed serves a backend, not browsers"
-        )
-    host = request.headers.get("Host")
-    if not host_allowed(config, host):
-        raise HostNotAllowed(
-            f"host {host!r} is not allowed while bound to loopback; add it to [server] allowed_hosts if it is yours"
-        )
-    token = config.local_token
-    if (
-        token is not None
-        and request.path not in public_paths(config)
-        and not token_matches(token.reveal(), request.headers.get("Authorization"))
-    ):
-        raise Unauthorized()
-    return await handler(request)
+def token_matches(expected: str, authorization: str | None) -> bool:
+    """Whether ``Authorization`` is ``Bearer <expected>`` (scheme case-insensitive, RFC 7235).
+
+    Both sides are hashed before the constant-time compare, so neither the content nor the
+    length of the token leaks through timing.
+    """
+    return _digest_matches(_digest(expected), authorization)
+
+
+#: Host headers whose decision is remembered; past it the memory starts over (a client sending
+#: ever new names costs a parse each, as without the memory).
+HOST_DECISIONS = 256
+
+
+class SecurityChecks:
+    """The checks of every request, in the contract's order (§4): ``Origin``, ``Host``, then
+    the token, except on the public paths. What the config decides is worked out once: the
+    lower-cased origins and hosts, the public paths, the token's digest; a ``Host`` header's
+    decision is remembered (``HOST_DECISIONS`` of them)."""
+
+    __slots__ = ("_config", "_hosts", "_origins", "_public", "_token_digest")
+
+    def __init__(self, config: ServerConfig) -> None:
+        self._config = config
+        self._origins = frozenset(allowed.lower() for allowed in config.allowed_origins)
+        self._public = public_paths(config)
+        token = config.local_token
+        self._token_digest = None if token is None else _digest(token.reveal())
+        self._hosts: dict[str, bool] = {}
+
+    def check(self, request: web.BaseRequest) -> None:
+        """Raise the typed error of the first check ``request`` fails."""
+        headers = request.headers
+        origin = headers.get("Origin")
+        if origin is not None and origin.lower() not in self._origins:
+            raise OriginNotAllowed(
+                f"requests from origin {origin!r} are not allowed; runtimed serves a backend, not browsers"
+            )
+        host = headers.get("Host")
+        if host is not None:
+            allowed = self._hosts.get(host)
+            if allowed is None:
+                if len(self._hosts) >= HOST_DECISIONS:
+                    self._hosts.clear()
+                allowed = self._hosts[host] = host_allowed(self._config, host)
+            if not allowed:
+                raise HostNotAllowed(
+                    f"host {host!r} is not allowed while bound to loopback; "
+                    "add it to [server] allowed_hosts if it is yours"
+                )
+        if (
+            self._token_digest is not None
+            and request.path not in self._public
+            and not _digest_matches(self._token_digest, headers.get("Authorization"))
+        ):
+            raise Unauthorized()
