@@ -26,6 +26,10 @@ task does everything that happens to the agent, one thing at a time, in the orde
 and the permission calls are answered from the request's own task, through the worker's state.
 At shutdown (``close``) workers stay ``running`` in the store, and ``restore`` starts their agents
 again at the next start (§9.4).
+
+``session`` (the ACP SDK and pydantic, most of a second to import) is imported when the first
+agent starts, not with this module: the daemon imports this module at every start, and a daemon
+that runs no agent (``runtimed --help`` and ``config`` too) need not pay for it.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from collections import deque
 from collections.abc import Awaitable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..domain.catalog import CreateWorkerRequest, ProfileSelector, WorkerDetail, WorkerStatus
 from ..domain.errors import InvalidRequest, PermissionNotFound, RuntimeStopped
@@ -59,7 +63,9 @@ from ..domain.identity import WorkerRef
 from ..domain.observation import Severity, TranscriptRole
 from ..runtime import Runtime, TurnStart
 from .process import AgentLaunch, agent_environment, describe_exit
-from .session import AgentPermissionRequest, AgentSession, AgentStartError, Started, TurnResult, timeout_answer
+
+if TYPE_CHECKING:
+    from .session import AgentPermissionRequest, AgentSession, Started, TurnResult
 
 log = logging.getLogger("runtimed.agents.supervisor")
 
@@ -412,11 +418,11 @@ class WorkerAgent:
             await turn.ended.wait()
         return turn.number
 
-    async def resolve(self, pending: _Pending, option_id: str | None, by: str) -> bool:
-        """Answer a pending permission request, once (``False`` if it was answered already):
+    async def resolve(self, pending: _Pending, option_id: str | None, by: str) -> None:
+        """Answer a pending permission request, once (a later answer changes nothing):
         ``permission_resolved`` is published, then the agent gets the answer."""
         if pending.resolved:
-            return False
+            return
         pending.resolved = True
         self.pending.pop(pending.request.request_id, None)
         try:
@@ -431,7 +437,6 @@ class WorkerAgent:
         finally:
             if not pending.answer.done():
                 pending.answer.set_result(option_id)
-        return True
 
     # ------------------------------------------------------------ AgentSink
 
@@ -457,6 +462,8 @@ class WorkerAgent:
             try:
                 return await asyncio.wait_for(asyncio.shield(pending.answer), timeout)
             except TimeoutError:
+                from .session import timeout_answer  # imported already: a session asked
+
                 await self.resolve(pending, timeout_answer(request.options), "timeout")
                 return await pending.answer
         except asyncio.CancelledError:
@@ -498,6 +505,8 @@ class WorkerAgent:
             self.pending.clear()
 
     async def _supervise(self) -> None:
+        from .session import AgentSession, AgentStartError  # see the module's docstring
+
         if self.profile is None:
             assert self.detail.execution is not None
             await self._start_failed(f"its profile {self.detail.execution.profile} is not configured any more")
@@ -652,16 +661,20 @@ class WorkerAgent:
         except BaseException:
             prompt.cancel()
             raise
+        if result is None:
+            await self._end_turn(turn, StopReason.CANCELLED)
+            return None
         if result.stop_reason is StopReason.INTERRUPTED:
             return _Left(turn, result.text)
         error = result.error if result.stop_reason is StopReason.ERROR else None
         await self._end_turn(turn, result.stop_reason, result.text, error)
         return None
 
-    async def _prompt(self, session: AgentSession, turn: _Turn, started: TurnStart) -> TurnResult:
+    async def _prompt(self, session: AgentSession, turn: _Turn, started: TurnStart) -> TurnResult | None:
+        """The turn's prompt and how it ended; ``None`` when it was cancelled before it was sent."""
         # Whoever cancels the turn from now on finds it on the wire (prompting), or not sent.
         if turn.cancel_by is not None:
-            return TurnResult(StopReason.CANCELLED, "")
+            return None
         turn.prompting = True
         assert turn.number is not None
         entry = started.entry
