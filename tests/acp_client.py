@@ -23,7 +23,6 @@ import contextlib
 import json
 import os
 import signal
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +30,8 @@ from acp import connect_to_agent
 from acp.core import ClientSideConnection
 from acp.schema import AgentMessageChunk, AllowedOutcome, DeniedOutcome, RequestPermissionResponse, TextContentBlock
 
-ECHO_AGENT = (sys.executable, "-m", "runtimed.agents.echo")
+from .helpers import ECHO_AGENT
+
 #: Bounds waits for a broken test; a passing one never waits this long.
 TIMEOUT = 10.0
 

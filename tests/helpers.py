@@ -8,6 +8,7 @@ Test modules import from here (and from ``process``), never from each other or f
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -28,6 +29,12 @@ from runtimed.domain.execution import (
 from runtimed.domain.identity import WorkerRef
 from runtimed.runtime import Runtime
 from runtimed.store import Change, MemoryStore
+
+#: The agents the tests run: the built-in echo agent, and the two in tests/agents/.
+AGENTS_DIR = Path(__file__).with_name("agents")
+ECHO_AGENT = (sys.executable, "-m", "runtimed.agents.echo")
+SDK_AGENT = (sys.executable, str(AGENTS_DIR / "sdk_agent.py"))
+RAW_AGENT = (sys.executable, str(AGENTS_DIR / "raw_agent.py"))
 
 TASK_REQUEST: dict[str, Any] = {
     "intent": {"kind": "task", "objective": "write the release notes"},

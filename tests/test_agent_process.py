@@ -43,12 +43,8 @@ from runtimed.agents.session import (
 from runtimed.domain.execution import PermissionOption, PermissionPolicy, ProcessExit, StopReason, ToolCallInfo
 from runtimed.domain.identity import WorkerRef
 
-from .helpers import alive, group_members, wait_until
+from .helpers import AGENTS_DIR, ECHO_AGENT, RAW_AGENT, SDK_AGENT, alive, group_members, wait_until
 
-AGENTS = Path(__file__).with_name("agents")
-ECHO_AGENT = (sys.executable, "-m", "runtimed.agents.echo")
-SDK_AGENT = (sys.executable, str(AGENTS / "sdk_agent.py"))
-RAW_AGENT = (sys.executable, str(AGENTS / "raw_agent.py"))
 #: Bounds waits for a broken test; a passing one never waits this long.
 TIMEOUT = 10.0
 
@@ -658,7 +654,7 @@ async def test_a_process_that_left_the_group_holding_the_pipes_does_not_hang_the
 async def test_an_agent_dies_with_the_parent_that_did_not_stop_it(tmp_path):
     parent = await asyncio.create_subprocess_exec(
         sys.executable,
-        str(AGENTS / "orphan_parent.py"),
+        str(AGENTS_DIR / "orphan_parent.py"),
         str(tmp_path),
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,

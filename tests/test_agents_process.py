@@ -13,7 +13,6 @@ import asyncio
 import json
 import os
 import signal
-import sys
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -24,12 +23,9 @@ import pytest
 
 from runtimed.domain.observation import encode_cursor
 
-from .helpers import alive, group_members, wait_until
+from .helpers import RAW_AGENT, SDK_AGENT, alive, group_members, wait_until
 from .process import RuntimedProcess
 
-AGENTS = Path(__file__).with_name("agents")
-RAW_AGENT = [sys.executable, str(AGENTS / "raw_agent.py")]
-SDK_AGENT = [sys.executable, str(AGENTS / "sdk_agent.py")]
 #: Bounds waits for a broken test; a passing one never waits this long.
 TIMEOUT = 20.0
 
@@ -212,7 +208,7 @@ async def test_an_echo_worker_answers_over_rest_and_the_websocket_in_order(tmp_p
 async def test_custom_profiles_run_an_sdk_agent_and_a_raw_agent(tmp_path):
     config = config_file(
         tmp_path,
-        {"sdk": {"command": SDK_AGENT, "stop_grace_seconds": 0.3}, "raw": {"command": RAW_AGENT}},
+        {"sdk": {"command": list(SDK_AGENT), "stop_grace_seconds": 0.3}, "raw": {"command": list(RAW_AGENT)}},
         runtime={"default_profile": "raw"},
     )
     async with serving("--config", str(config)) as daemon:
@@ -243,7 +239,7 @@ async def test_custom_profiles_run_an_sdk_agent_and_a_raw_agent(tmp_path):
 
 
 async def test_a_permission_request_is_listed_and_answered_over_rest(tmp_path):
-    config = config_file(tmp_path, {"raw": {"command": RAW_AGENT, "stop_grace_seconds": 0.3}})
+    config = config_file(tmp_path, {"raw": {"command": list(RAW_AGENT), "stop_grace_seconds": 0.3}})
     async with serving("--config", str(config)) as daemon:
         worker = await daemon.create(named("raw"))
         await daemon.until_idle(worker)
@@ -273,7 +269,7 @@ async def test_a_permission_request_is_listed_and_answered_over_rest(tmp_path):
 async def test_the_agent_sees_its_profiles_variables_and_never_the_daemons_token(tmp_path):
     config = config_file(
         tmp_path,
-        {"raw": {"command": RAW_AGENT, "env": {"FROM_PROFILE": "yes"}, "pass_env": ["PASSED", "TEST_TOKEN"]}},
+        {"raw": {"command": list(RAW_AGENT), "env": {"FROM_PROFILE": "yes"}, "pass_env": ["PASSED", "TEST_TOKEN"]}},
     )
     env = {**os.environ, "TEST_TOKEN": "t0ken-value", "PASSED": "for the agent", "OTHER": "no"}
     headers = {"Authorization": "Bearer t0ken-value"}

@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import sys
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
@@ -51,18 +50,14 @@ from runtimed.domain.observation import RuntimeDiagnostic, Severity
 from runtimed.runtime import Runtime
 from runtimed.store import FsStore, MemoryStore, Store
 
-from .helpers import alive, group_members, wait_until
+from .helpers import ECHO_AGENT, RAW_AGENT, SDK_AGENT, alive, group_members, wait_until
 
-AGENTS = Path(__file__).with_name("agents")
-ECHO_COMMAND = (sys.executable, "-m", "runtimed.agents.echo")
-RAW_COMMAND = (sys.executable, str(AGENTS / "raw_agent.py"))
-SDK_COMMAND = (sys.executable, str(AGENTS / "sdk_agent.py"))
 #: Bounds waits for a broken test; a passing one never waits this long.
 TIMEOUT = 20.0
 #: Short graces keep the stop sequences quick.
 GRACE = 0.3
 
-ECHO = AgentProfile("builtin:echo", ProfileSource.BUILTIN, ECHO_COMMAND, stop_grace_seconds=GRACE)
+ECHO = AgentProfile("builtin:echo", ProfileSource.BUILTIN, ECHO_AGENT, stop_grace_seconds=GRACE)
 
 pytestmark = pytest.mark.process
 
@@ -74,7 +69,7 @@ def profile(name: str, command: Iterable[str], **settings: Any) -> AgentProfile:
 
 
 def raw(name: str = "raw", *flags: str, **settings: Any) -> AgentProfile:
-    return profile(name, (*RAW_COMMAND, *flags), **settings)
+    return profile(name, (*RAW_AGENT, *flags), **settings)
 
 
 class Harness:
@@ -291,7 +286,7 @@ async def test_a_burst_of_inputs_is_answered_in_order_one_turn_each(harness):
 
 
 async def test_an_sdk_agent_streams_every_kind_of_update(harness):
-    await harness.open(profile("sdk", SDK_COMMAND))
+    await harness.open(profile("sdk", SDK_AGENT))
     ref = await harness.started("sdk")
     assert harness.execution(ref).agent == AgentInfo("sdk-showcase", "1.2.3")
     # Real agents announce their commands outside any turn: an agent_update without a turn.
