@@ -334,6 +334,22 @@ class Restorer:
         message = f"{path}: an incomplete last line ({len(tail)} bytes) was set aside in {aside.name}; {why}"
         self.repair(path, set_aside, ("store.torn_tail", message))
 
+    def _committed_records(
+        self, path: Path, what: str, key: str, committed: int | None, last_event: int
+    ) -> list[dict[str, Any]]:
+        """The records of a log of observations or diagnostics that a commit reached.
+
+        With the commit log, ``committed`` is the newest ``key`` it covers: a torn tail is known
+        to be unacknowledged, and any record past it is discarded. A store written before the
+        commit log (``committed`` is ``None``) only tells by the records' event ids."""
+        if committed is not None:
+            records = self._read_log(path, _torn_checked(what))
+            return self._discard_uncommitted(path, records, lambda record: _above(record, key, committed), what)
+        records = self._read_log(path, _TORN_UNCHECKED)
+        return self._discard_uncommitted(
+            path, records, lambda record: _above(record, "event_id", last_event), what, may_interleave=True
+        )
+
     def _discard_uncommitted(
         self,
         path: Path,
@@ -417,17 +433,8 @@ class Restorer:
 
     def _diagnostics(self, last_event: int) -> list[RuntimeDiagnostic]:
         path = self.dir / "diagnostics.jsonl"
-        if self.commit is not None:
-            committed_id = self.commit.diagnostic_id
-            records = self._read_log(path, _torn_checked("diagnostic"))
-            records = self._discard_uncommitted(
-                path, records, lambda record: _above(record, "id", committed_id), "diagnostic"
-            )
-        else:
-            records = self._read_log(path, _TORN_UNCHECKED)
-            records = self._discard_uncommitted(
-                path, records, lambda record: _above(record, "event_id", last_event), "diagnostic", may_interleave=True
-            )
+        committed = self.commit.diagnostic_id if self.commit is not None else None
+        records = self._committed_records(path, "diagnostic", "id", committed, last_event)
         decode_ref = self._ref_decoder(path)
         diagnostics = self._decode_each(path, records, lambda r: codec.decode_diagnostic(r, decode_ref), "diagnostic")
         self._require_dense(path, diagnostics, lambda diagnostic: diagnostic.id, "diagnostic id")
@@ -595,17 +602,8 @@ class Restorer:
 
     def _observations(self, directory: Path, ref: WorkerRef, last_event: int) -> list[Observation]:
         path = directory / "observations.jsonl"
-        if self.commit is not None:
-            committed_sequence = self.commit.observation_sequence
-            records = self._read_log(path, _torn_checked("observation"))
-            records = self._discard_uncommitted(
-                path, records, lambda record: _above(record, "sequence", committed_sequence), "observation"
-            )
-        else:
-            records = self._read_log(path, _TORN_UNCHECKED)
-            records = self._discard_uncommitted(
-                path, records, lambda record: _above(record, "event_id", last_event), "observation", may_interleave=True
-            )
+        committed = self.commit.observation_sequence if self.commit is not None else None
+        records = self._committed_records(path, "observation", "sequence", committed, last_event)
         previous = 0
         trimmed = 0
         first_line = 1
