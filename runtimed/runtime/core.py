@@ -68,7 +68,7 @@ from ..domain.execution import (
     WorkerExecution,
 )
 from ..domain.identity import WorkerRef, format_worker_id, generate_runtime_id
-from ..domain.interaction import WorkerInput, WorkerInteractionAck
+from ..domain.interaction import InputKind, WorkerInput, WorkerInteractionAck
 from ..domain.management import RuntimeOptions, RuntimeStatus, RuntimeSummary
 from ..domain.observation import (
     EventBatch,
@@ -103,6 +103,11 @@ RESERVED_OBSERVATIONS = frozenset(
 TURN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 #: The input roles a turn delivers (an assistant entry is a turn's reply, never its input).
 INPUT_ROLES = frozenset({TranscriptRole.USER, TranscriptRole.SYSTEM})
+#: Per input kind: its transcript role and the observation that publishes it.
+_INPUT_ROLES = {
+    InputKind.USER: (TranscriptRole.USER, "user_message"),
+    InputKind.SYSTEM: (TranscriptRole.SYSTEM, "system_item"),
+}
 
 
 class _Keep(Enum):
@@ -311,6 +316,9 @@ class Runtime:
 
     def worker_ref(self, worker_id: str) -> WorkerRef:
         """The ref of ``worker_id`` in this runtime (raises ``InvalidWorkerId`` when blank)."""
+        state = self._workers.get(worker_id)
+        if state is not None:
+            return state.worker_ref  # built and checked once, when the worker was created
         return WorkerRef(self._runtime_id, worker_id)
 
     def summary(self) -> RuntimeSummary:
@@ -555,9 +563,12 @@ class Runtime:
         return WorkerDetail.of(state)
 
     async def send_input(self, ref: WorkerRef, worker_input: WorkerInput) -> WorkerInteractionAck:
+        # The hot path of the API: each value is built once, directly (``dataclasses.replace``
+        # costs several times a constructor call).
         self._require_running()
         state = self._worker(ref)
-        if not worker_input.content.strip():
+        content = worker_input.content
+        if not content.strip():
             raise InvalidRequest("worker input content must not be empty")
         if state.status is not WorkerStatus.RUNNING:
             raise InvalidRequest(f"worker {ref.worker_id} is not running")
@@ -567,36 +578,18 @@ class Runtime:
                 raise InputQueueFull(ref.worker_id, self._limits.max_queued_inputs)
             execution = dataclasses.replace(execution, queued_inputs=execution.queued_inputs + 1)
 
-        event = self._next_event(EventKind.WORKER_INPUT_ACCEPTED, "worker input accepted", state.worker_ref)
-        entry = TranscriptEntry(
-            sequence=state.transcript_len + 1,
-            worker_ref=state.worker_ref,
-            role=TranscriptRole(worker_input.kind.value),
-            content=worker_input.content,
-            event_id=event.id,
-        )
-        new_state = dataclasses.replace(
-            state, transcript_len=entry.sequence, last_event_id=event.id, execution=execution
-        )
-        kind = "user_message" if entry.role is TranscriptRole.USER else "system_item"
-        observation = self._bus.reserve(state.worker_ref, kind, {"sequence": entry.sequence, "content": entry.content})
-        await self._commit(
-            Change(
-                event=event,
-                runtime_status=self._status,
-                workers=(new_state,),
-                transcript=(entry,),
-                observations=(observation,),
-            )
-        )
+        worker_ref = state.worker_ref
+        event_id = len(self._events) + 1
+        sequence = state.transcript_len + 1
+        event = RuntimeEvent(event_id, EventKind.WORKER_INPUT_ACCEPTED, "worker input accepted", worker_ref)
+        role, kind = _INPUT_ROLES[worker_input.kind]
+        entry = TranscriptEntry(sequence, worker_ref, role, content, event_id)
+        new_state = WorkerState(worker_ref, state.request, state.status, sequence, event_id, execution)
+        observation = self._bus.reserve(worker_ref, kind, {"sequence": sequence, "content": content})
+        await self._commit(Change(event, self._status, (new_state,), (entry,), (), (observation,)))
         if execution is not None and self._backend is not None:
             self._tell_backend(self._backend.wake, ref)
-        return WorkerInteractionAck(
-            worker_ref=new_state.worker_ref,
-            status=new_state.status,
-            transcript_sequence=entry.sequence,
-            event_id=event.id,
-        )
+        return WorkerInteractionAck(worker_ref, WorkerStatus.RUNNING, sequence, event_id)
 
     async def stop_worker(self, ref: WorkerRef, reason: str | None = None) -> WorkerLifecycleAck:
         """Move a running worker to ``stopped``; on any other worker, change nothing."""
@@ -938,17 +931,35 @@ class Runtime:
         """The one path of every mutation: apply to memory, wait until the store has it, then
         publish its observations — so an observer never sees what was not made durable.
 
-        Applying before the store answers lets the next mutation build on this one while the
-        store writes both in one flush (group commit). If the store fails, it fails this change
-        and every later one (they were built on it), and they are undone newest first.
+        The store is handed the change first: a store that answers ``None`` has made it durable
+        already (the memory store always does), and when no earlier change is still pending,
+        nothing can take it back, so it is applied without an undo record and is durable at
+        once. Otherwise it is applied with one, before the store answers, so that the next
+        mutation can build on it while the store writes both in one flush (group commit). If
+        the store fails, it fails this change and every later one (they were built on it), and
+        they are undone newest first.
         """
         if self._poisoned:
             if change.observations:
                 self._bus.unreserve(change.observations[0].sequence)
             raise StatePoisoned()
-        item = _Inflight(next(self._change_numbers), change, self._apply(change))
-        self._inflight.append(item)
         pending = self._store.commit(change)
+        if pending is None and not self._inflight:
+            self._apply(change)
+            self._durable.advance(change)
+            publish = self._bus.publish
+            for observation in change.observations:
+                publish(observation)
+            return
+        undo = self._undo_record(change)
+        try:
+            self._apply(change)
+        except BaseException:
+            # The store has the change and memory does not: they no longer agree.
+            self._poisoned = True
+            raise
+        item = _Inflight(next(self._change_numbers), change, undo)
+        self._inflight.append(item)
         if pending is not None:
             try:
                 # Shielded: a caller that goes away must not abandon a change that is already
@@ -994,8 +1005,9 @@ class Runtime:
         if not self._inflight:
             self._store.resume()
 
-    def _apply(self, change: Change) -> _Undo:
-        undo = _Undo(
+    def _undo_record(self, change: Change) -> _Undo:
+        """What puts memory back as it is now, should ``change`` (not yet applied) fail."""
+        return _Undo(
             events_len=len(self._events),
             diagnostics_len=len(self._diagnostics),
             worker_sequence=self._worker_sequence,
@@ -1010,6 +1022,8 @@ class Runtime:
                 for state in change.workers
             ),
         )
+
+    def _apply(self, change: Change) -> None:
         if change.event is not None:
             self._events.append(change.event)
         self._status = change.runtime_status
@@ -1027,8 +1041,8 @@ class Runtime:
             self._workers[worker_id] = state
         for entry in change.transcript:
             self._transcripts[entry.worker_ref.worker_id].append(entry)
-        self._diagnostics.extend(change.diagnostics)
-        return undo
+        if change.diagnostics:
+            self._diagnostics.extend(change.diagnostics)
 
     def _revert(self, undo: _Undo) -> None:
         del self._events[undo.events_len :]
