@@ -155,21 +155,32 @@ async def load_body(
     return load_body_bytes(await read_json_body(request, BODY_PREFIX), schema, loader)
 
 
-def load_body_bytes(body: bytes, schema: schemas.BaseSchema, loader: Loader | None = None) -> tuple[Any, list[str]]:
-    """A request body that must be a JSON object of ``schema``'s shape."""
+#: The JSON of a body not parsed yet (``None`` is a JSON value).
+UNPARSED: Any = object()
+
+
+def load_body_bytes(
+    body: bytes, schema: schemas.BaseSchema, loader: Loader | None = None, data: Any = UNPARSED
+) -> tuple[Any, list[str]]:
+    """A request body that must be a JSON object of ``schema``'s shape (``data``: its JSON,
+    when it was parsed already)."""
     if not body.strip():
         raise InvalidJson(f"{BODY_PREFIX}: the body is empty; expected a JSON object")
-    return load_object(schema, parse_json(body, BODY_PREFIX), BODY_PREFIX, loader)
+    if data is UNPARSED:
+        data = parse_json(body, BODY_PREFIX)
+    return load_object(schema, data, BODY_PREFIX, loader)
 
 
 def load_lifecycle_bytes(
-    body: bytes, schema: schemas.BaseSchema, loader: Loader | None = None
+    body: bytes, schema: schemas.BaseSchema, loader: Loader | None = None, data: Any = UNPARSED
 ) -> tuple[Any, list[str]]:
     """The optional body of stop, cancel and interrupt: an empty one means every field's default
     (``loader``, compiled from ``schema``, loads it where it can)."""
     if not body.strip():
         return schema.load({}), []
-    return load_object(schema, parse_json(body, LIFECYCLE_PREFIX), LIFECYCLE_PREFIX, loader)
+    if data is UNPARSED:
+        data = parse_json(body, LIFECYCLE_PREFIX)
+    return load_object(schema, data, LIFECYCLE_PREFIX, loader)
 
 
 def load_query(request: web.Request, schema: schemas.BaseSchema) -> tuple[Any, list[str]]:
@@ -209,22 +220,24 @@ def idempotency_key(request: web.Request) -> str | None:
     return values[0]
 
 
-def request_fingerprint(method: str, path: str, body: bytes) -> str:
+def request_fingerprint(method: str, path: str, body: bytes) -> tuple[str, Any]:
     """What tells one request from another for a key (§11): the method, the path and the body
     as a JSON value (key order and whitespace do not matter); a body that is not JSON counts
-    byte for byte, an empty or blank one as no body."""
+    byte for byte, an empty or blank one as no body. Also the body's JSON (``UNPARSED`` when
+    it is blank or not JSON), so that it is parsed once."""
+    data = UNPARSED
     if not body.strip():
         canonical = b""
     else:
         try:
-            value = loads(body)
+            data = loads(body)
         except ValueError:  # UnicodeDecodeError included
             canonical = b"bytes:" + body
         else:
-            canonical = b"json:" + canonical_json(value)
+            canonical = b"json:" + canonical_json(data)
     digest = hashlib.sha256(f"{method} {path}\n".encode("utf-8", "surrogatepass"))
     digest.update(canonical)
-    return digest.hexdigest()
+    return digest.hexdigest(), data
 
 
 def kept_response(answer: KeptAnswer, *, replayed: bool) -> web.Response:
@@ -237,8 +250,9 @@ def kept_response(answer: KeptAnswer, *, replayed: bool) -> web.Response:
     return response
 
 
-#: Loads a request's body: the value and the paths of its unknown fields.
-BodyLoader = Callable[[bytes], tuple[Any, list[str]]]
+#: Loads a request's body (and its JSON, when parsed already, else ``UNPARSED``): the value and
+#: the paths of its unknown fields.
+BodyLoader = Callable[[bytes, Any], tuple[Any, list[str]]]
 #: Makes a request's one Runtime call with the loaded value, under a claim of its key, if any.
 RuntimeCall = Callable[[Any, IdempotencyClaim | None], Awaitable[Any]]
 
@@ -254,7 +268,7 @@ async def mutate(
     key = idempotency_key(request)
     body = await read_json_body(request, body_prefix) if body_prefix is not None else b""
     if key is None:
-        value, unknown = load(body)
+        value, unknown = load(body, UNPARSED)
         return json_response(dump(await call(value, None)), unknown)
     runtime = request.app[RUNTIME]
     warnings: tuple[str, ...] = ()
@@ -262,11 +276,12 @@ async def mutate(
     def render(result: Any) -> tuple[int, bytes, tuple[str, ...]]:
         return 200, dumps(dump(result)), warnings
 
-    outcome = await runtime.claim_idempotency_key(key, request_fingerprint(request.method, request.path, body), render)
+    fingerprint, data = request_fingerprint(request.method, request.path, body)
+    outcome = await runtime.claim_idempotency_key(key, fingerprint, render)
     if isinstance(outcome, KeptAnswer):
         return kept_response(outcome, replayed=True)
     try:
-        value, unknown = load(body)
+        value, unknown = load(body, data)
         warnings = warning_values(unknown)
         await call(value, outcome)
     finally:
@@ -276,7 +291,7 @@ async def mutate(
     return kept_response(outcome.kept, replayed=False)
 
 
-def _load_nothing(body: bytes) -> tuple[None, list[str]]:
+def _load_nothing(body: bytes, data: Any) -> tuple[None, list[str]]:
     return None, []
 
 
@@ -306,8 +321,8 @@ async def list_workers(request: web.Request) -> web.Response:
     return json_response(_workers_response({"workers": page.workers, "next_after": page.next_after}), unknown)
 
 
-def _load_create(body: bytes) -> tuple[Any, list[str]]:
-    return load_body_bytes(body, _create_request)
+def _load_create(body: bytes, data: Any) -> tuple[Any, list[str]]:
+    return load_body_bytes(body, _create_request, None, data)
 
 
 def _dump_worker(worker: Any) -> Any:
@@ -328,8 +343,8 @@ async def get_worker(request: web.Request) -> web.Response:
     return json_response(_worker_response({"worker": worker}))
 
 
-def _load_input(body: bytes) -> tuple[Any, list[str]]:
-    return load_body_bytes(body, _input_request, _input_loader)
+def _load_input(body: bytes, data: Any) -> tuple[Any, list[str]]:
+    return load_body_bytes(body, _input_request, _input_loader, data)
 
 
 def _dump_input_ack(ack: Any) -> Any:
@@ -346,10 +361,10 @@ async def send_input(request: web.Request) -> web.Response:
     return await mutate(request, BODY_PREFIX, _load_input, call, _dump_input_ack)
 
 
-def _load_reason(body: bytes) -> tuple[str | None, list[str]]:
+def _load_reason(body: bytes, data: Any) -> tuple[str | None, list[str]]:
     """The optional ``reason`` of a stop/cancel body; an empty body means no reason."""
-    data, unknown = load_lifecycle_bytes(body, _lifecycle_request, _lifecycle_loader)
-    return data.get("reason"), unknown
+    loaded, unknown = load_lifecycle_bytes(body, _lifecycle_request, _lifecycle_loader, data)
+    return loaded.get("reason"), unknown
 
 
 def _dump_lifecycle_ack(ack: Any) -> Any:
@@ -376,8 +391,8 @@ async def cancel_worker(request: web.Request) -> web.Response:
     return await mutate(request, LIFECYCLE_PREFIX, _load_reason, call, _dump_lifecycle_ack)
 
 
-def _load_interrupt(body: bytes) -> tuple[Any, list[str]]:
-    return load_lifecycle_bytes(body, _interrupt_request)
+def _load_interrupt(body: bytes, data: Any) -> tuple[Any, list[str]]:
+    return load_lifecycle_bytes(body, _interrupt_request, None, data)
 
 
 def _dump_interrupt_ack(ack: Any) -> Any:
