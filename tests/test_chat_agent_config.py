@@ -111,6 +111,14 @@ def test_every_chat_profile_problem_names_the_file_the_table_and_the_key(tmp_pat
     assert complaint(path, {"EMPTY_KEY": ""}) == f"{path}: {expected}"
 
 
+def test_a_key_with_whitespace_is_refused_without_showing_it(tmp_path):
+    path = write(tmp_path, '[profiles.x]\nbuiltin = "chat"\nmodel = "m"\napi_key_env = "KEY"\n')
+
+    message = complaint(path, {"KEY": "sk-pasted\n"})
+
+    assert message == f"{path}: [profiles.x] api_key_env: the key in KEY contains whitespace or control characters"
+
+
 def test_the_key_may_not_be_the_daemons_own_token(tmp_path):
     path = write(
         tmp_path,

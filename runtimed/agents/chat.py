@@ -441,7 +441,7 @@ class ChatAgent(Agent):
                 async for chunk in stream:
                     if chunk.usage is not None:
                         usage = chunk.usage
-                    for choice in chunk.choices[:1]:
+                    for choice in (chunk.choices or [])[:1]:
                         piece = choice.delta.content if choice.delta is not None else None
                         if piece:
                             turn.streamed.append(piece)
@@ -466,6 +466,11 @@ class ChatAgent(Agent):
             raise TurnFailed(f"cannot connect to the model server at {self.endpoint}: {_describe(cause)}") from None
         except openai.OpenAIError as error:
             raise TurnFailed(f"the model server at {self.endpoint} failed: {_describe(error)}") from None
+        except (ValueError, TypeError, AttributeError, KeyError) as error:
+            # An answer in a shape the library does not expect (a server's own dialect).
+            raise TurnFailed(
+                f"the answer of the model server at {self.endpoint} could not be read: {_describe(error)}"
+            ) from None
         if usage is not None:
             await self._report_usage(session_id, usage)
         if finish == "length":

@@ -729,8 +729,14 @@ def _check_api_keys(
                 f"{where('profiles', profile.name)} api_key_env names {name}, the daemon's own token "
                 "([server] local_token_env), which never reaches an agent"
             )
-        if not environ.get(name):
+        key = environ.get(name, "")
+        if not key:
             raise ConfigError(f"{where('profiles', profile.name)} api_key_env names {name}, which is unset or empty")
+        if any(c.isspace() or ord(c) < 32 for c in key):
+            raise ConfigError(
+                f"{where('profiles', profile.name)} api_key_env: the key in {name} "
+                "contains whitespace or control characters"
+            )
 
 
 def _server_config(
