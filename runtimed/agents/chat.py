@@ -260,7 +260,14 @@ class ChatAgent(Agent):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._sessions: dict[str, Session] = {}
-        self._openai: openai.AsyncOpenAI | None = None
+        self.openai_client = openai.AsyncOpenAI(
+            api_key=settings.api_key or NO_KEY,
+            base_url=settings.base_url,  # None: the library's default
+            max_retries=0,  # one request per turn: whether to try again is the user's call
+            # Every phase: connecting, and then each wait for the next piece of the stream.
+            timeout=settings.timeout_seconds,
+        )
+        self.endpoint = str(self.openai_client.base_url).rstrip("/")
 
     def on_connect(self, conn: Client) -> None:
         self._client = conn
@@ -403,23 +410,6 @@ class ChatAgent(Agent):
 
     # The request.
 
-    @property
-    def openai_client(self) -> openai.AsyncOpenAI:
-        if self._openai is None:
-            settings = self.settings
-            self._openai = openai.AsyncOpenAI(
-                api_key=settings.api_key or NO_KEY,
-                base_url=settings.base_url,  # None: the library's default
-                max_retries=0,
-                # Every phase: connecting, and then each wait for the next piece of the stream.
-                timeout=settings.timeout_seconds,
-            )
-        return self._openai
-
-    @property
-    def endpoint(self) -> str:
-        return str(self.openai_client.base_url).rstrip("/")
-
     async def _complete(self, session_id: str, turn: Turn, conversation: list[dict[str, str]]) -> StopReason:
         """Stream one completion of ``conversation`` into the turn; its stop reason, or ``TurnFailed``."""
         settings = self.settings
@@ -457,19 +447,22 @@ class ChatAgent(Agent):
         except openai.APIStatusError as error:
             raise TurnFailed(self._status_message(error), error.status_code) from None
         except openai.APITimeoutError:
-            raise TurnFailed(
-                f"the model server at {self.endpoint} did not answer within {settings.timeout_seconds:g} s "
-                "(timeout_seconds)"
-            ) from None
+            raise self._timed_out() from None
         except openai.APIConnectionError as error:
             cause = error.__cause__ or error
             raise TurnFailed(f"cannot connect to the model server at {self.endpoint}: {_describe(cause)}") from None
         except openai.OpenAIError as error:
             raise TurnFailed(f"the model server at {self.endpoint} failed: {_describe(error)}") from None
-        except (ValueError, TypeError, AttributeError, KeyError) as error:
-            # An answer in a shape the library does not expect (a server's own dialect).
+        except Exception as error:
+            # What the library lets through: the HTTP library's own errors (older openai versions
+            # do not wrap a timeout while streaming; the HTTP library is httpx or httpx2,
+            # depending on the version, so it is known by name), or an answer in a shape it
+            # does not expect (a server's own dialect).
+            if "Timeout" in type(error).__name__:
+                raise self._timed_out() from None
             raise TurnFailed(
-                f"the answer of the model server at {self.endpoint} could not be read: {_describe(error)}"
+                f"the answer of the model server at {self.endpoint} could not be read: "
+                f"{type(error).__name__}: {_describe(error)}"
             ) from None
         if usage is not None:
             await self._report_usage(session_id, usage)
@@ -478,6 +471,10 @@ class ChatAgent(Agent):
         if finish == "content_filter":
             return "refusal"
         return "end_turn"
+
+    def _timed_out(self) -> TurnFailed:
+        seconds = self.settings.timeout_seconds
+        return TurnFailed(f"the model server at {self.endpoint} did not answer within {seconds:g} s (timeout_seconds)")
 
     async def _report_usage(self, session_id: str, usage: Any) -> None:
         """ACP ``usage_update``: ``used`` is the request's ``total_tokens`` (the conversation the
@@ -569,7 +566,12 @@ def main() -> int:
     if settings.model is None:
         log.warning("no model configured: every prompt will fail until the profile sets model")
     try:
-        asyncio.run(serve_agent(ChatAgent(settings)))
+        agent = ChatAgent(settings)
+    except Exception as error:  # the openai library refuses its settings (a malformed base_url …)
+        log.error("cannot make the OpenAI client: %s", settings.redact(_describe(error)))
+        return 2
+    try:
+        asyncio.run(serve_agent(agent))
     except KeyboardInterrupt:
         return 130
     return 0
