@@ -23,6 +23,7 @@ from acp import PROTOCOL_VERSION, RequestError, text_block
 from runtimed import __version__
 from runtimed.agents import chat, supervisor
 from runtimed.domain.catalog import AssistantIntent, RoleIntent, TaskIntent
+from runtimed.domain.execution import ExecutionConfig
 
 from .acp_client import TIMEOUT, AgentProcess, RecordingClient
 from .openai_server import OpenAIServer, Reply
@@ -354,3 +355,21 @@ async def test_without_a_model_every_turn_fails_and_the_agent_stays(tmp_path):
         error = await failure(agent, session_id, "hi again")
         assert str(error).startswith("no model configured")
         assert agent.process.returncode is None
+
+
+@pytest.mark.process
+async def test_a_relative_cwd_is_refused(tmp_path):
+    async with chat_agent(RecordingClient(), model="m") as agent:
+        await agent.connection.initialize(protocol_version=PROTOCOL_VERSION)
+        with pytest.raises(RequestError) as caught:
+            await agent.connection.new_session(cwd="state/workdirs/worker-00000001")
+    assert caught.value.data == {
+        "cwd": "state/workdirs/worker-00000001",
+        "reason": "the session's cwd must be an absolute path",
+    }
+
+
+async def test_the_supervisor_opens_sessions_in_absolute_directories_even_under_a_relative_fs_root(runtime):
+    made = supervisor.Supervisor(runtime, ExecutionConfig(), workdirs=Path("state") / "workdirs")
+
+    assert made.workdirs == Path.cwd() / "state" / "workdirs"

@@ -222,6 +222,10 @@ class Session:
 
 
 def history_path(cwd: str, session_id: str) -> Path:
+    """The history file of a session in ``cwd``, which ACP wants absolute (a relative one would be
+    read from the agent's own directory, a different place from where the client meant)."""
+    if not os.path.isabs(cwd):
+        raise RequestError.invalid_params({"cwd": cwd, "reason": "the session's cwd must be an absolute path"})
     return Path(cwd) / HISTORY_FILE.format(session_id=session_id)
 
 

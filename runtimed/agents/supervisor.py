@@ -123,7 +123,9 @@ class Supervisor:
     ) -> None:
         self.runtime = runtime
         self.config = config
-        self.workdirs = workdirs
+        # Absolute, as ACP wants a session's cwd: an fs root given as ./state must not become a
+        # path the agent reads relative to the worker's directory it already runs in.
+        self.workdirs = Path(os.path.abspath(workdirs))
         # What is withheld is not even kept: no agent's environment can be built with it.
         self.environ = {
             name: value for name, value in (os.environ if environ is None else environ).items() if name not in withheld
