@@ -248,6 +248,17 @@ async def test_a_model_stopped_on_its_length_ends_the_turn_max_tokens(tmp_path):
 
 
 @pytest.mark.process
+async def test_a_content_filter_ends_the_turn_refusal_and_no_usage_means_no_usage_update(tmp_path):
+    client = RecordingClient()
+    async with OpenAIServer() as server:
+        server.script.append(Reply(pieces=["I can"], finish_reason="content_filter", usage=None))
+        async with session(tmp_path, client, model="m", base_url=server.base_url) as (agent, session_id):
+            assert await prompt(agent, session_id, "something bad") == "refusal"
+    assert client.message_text() == "I can"
+    assert client.updates("usage_update") == []
+
+
+@pytest.mark.process
 async def test_cancel_closes_the_stream_at_once_and_keeps_what_was_said(tmp_path):
     client = RecordingClient()
     async with OpenAIServer() as server:
