@@ -23,10 +23,12 @@ from typing import Any
 import orjson
 
 WORKER_SCHEMA_VERSION = 1  # of worker.json
-#: Of runtime.json: 2 since the store keeps a commit log. Version 1 is read (a store written
-#: before it); runtimed that knows only 1 refuses 2, so it never writes past the commit log.
-RUNTIME_SCHEMA_VERSION = 2
-RUNTIME_SCHEMA_VERSIONS = (1, 2)
+#: Of runtime.json: 3 since the store keeps a write-ahead log (``log/``, ``checkpoint.json``),
+#: 2 when it kept a commit log (``commits.jsonl``), 1 before. Versions 1 and 2 are read and
+#: upgraded at open; a runtimed that knows only an older version refuses a newer one, so it
+#: never writes past the log it does not know.
+RUNTIME_SCHEMA_VERSION = 3
+RUNTIME_SCHEMA_VERSIONS = (1, 2, 3)
 OPEN_FILES = 128  # append handles kept open at once (an LRU: a runtime may have many workers)
 #: Modes of everything the store makes, whatever the umask: only the daemon's user may look.
 FILE_MODE = 0o600

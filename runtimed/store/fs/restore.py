@@ -14,7 +14,7 @@ import json
 import logging
 import shutil
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,8 +32,9 @@ from ...domain.observation import (
     TranscriptRole,
 )
 from .. import codec
-from ..base import RestoredState
-from . import commit, files
+from ..base import Change, RestoredState
+from . import commit, files, wal
+from .checkpoint import MARKER, MARKER_SCHEMA_VERSION, decode_marker
 from .commit import COMMIT_LOG, CommitRecord
 from .files import RUNTIME_SCHEMA_VERSIONS, WORKER_SCHEMA_VERSION, hex_id, unhex_id
 
@@ -45,6 +46,12 @@ V = TypeVar("V")
 _TORN_COMMIT = "runtimed leaves such a line only when a commit never finished, and such a commit acknowledged nothing"
 _TORN_UNCHECKED = (
     "this store was written before runtimed kept a commit log, so restore cannot tell whether it was acknowledged"
+)
+
+
+_TORN_LOG = (
+    "a log line is acknowledged only once it is whole and fsynced, so it is what is left of a write "
+    "that was never acknowledged"
 )
 
 
@@ -70,10 +77,22 @@ class Restored:
     #: What is committed: the commit log's record, or for a store written before the commit
     #: log, what restore found (every observation count included).
     committed: CommitRecord
-    #: Lines of the commit log; 0 for a store written before it.
+    #: Lines of the commit log; 0 for a store written before it (or with a write-ahead log).
     commit_lines: int
     #: The ``schema_version`` of ``runtime.json``.
     runtime_schema: int
+    #: Whether the store keeps a write-ahead log (``checkpoint.json`` is there); if not, the
+    #: store must start one (an upgrade).
+    has_log: bool = False
+    #: The LSN ``checkpoint.json`` records: what the checkpoint files hold.
+    checkpoint_lsn: int = 0
+    #: The log's segments, oldest first, once restore has removed those the checkpoint covers.
+    segments: list[wal.Segment] = field(default_factory=list)
+    #: The LSN the next log line gets.
+    next_lsn: int = 1
+    #: The changes replayed from the log (after the checkpoint's LSN), and their bytes.
+    replayed: list[Change] = field(default_factory=list)
+    replayed_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +116,65 @@ def _above(record: dict[str, Any], key: str, limit: int) -> bool:
     """Whether ``record[key]`` is a number past ``limit`` (a record the commit did not reach)."""
     value = record.get(key)
     return isinstance(value, int) and value > limit
+
+
+class _Replay:
+    """The state restore builds, advanced by the log's changes past the checkpoint; ``apply``
+    checks that each continues where the state is (ids and sequences without a gap)."""
+
+    def __init__(
+        self,
+        events: list[RuntimeEvent],
+        workers: list[WorkerState],
+        transcripts: dict[str, list[TranscriptEntry]],
+        diagnostics: list[RuntimeDiagnostic],
+        observations: list[Observation],
+        observation_sequence: int,
+    ) -> None:
+        self.events = events
+        self.workers = {state.worker_ref.worker_id: state for state in workers}
+        self.transcripts = transcripts
+        self.diagnostics = diagnostics
+        self.observations = observations
+        self.observation_sequence = observation_sequence
+        self.status = RuntimeStatus.RUNNING
+        self.changes: list[Change] = []
+
+    def apply(self, change: Change) -> str | None:
+        """Apply ``change``, or say why it does not follow from the state."""
+        event = change.event
+        if event is not None:
+            if event.id != len(self.events) + 1:
+                return f"holds event {event.id} where {len(self.events) + 1} was expected"
+            self.events.append(event)
+        for state in change.workers:
+            worker_id = state.worker_ref.worker_id
+            if worker_id not in self.workers:
+                if event is None or event.kind is not EventKind.WORKER_CREATED:
+                    return f"changes worker {worker_id}, which was never created"
+                self.transcripts[worker_id] = []
+            self.workers[worker_id] = state
+        for entry in change.transcript:
+            transcript = self.transcripts.get(entry.worker_ref.worker_id)
+            if transcript is None:
+                return f"holds a transcript entry of worker {entry.worker_ref.worker_id}, which was never created"
+            if entry.sequence != len(transcript) + 1:
+                return f"holds transcript entry {entry.sequence} where {len(transcript) + 1} was expected"
+            transcript.append(entry)
+        for diagnostic in change.diagnostics:
+            if diagnostic.id != len(self.diagnostics) + 1:
+                return f"holds diagnostic {diagnostic.id} where {len(self.diagnostics) + 1} was expected"
+            self.diagnostics.append(diagnostic)
+        for observation in change.observations:
+            if observation.worker_ref.worker_id not in self.workers:
+                return f"holds an observation of worker {observation.worker_ref.worker_id}, which was never created"
+            if observation.sequence <= self.observation_sequence:
+                return f"holds observation {observation.sequence}, not after {self.observation_sequence}"
+            self.observation_sequence = observation.sequence
+            self.observations.append(observation)
+        self.status = change.runtime_status
+        self.changes.append(change)
+        return None
 
 
 class Restorer:
@@ -125,6 +203,17 @@ class Restorer:
         self.observation_lines: dict[str, int] = {}
         self.observation_counts: dict[str, int] = {}
         self.commit: CommitRecord | None = None  # None: a store written before the commit log
+        #: With a write-ahead log: the checkpoint's LSN (records past its counts are what an
+        #: interrupted checkpoint left, cut back with a log line rather than a warning).
+        self.checkpoint_lsn: int | None = None
+
+    @property
+    def counted_by(self) -> str:
+        return "the checkpoint" if self.checkpoint_lsn is not None else "the commit log"
+
+    def _commit_path(self) -> Path:
+        """Where the counts restore checks against come from: the marker, or the commit log."""
+        return self.dir / (MARKER if self.checkpoint_lsn is not None else COMMIT_LOG)
 
     def corrupt(self, path: Path, problem: str) -> StoreCorrupt:
         return StoreCorrupt("restore", str(path), problem)
@@ -152,7 +241,12 @@ class Restorer:
         if runtime.runtime_id != self.runtime_id:
             raise self.corrupt(snapshot_path, f"names runtime {runtime.runtime_id!r}, not {self.runtime_id!r}")
         self.snapshots[snapshot_path] = raw
-        commit_lines = self._commit_log(schema)
+        if schema >= 3 or (self.dir / MARKER).exists():
+            # An upgrade writes the marker before it moves runtime.json on: a marker rules.
+            self._read_marker()
+            commit_lines = 0
+        else:
+            commit_lines = self._commit_log(schema)
         checked = self.commit is not None
 
         events_path = self.dir / "events.jsonl"
@@ -177,7 +271,7 @@ class Restorer:
         if self.commit is not None and last_event < self.commit.event_id:
             raise self.short(
                 events_path,
-                f"the commit log acknowledged event {self.commit.event_id} and the log ends at event {last_event}",
+                f"{self.counted_by} acknowledged event {self.commit.event_id} and the log ends at event {last_event}",
             )
         # A snapshot may run ahead of the commit (written in the flush that never committed),
         # never ahead of the events on disk.
@@ -215,12 +309,27 @@ class Restorer:
                 {worker_id: count for worker_id, count in self.observation_counts.items() if count},
             )
 
+        checkpoint_status = status
+        replayed: list[Change] = []
+        replayed_bytes = 0
+        segments: list[wal.Segment] = []
+        next_lsn = 1
+        if self.checkpoint_lsn is not None:
+            replay = _Replay(events, workers, transcripts, diagnostics, observations, committed.observation_sequence)
+            segments, next_lsn, replayed_bytes = self._replay_log(replay)
+            replayed = replay.changes
+            status = replay.status if replayed else status
+            workers = list(replay.workers.values())
+            committed_sequence = replay.observation_sequence
+        else:
+            committed_sequence = committed.observation_sequence
+
         self._apply_repairs()
         state = RestoredState(
             runtime_id=self.runtime_id,
             status=status,
             worker_sequence=len(workers),
-            observation_sequence=committed.observation_sequence,
+            observation_sequence=committed_sequence,
             events=events,
             workers=workers,
             transcripts=transcripts,
@@ -235,11 +344,113 @@ class Restorer:
             created_event=self.created_event,
             snapshot_status=self.snapshot_status,
             observation_lines=self.observation_lines,
-            runtime_status=status,
+            runtime_status=checkpoint_status,
             committed=committed,
             commit_lines=commit_lines,
             runtime_schema=schema,
+            has_log=self.checkpoint_lsn is not None,
+            checkpoint_lsn=self.checkpoint_lsn or 0,
+            segments=segments,
+            next_lsn=next_lsn,
+            replayed=replayed,
+            replayed_bytes=replayed_bytes,
         )
+
+    def _read_marker(self) -> None:
+        """Read ``checkpoint.json`` into ``self.commit`` and ``self.checkpoint_lsn``."""
+        path = self.dir / MARKER
+        _, record, _ = self._read_json(path, (MARKER_SCHEMA_VERSION,))
+        try:
+            self.checkpoint_lsn, self.commit = decode_marker(record)
+        except codec.RECORD_ERRORS as error:
+            raise self.corrupt(path, f"bad checkpoint marker: {codec.record_problem(error)}") from None
+
+    def _replay_log(self, replay: _Replay) -> tuple[list[wal.Segment], int, int]:
+        """Check every segment of the log and replay its lines past the checkpoint onto
+        ``replay``; returns the segments kept, the next LSN and the bytes replayed.
+
+        LSNs must run on without a gap from the segment that holds the checkpoint's LSN (or the
+        one just past it) to the end, and every line must pass its checksum. Only the newest
+        segment's last line may be bad: an incomplete line, or a whole one failing its checksum,
+        is a write cut short, set aside with a warning. Segments the checkpoint wholly covers
+        are removed."""
+        assert self.checkpoint_lsn is not None
+        checkpoint_lsn = self.checkpoint_lsn
+        log_dir = self.dir / wal.LOG_DIR
+        if not log_dir.exists():
+            raise StoreMissing("restore", str(log_dir), "the write-ahead log directory is missing")
+        if not log_dir.is_dir():
+            raise self.corrupt(log_dir, "is a file where a directory should be")
+        segments, others = wal.list_segments(log_dir)
+        for other in others:
+            if not (other.name.endswith(".corrupt") and other.is_file()):
+                raise self.corrupt(other, "is not a log segment (<first LSN, 16 digits>.jsonl)")
+        if not segments:
+            raise StoreMissing("restore", str(log_dir), "the write-ahead log has no segment")
+        if segments[0].first_lsn > checkpoint_lsn + 1:
+            raise self.corrupt(
+                segments[0].path,
+                f"the log starts at LSN {segments[0].first_lsn}, but the checkpoint ({self.dir / MARKER}) covers "
+                f"only up to LSN {checkpoint_lsn}: the records between are missing",
+            )
+        expected = segments[0].first_lsn
+        replayed_bytes = 0
+        kept: list[wal.Segment] = []
+        for index, segment in enumerate(segments):
+            newest = index == len(segments) - 1
+            path = segment.path
+            if segment.first_lsn != expected:
+                raise self.corrupt(
+                    path, f"starts at LSN {segment.first_lsn} where {expected} was expected (a segment is missing)"
+                )
+            try:
+                data = path.read_bytes()
+            except OSError as error:
+                raise StoreIo("read", str(path), error.strerror or str(error)) from None
+            lines, tail = wal.split_lines(data)
+            if tail and not newest:
+                raise self.corrupt(path, "ends in an incomplete line, but a later segment follows")
+            decode_ref = self._ref_decoder(path)
+            for number, line in enumerate(lines, start=1):
+                problem = wal.check(line)
+                if problem is not None:
+                    if newest and number == len(lines) and not tail:
+                        tail = line + b"\n"  # a whole last line that fails: a write cut short too
+                        break
+                    raise self.corrupt(path, f"line {number} {problem}")
+                lsn = wal.line_lsn(line)
+                if lsn != expected:
+                    raise self.corrupt(path, f"line {number} has LSN {lsn} where {expected} was expected")
+                expected += 1
+                if lsn <= checkpoint_lsn:
+                    continue
+                try:
+                    change = wal.decode_change(files.parse_line(line), decode_ref)
+                except codec.RECORD_ERRORS as error:
+                    problem = codec.record_problem(error)
+                    raise self.corrupt(path, f"bad log record on line {number}: {problem}") from None
+                problem = replay.apply(change)
+                if problem is not None:
+                    raise self.corrupt(path, f"line {number} (LSN {lsn}) {problem}")
+                replayed_bytes += len(line) + 1
+            if tail:
+                self._set_aside(path, len(data) - len(tail), tail.rstrip(b"\n"), _TORN_LOG)
+            if not newest and segments[index + 1].first_lsn - 1 <= checkpoint_lsn:
+                self.repair(path, partial(self._remove_segment, path))
+            else:
+                kept.append(segment)
+        if expected - 1 < checkpoint_lsn:
+            raise self.corrupt(
+                self.dir / MARKER,
+                f"covers the log up to LSN {checkpoint_lsn}, but the log ({log_dir}) ends at LSN {expected - 1}",
+            )
+        return kept, expected, replayed_bytes
+
+    @staticmethod
+    def _remove_segment(path: Path) -> None:
+        path.unlink(missing_ok=True)
+        files.fsync_path(path.parent)
+        log.info("removed %s: the checkpoint covers every record in it", path)
 
     def _commit_log(self, schema: int) -> int:
         """Read the commit log into ``self.commit``; returns its lines (0: there is none, which
@@ -324,6 +535,10 @@ class Restorer:
         return records
 
     def _set_aside(self, path: Path, keep: int, tail: bytes, why: str) -> None:
+        if self.checkpoint_lsn is not None and why is not _TORN_LOG:
+            # A checkpoint file: the line is what an interrupted checkpoint left, and the log has it.
+            self.repair(path, partial(self._cut_back, path, keep, f"an incomplete last line ({len(tail)} bytes)"))
+            return
         aside = path.with_name(path.name + ".corrupt")
 
         def set_aside() -> None:
@@ -372,9 +587,22 @@ class Restorer:
             kept.append(record)
         if dropped:
             data = b"".join(files.jsonl_line(record) for record in kept)
+            if self.checkpoint_lsn is not None:
+                self.repair(path, partial(self._cut_back_to, path, data, f"{dropped} {what}(s)"))
+                return kept
             message = f"{path}: {dropped} {what}(s) written but never committed, so never acknowledged, were discarded"
             self.repair(path, partial(files.replace_atomically, path, data), ("store.uncommitted_discarded", message))
         return kept
+
+    @staticmethod
+    def _cut_back(path: Path, keep: int, what: str) -> None:
+        files.truncate(path, keep)
+        log.info("%s: cut back %s past the checkpoint, left by an interrupted checkpoint (in the log)", path, what)
+
+    @staticmethod
+    def _cut_back_to(path: Path, data: bytes, what: str) -> None:
+        files.replace_atomically(path, data)
+        log.info("%s: cut back %s past the checkpoint, left by an interrupted checkpoint (in the log)", path, what)
 
     # --------------------------------------------------------- records
 
@@ -441,7 +669,7 @@ class Restorer:
         if self.commit is not None and len(diagnostics) < self.commit.diagnostic_id:
             raise self.short(
                 path,
-                f"the commit log acknowledged {self.commit.diagnostic_id} diagnostics and the file holds "
+                f"{self.counted_by} acknowledged {self.commit.diagnostic_id} diagnostics and the file holds "
                 f"{len(diagnostics)} of them",
             )
         return diagnostics
@@ -469,6 +697,10 @@ class Restorer:
                     raise self.corrupt(
                         directory, f"worker {worker_id} has no worker_created event, but later workers do"
                     )
+                if self.checkpoint_lsn is not None:
+                    # Written by a checkpoint that was cut short: the log creates it again.
+                    self.repair(directory, partial(self._remove_worker_dir, directory, checkpoint=True))
+                    continue
                 # Created by a request whose worker_created event was never committed.
                 self.repair(
                     directory,
@@ -485,12 +717,12 @@ class Restorer:
             for worker_id in self.commit.observations:
                 if worker_id not in created:
                     raise self.corrupt(
-                        self.dir / COMMIT_LOG, f"counts observations of worker {worker_id}, which was never created"
+                        self._commit_path(), f"counts observations of worker {worker_id}, which was never created"
                     )
             for worker_id in self.commit.executions:
                 if worker_id not in created:
                     raise self.corrupt(
-                        self.dir / COMMIT_LOG, f"holds the execution of worker {worker_id}, which was never created"
+                        self._commit_path(), f"holds the execution of worker {worker_id}, which was never created"
                     )
         for worker_id in created:
             if worker_id not in on_disk:
@@ -585,9 +817,11 @@ class Restorer:
                 raise self.corrupt(path, f"event {event_id} committed entry {reply}, not {entry.sequence}")
 
     @staticmethod
-    def _remove_worker_dir(directory: Path) -> None:
+    def _remove_worker_dir(directory: Path, checkpoint: bool = False) -> None:
         shutil.rmtree(directory)
         files.fsync_path(directory.parent)
+        if checkpoint:
+            log.info("removed %s: written by an interrupted checkpoint past its marker (the log has it)", directory)
 
     def _transcript(self, directory: Path, ref: WorkerRef, last_event: int) -> list[TranscriptEntry]:
         path = directory / "transcript.jsonl"
@@ -629,7 +863,8 @@ class Restorer:
             if count != acknowledged:
                 raise self.short(
                     path,
-                    f"the commit log acknowledged {acknowledged} observations of worker {ref.worker_id} and the file "
+                    f"{self.counted_by} acknowledged {acknowledged} observations of worker {ref.worker_id} and the "
+                    "file "
                     f"accounts for {count} ({len(observations)} kept, {trimmed} compacted away)",
                 )
         self.observation_counts[ref.worker_id] = count
