@@ -221,25 +221,67 @@ def make_dirs(path: Path) -> None:
 
 def tighten(root: Path) -> list[tuple[Path, OSError]]:
     """Give ``root`` and every directory and regular file under it ``DIR_MODE`` or ``FILE_MODE``
-    (symbolic links are neither followed nor changed); returns what could not be changed."""
+    (symbolic links are neither followed nor changed); returns what could not be changed.
+
+    It walks the whole root at every start (tens of thousands of entries for a large runtime),
+    so it works on strings and ``scandir`` entries, never ``Path`` objects."""
     failed: list[tuple[Path, OSError]] = []
 
-    def set_mode(path: Path) -> None:
-        try:
-            mode = os.lstat(path).st_mode
-            wanted = DIR_MODE if stat.S_ISDIR(mode) else FILE_MODE if stat.S_ISREG(mode) else None
-            if wanted is not None and stat.S_IMODE(mode) != wanted:
+    def set_mode(path: str, mode: int) -> None:
+        wanted = DIR_MODE if stat.S_ISDIR(mode) else FILE_MODE if stat.S_ISREG(mode) else None
+        if wanted is not None and stat.S_IMODE(mode) != wanted:
+            try:
                 os.chmod(path, wanted)
-        except FileNotFoundError:
-            pass
-        except OSError as error:
-            failed.append((path, error))
+            except FileNotFoundError:
+                pass
+            except OSError as error:
+                failed.append((Path(path), error))
 
-    set_mode(root)
-    for directory, dirs, names in os.walk(root):
-        for name in [*dirs, *names]:
-            set_mode(Path(directory, name))
+    try:
+        set_mode(str(root), os.lstat(root).st_mode)
+    except FileNotFoundError:
+        return failed
+    except OSError as error:
+        return [(root, error)]
+    pending = [str(root)]
+    while pending:
+        directory = pending.pop()
+        try:
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    try:
+                        mode = entry.stat(follow_symlinks=False).st_mode
+                    except FileNotFoundError:
+                        continue
+                    except OSError as error:
+                        failed.append((Path(entry.path), error))
+                        continue
+                    set_mode(entry.path, mode)
+                    if stat.S_ISDIR(mode):
+                        pending.append(entry.path)
+        except FileNotFoundError:
+            continue
+        except OSError as error:
+            failed.append((Path(directory), error))
     return failed
+
+
+def read_bytes(path: Path) -> bytes:
+    """The whole file ``path``: ``Path.read_bytes`` without the buffered reader (restore reads
+    every file of the runtime)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        chunks = []
+        while True:
+            chunk = os.read(fd, max(size, 65536))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size = 65536
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 # ------------------------------------------------------------ lock and probe

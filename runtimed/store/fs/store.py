@@ -11,6 +11,7 @@ file operations all of them use.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import shutil
@@ -178,7 +179,15 @@ class FsStore(Store):
             )
         self._runtime_dir = runtime_dir
         self._runtime_id = stored_id
-        restored = Restorer(runtime_dir, stored_id).restore()
+        # Restore builds a few objects per record and frees none: the cyclic collector would
+        # walk them again and again (a fifth of the time), for no garbage.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            restored = Restorer(runtime_dir, stored_id).restore()
+        finally:
+            if collecting:
+                gc.enable()
         self._adopt(restored)
         try:
             self._upgrade(restored)
