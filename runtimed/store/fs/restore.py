@@ -430,6 +430,8 @@ class Restorer:
                 f"only up to LSN {checkpoint_lsn}: the records between are missing",
             )
         expected = segments[0].first_lsn
+        context = wal.Context()
+        context.requests.update((worker_id, state.request) for worker_id, state in replay.workers.items())
         replayed_bytes = 0
         kept: list[wal.Segment] = []
         for index, segment in enumerate(segments):
@@ -446,7 +448,7 @@ class Restorer:
             lines, tail = wal.split_lines(data)
             if tail and not newest:
                 raise self.corrupt(path, "ends in an incomplete line, but a later segment follows")
-            decode_ref = self._ref_decoder(path)
+            context.decode_ref = self._ref_decoder(path)
             for number, line in enumerate(lines, start=1):
                 problem = wal.check(line)
                 if problem is not None:
@@ -461,7 +463,7 @@ class Restorer:
                 if lsn <= checkpoint_lsn:
                     continue
                 try:
-                    change = wal.decode_change(files.parse_line(line), decode_ref)
+                    change = wal.decode_change(files.parse_line(line), context)
                 except codec.RECORD_ERRORS as error:
                     problem = codec.record_problem(error)
                     raise self.corrupt(path, f"bad log record on line {number}: {problem}") from None

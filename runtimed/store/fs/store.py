@@ -80,6 +80,8 @@ class FsStore(Store):
         self._flusher: asyncio.Task[None] | None = None
         self._failed: BaseException | None = None
         self._log: wal.LogWriter | None = None
+        #: The workers the log knows (its lines after a worker's first leave the request out).
+        self._log_context = wal.Context()
         self._checkpoint_files: CheckpointFiles | None = None
         # The checkpoint thread and what it has yet to write (guarded by ``_pending_changed``).
         self._checkpointer: threading.Thread | None = None
@@ -273,6 +275,7 @@ class FsStore(Store):
         checkpoint.runtime_status = restored.runtime_status
         checkpoint.committed = restored.committed
         checkpoint.lsn = restored.checkpoint_lsn
+        self._log_context.requests.update(dict.fromkeys(w.worker_ref.worker_id for w in restored.state.workers))
         if restored.has_log:
             self._log = wal.LogWriter(self.log_dir, restored.segments, restored.next_lsn)
             if restored.replayed:
@@ -402,12 +405,22 @@ class FsStore(Store):
         log_writer = self._log
         assert log_writer is not None
         lsn = log_writer.next_lsn
-        data = b"".join(
-            wal.frame(wal.dumps(wal.encode_change(change, number))) for number, change in enumerate(changes, start=lsn)
-        )
+        context = self._log_context
+        lines = []
+        created: list[str] = []
+        for number, change in enumerate(changes, start=lsn):
+            lines.append(wal.frame(wal.dumps(wal.encode_change(change, number, context))))
+            for state in change.workers:
+                if state.worker_ref.worker_id not in context.requests:
+                    # Later lines of this worker leave its request out: this one has it.
+                    context.requests[state.worker_ref.worker_id] = None
+                    created.append(state.worker_ref.worker_id)
+        data = b"".join(lines)
         try:
             self._append(log_writer, data, len(changes))
         except OSError as error:
+            for worker_id in created:
+                del context.requests[worker_id]  # their lines are gone: the next must carry the request
             failure = _io_error("write", error, log_writer.active.path)
             self._undo(log_writer, failure)
             raise failure from None

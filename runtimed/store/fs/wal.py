@@ -64,36 +64,55 @@ def segment_lsn(name: str) -> int | None:
 # ------------------------------------------------------------------ the change codec
 
 
+class Context:
+    """What the codec of a log line needs beyond the line: on the way in, the workers an earlier
+    line has created (their lines leave out the request, which never changes); on the way out,
+    the ``RefDecoder`` and the requests of the workers created so far."""
+
+    def __init__(self, decode_ref: codec.RefDecoder = codec.decode_worker_ref) -> None:
+        self.decode_ref = decode_ref
+        #: Worker id -> its request (decoding); the ids are the workers logged so far (encoding).
+        self.requests: dict[str, Any] = {}
+
+
 @dataclass(frozen=True, slots=True)
 class FieldCodec:
     """How one field of ``Change`` goes into a log line and back.
 
-    ``encode`` takes the field's value (never empty: empty fields are left out of the line);
-    ``decode`` takes the JSON and a ``RefDecoder`` and may raise one of ``codec.RECORD_ERRORS``.
+    ``encode`` takes the field's value (never empty: empty fields are left out of the line) and
+    the ``Context``; ``decode`` takes the JSON and the ``Context`` and may raise one of
+    ``codec.RECORD_ERRORS``.
     """
 
-    encode: Callable[[Any], Any]
-    decode: Callable[[Any, codec.RefDecoder], Any]
+    encode: Callable[[Any, Context], Any]
+    decode: Callable[[Any, Context], Any]
 
 
-def encode_worker_state(state: WorkerState) -> dict[str, Any]:
-    record: dict[str, Any] = {
-        "worker_ref": codec.encode_worker_ref(state.worker_ref),
-        "request": codec.encode_request(state.request),
-        "status": state.status.value,
-        "transcript_len": state.transcript_len,
-        "last_event_id": state.last_event_id,
-    }
+def encode_worker_state(state: WorkerState, context: Context) -> dict[str, Any]:
+    record: dict[str, Any] = {"worker_ref": codec.encode_worker_ref(state.worker_ref)}
+    if state.worker_ref.worker_id not in context.requests:
+        record["request"] = codec.encode_request(state.request)
+    record["status"] = state.status.value
+    record["transcript_len"] = state.transcript_len
+    record["last_event_id"] = state.last_event_id
     if state.execution is not None:
         record["execution"] = codec.encode_execution(state.execution)
     return record
 
 
-def decode_worker_state(record: Mapping[str, Any], decode_ref: codec.RefDecoder) -> WorkerState:
+def decode_worker_state(record: Mapping[str, Any], context: Context) -> WorkerState:
     execution = record.get("execution")
+    ref = context.decode_ref(record["worker_ref"])
+    raw_request = record.get("request")
+    if raw_request is None:
+        request = context.requests.get(ref.worker_id)
+        if request is None:
+            raise ValueError(f"worker {ref.worker_id} has no request (no line created it)")
+    else:
+        request = context.requests[ref.worker_id] = codec.decode_request(raw_request)
     return WorkerState(
-        worker_ref=decode_ref(record["worker_ref"]),
-        request=codec.decode_request(record["request"]),
+        worker_ref=ref,
+        request=request,
         status=WorkerStatus(record["status"]),
         transcript_len=_count(record["transcript_len"], "transcript_len"),
         last_event_id=_count(record["last_event_id"], "last_event_id"),
@@ -107,55 +126,61 @@ def _count(value: Any, name: str) -> int:
     return value
 
 
-def _observation(record: Mapping[str, Any], decode_ref: codec.RefDecoder) -> Any:
-    return codec.decode_observation(record, decode_ref(record["worker_ref"]))
+def _observation(record: Mapping[str, Any], context: Context) -> Any:
+    return codec.decode_observation(record, context.decode_ref(record["worker_ref"]))
 
 
-def _encode_observation(observation: Any) -> dict[str, Any]:
+def _encode_observation(observation: Any, _: Context) -> dict[str, Any]:
     record = codec.encode_observation(observation)
     record["worker_ref"] = codec.encode_worker_ref(observation.worker_ref)
     return record
 
 
-def _many(encode: Callable[[Any], Any], decode: Callable[[Any, codec.RefDecoder], Any]) -> FieldCodec:
+def _many(encode: Callable[[Any, Context], Any], decode: Callable[[Any, Context], Any]) -> FieldCodec:
     """A tuple field: a JSON list of records."""
 
-    def decode_list(value: Any, decode_ref: codec.RefDecoder) -> tuple[Any, ...]:
+    def decode_list(value: Any, context: Context) -> tuple[Any, ...]:
         if not isinstance(value, list):
             raise TypeError(f"{value!r} is not a list")
-        return tuple(decode(item, decode_ref) for item in value)
+        return tuple(decode(item, context) for item in value)
 
-    return FieldCodec(lambda values: [encode(v) for v in values], decode_list)
+    return FieldCodec(lambda values, context: [encode(v, context) for v in values], decode_list)
 
 
 #: Every field of ``Change``, in order, with its codec: a field added to ``Change`` needs an
 #: entry here (``tests/test_fs_wal.py`` checks), and is then written and replayed with the rest.
 CHANGE_FIELDS: Mapping[str, FieldCodec] = {
-    "event": FieldCodec(codec.encode_event, lambda value, decode_ref: codec.decode_event(value, decode_ref)),
-    "runtime_status": FieldCodec(lambda status: status.value, lambda value, _: RuntimeStatus(value)),
+    "event": FieldCodec(
+        lambda event, _: codec.encode_event(event), lambda value, c: codec.decode_event(value, c.decode_ref)
+    ),
+    "runtime_status": FieldCodec(lambda status, _: status.value, lambda value, _: RuntimeStatus(value)),
     "workers": _many(encode_worker_state, decode_worker_state),
     "transcript": _many(
-        codec.encode_transcript_entry,
-        lambda value, decode_ref: codec.decode_transcript_entry(value, decode_ref=decode_ref),
+        lambda entry, _: codec.encode_transcript_entry(entry),
+        lambda value, c: codec.decode_transcript_entry(value, decode_ref=c.decode_ref),
     ),
-    "diagnostics": _many(codec.encode_diagnostic, lambda value, decode_ref: codec.decode_diagnostic(value, decode_ref)),
+    "diagnostics": _many(
+        lambda diagnostic, _: codec.encode_diagnostic(diagnostic),
+        lambda value, c: codec.decode_diagnostic(value, c.decode_ref),
+    ),
     "observations": _many(_encode_observation, _observation),
 }
 _FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Change))
 
 
-def encode_change(change: Change, lsn: int) -> dict[str, Any]:
-    """The record of ``change`` at ``lsn`` (without its checksum)."""
+def encode_change(change: Change, lsn: int, context: Context) -> dict[str, Any]:
+    """The record of ``change`` at ``lsn`` (without its checksum); ``context`` names the workers
+    logged before (the caller adds those this change creates once the line is durable)."""
     record: dict[str, Any] = {"lsn": lsn}
     for name in _FIELD_NAMES:
         value = getattr(change, name)
         if value is None or value == ():
             continue
-        record[name] = CHANGE_FIELDS[name].encode(value)
+        record[name] = CHANGE_FIELDS[name].encode(value, context)
     return record
 
 
-def decode_change(record: Mapping[str, Any], decode_ref: codec.RefDecoder) -> Change:
+def decode_change(record: Mapping[str, Any], context: Context) -> Change:
     """The ``Change`` of a log record; raises one of ``codec.RECORD_ERRORS`` for a bad one,
     a field this runtimed does not know included (a newer runtimed wrote it)."""
     values: dict[str, Any] = {}
@@ -165,7 +190,7 @@ def decode_change(record: Mapping[str, Any], decode_ref: codec.RefDecoder) -> Ch
         field_codec = CHANGE_FIELDS.get(key)
         if field_codec is None:
             raise ValueError(f"unknown field {key!r}")
-        values[key] = field_codec.decode(value, decode_ref)
+        values[key] = field_codec.decode(value, context)
     if "runtime_status" not in values:
         raise KeyError("runtime_status")
     values.setdefault("event", None)
