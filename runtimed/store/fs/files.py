@@ -272,13 +272,12 @@ def read_bytes(path: Path) -> bytes:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         size = os.fstat(fd).st_size
-        chunks = []
-        while True:
-            chunk = os.read(fd, max(size, 65536))
-            if not chunk:
-                break
+        chunk = os.read(fd, size) if size else b""
+        if len(chunk) == size and size:
+            return chunk  # the common case: one read (the lock keeps every writer out)
+        chunks = [chunk]
+        while chunk := os.read(fd, 65536):
             chunks.append(chunk)
-            size = 65536
         return b"".join(chunks)
     finally:
         os.close(fd)

@@ -130,7 +130,7 @@ def _parse_all(body: bytes) -> list[dict[str, Any]] | None:
         records = orjson.loads(b"[" + body[:-1].replace(b"\n", b",") + b"]")
     except orjson.JSONDecodeError:
         return None
-    if len(records) != body.count(b"\n") or not all(type(record) is dict for record in records):
+    if len(records) != body.count(b"\n") or set(map(type, records)) != {dict}:
         return None
     return records  # type: ignore[no-any-return]
 
@@ -794,29 +794,42 @@ class Restorer:
         # Per worker, the events that committed its transcript entries, in order: every input,
         # and each turn end that made an assistant entry.
         committing: dict[str, list[int]] = {}
+        # Names bound once: this loop runs once per event of the runtime's whole life.
+        runtime_stopped, worker_created = EventKind.RUNTIME_STOPPED, EventKind.WORKER_CREATED
+        worker_stopped, worker_cancelled = EventKind.WORKER_STOPPED, EventKind.WORKER_CANCELLED
+        input_accepted = EventKind.WORKER_INPUT_ACCEPTED
+        running, stopped, cancelled = WorkerStatus.RUNNING, WorkerStatus.STOPPED, WorkerStatus.CANCELLED
+        for worker_id in created:
+            committing[worker_id] = []
         for event in events:
             ref = event.worker_ref
-            if event.kind is EventKind.RUNTIME_STOPPED:
+            kind = event.kind
+            if kind is runtime_stopped:
                 for worker_id, current in status.items():
-                    if current is WorkerStatus.RUNNING:
-                        status[worker_id] = WorkerStatus.STOPPED
+                    if current is running:
+                        status[worker_id] = stopped
                         last[worker_id] = event.id
                 continue
             if ref is None:
                 continue
-            if event.kind is EventKind.WORKER_CREATED:
-                status[ref.worker_id] = WorkerStatus.RUNNING
-            elif event.kind is EventKind.WORKER_STOPPED:
-                status[ref.worker_id] = WorkerStatus.STOPPED
-            elif event.kind is EventKind.WORKER_CANCELLED:
-                status[ref.worker_id] = WorkerStatus.CANCELLED
-            elif event.kind is EventKind.WORKER_INPUT_ACCEPTED or event.id in replies:
-                committing.setdefault(ref.worker_id, []).append(event.id)
-            if ref.worker_id not in created:
+            worker_id = ref.worker_id
+            if kind is input_accepted:
+                entries = committing.get(worker_id)
+                if entries is not None:
+                    entries.append(event.id)
+            elif kind is worker_created:
+                status[worker_id] = running
+            elif kind is worker_stopped:
+                status[worker_id] = stopped
+            elif kind is worker_cancelled:
+                status[worker_id] = cancelled
+            elif event.id in replies and worker_id in committing:
+                committing[worker_id].append(event.id)
+            if worker_id not in created:
                 raise self.corrupt(
-                    self.dir / "events.jsonl", f"event {event.id} names worker {ref.worker_id}, which was never created"
+                    self.dir / "events.jsonl", f"event {event.id} names worker {worker_id}, which was never created"
                 )
-            last[ref.worker_id] = event.id
+            last[worker_id] = event.id
 
         workers: list[WorkerState] = []
         transcripts: dict[str, list[TranscriptEntry]] = {}
@@ -833,7 +846,7 @@ class Restorer:
             if ref.worker_id != worker_id:
                 raise self.corrupt(snapshot_path, f"names worker {ref.worker_id!r}, not {worker_id!r}")
             entries = self._transcript(directory, ref, last_event)
-            self._check_entries(directory / "transcript.jsonl", entries, committing.get(worker_id, []), replies)
+            self._check_entries(directory / "transcript.jsonl", entries, committing[worker_id], replies)
             execution = self.commit.executions.get(worker_id) if self.commit is not None else None
             state = WorkerState(ref, stored.request, status[worker_id], len(entries), last[worker_id], execution)
             self.created_event[worker_id] = created[worker_id]
