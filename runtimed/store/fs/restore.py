@@ -814,9 +814,9 @@ class Restorer:
                 continue
             worker_id = ref.worker_id
             if kind is input_accepted:
-                entries = committing.get(worker_id)
-                if entries is not None:
-                    entries.append(event.id)
+                inputs = committing.get(worker_id)
+                if inputs is not None:
+                    inputs.append(event.id)
             elif kind is worker_created:
                 status[worker_id] = running
             elif kind is worker_stopped:
