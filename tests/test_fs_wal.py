@@ -374,6 +374,35 @@ async def test_a_failed_checkpoint_is_retried_and_loses_nothing(root, monkeypatc
     await restored.close()
 
 
+async def test_a_checkpoint_in_progress_never_holds_up_a_flush(root, monkeypatch):
+    import threading
+
+    runtime = await busy(root)
+    store = runtime._store
+    writing, release = threading.Event(), threading.Event()
+    real = FsStore._write_marker
+
+    def slow_marker(self, checkpoint, lsn):
+        writing.set()
+        release.wait(10)  # bounded: the test releases it
+        real(self, checkpoint, lsn)
+
+    monkeypatch.setattr(FsStore, "_write_marker", slow_marker)
+    changes, lsn, size = store._take_pending()
+    checkpointing = threading.Thread(target=store._checkpoint, args=(changes, lsn, size))
+    checkpointing.start()
+    try:
+        await wait_until(writing.is_set, what="the checkpoint to reach its marker")
+        ack = await asyncio.wait_for(runtime.send_input(runtime.worker_ref("worker-00000003"), user("meanwhile")), 5)
+        assert ack.transcript_sequence == 1  # made durable by the log while the checkpoint waits
+        assert marker(root)["lsn"] == 0
+    finally:
+        release.set()
+        checkpointing.join(10)
+    assert marker(root)["lsn"] == lsn
+    await runtime.close()
+
+
 # --------------------------------------------------------------- upgrade
 
 
