@@ -341,8 +341,9 @@ class LogWriter:
             return
         fd = self._open_active()
         with files.naming(path):
-            os.ftruncate(fd, size)
-            os.fsync(fd)
+            if os.fstat(fd).st_size != size:  # a write refused outright left nothing to cut back
+                os.ftruncate(fd, size)
+                os.fsync(fd)
         self._size = size
 
     def rotate(self) -> None:
