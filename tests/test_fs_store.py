@@ -744,14 +744,16 @@ async def test_a_foreign_dot_entry_under_runtimes_is_refused_and_kept(root):
     assert (backup / "nested" / "data").read_text() == "precious"
 
 
-async def test_a_dot_entry_that_only_looks_like_a_half_made_runtime_is_refused_and_kept(root):
+@pytest.mark.parametrize("inside", ["notes.txt", "log/0000000000000001.jsonl"])
+async def test_a_dot_entry_that_only_looks_like_a_half_made_runtime_is_refused_and_kept(root, inside):
     half = root / "runtimes" / ("." + hex_id("runtime-fs-0000000000000001"))
     (half / "workers").mkdir(parents=True)
-    (half / "notes.txt").write_text("mine")
+    (half / "log").mkdir()
+    (half / inside).write_text("mine")  # a log segment that holds something is not what creating leaves
     with pytest.raises(StoreCorrupt) as caught:
         await open_runtime(root)
     assert str(half) in caught.value.message
-    assert (half / "notes.txt").read_text() == "mine"
+    assert (half / inside).read_text() == "mine"
 
 
 async def test_runtimeds_own_leftovers_under_runtimes_are_removed_with_a_log_line(root, caplog):
@@ -761,6 +763,8 @@ async def test_runtimeds_own_leftovers_under_runtimes_are_removed_with_a_log_lin
     half = runtimes / ("." + hex_id("runtime-fs-0000000000000001"))
     (half / "workers").mkdir(parents=True)
     (half / "runtime.json").write_text("{}")
+    (half / "log").mkdir()
+    (half / "log" / "0000000000000001.jsonl").write_bytes(b"")
     with caplog.at_level("INFO", logger="runtimed.store"):
         runtime = await open_runtime(root)
     await runtime.close()

@@ -242,7 +242,14 @@ class FsStore(Store):
                 return None
             if inner.name == "workers" and (not inner.is_dir() or any(inner.iterdir())):
                 return None
-            if inner.name != "workers" and not inner.is_file():
+            if inner.name == wal.LOG_DIR:
+                # The log's first segment, empty: nothing was ever committed to it.
+                if not inner.is_dir() or any(
+                    p.name != wal.segment_name(1) or p.is_symlink() or not p.is_file() or p.stat().st_size
+                    for p in inner.iterdir()
+                ):
+                    return None
+            elif inner.name != "workers" and not inner.is_file():
                 return None
         return "a runtime directory whose creation was cut short"
 
