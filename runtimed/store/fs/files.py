@@ -66,8 +66,13 @@ def parse_line(raw: bytes) -> Any:
 
 
 def jsonl_line(record: dict[str, Any]) -> bytes:
-    # ensure_ascii keeps any lone surrogate a client sent representable on disk.
-    return (json.dumps(record, separators=(",", ":")) + "\n").encode("ascii")
+    """One line of a ``.jsonl`` file: compact JSON in UTF-8 by orjson (the checkpoint writes
+    every record), or escaped to ASCII by the standard library for what orjson refuses: a lone
+    surrogate a client sent, kept representable on disk as its ``\\udXXX`` escape."""
+    try:
+        return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+    except orjson.JSONEncodeError:
+        return (json.dumps(record, separators=(",", ":")) + "\n").encode("ascii")
 
 
 def snapshot_document(record: dict[str, Any], version: int) -> bytes:
