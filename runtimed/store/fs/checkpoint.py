@@ -100,6 +100,7 @@ class CheckpointFiles:
         self.backlog = backlog
         self._fsyncs = fsyncs
         self._files = OpenFiles()
+        self._paths: dict[str, tuple[Path, Path, Path]] = {}
         self.created_event: dict[str, int] = {}  # worker id -> id of its worker_created event
         self.snapshot_status: dict[str, WorkerStatus] = {}  # worker id -> status in worker.json
         self.snapshots: dict[Path, bytes] = {}  # snapshot path -> content on disk
@@ -111,7 +112,20 @@ class CheckpointFiles:
         self.lsn = 0
 
     def worker_dir(self, worker_id: str) -> Path:
-        return self.dir / "workers" / hex_id(worker_id)
+        return self.worker_paths(worker_id)[0]
+
+    def worker_paths(self, worker_id: str) -> tuple[Path, Path, Path]:
+        """A worker's directory, ``transcript.jsonl`` and ``observations.jsonl`` (built once:
+        a checkpoint names them for every record it writes)."""
+        paths = self._paths.get(worker_id)
+        if paths is None:
+            directory = self.dir / "workers" / hex_id(worker_id)
+            paths = self._paths[worker_id] = (
+                directory,
+                directory / "transcript.jsonl",
+                directory / "observations.jsonl",
+            )
+        return paths
 
     # ------------------------------------------------------------ writing
 
@@ -174,7 +188,7 @@ class CheckpointFiles:
                 batch.snapshots[directory / "worker.json"] = worker_snapshot(state, created)
             for entry in change.transcript:
                 batch.append(
-                    self.worker_dir(entry.worker_ref.worker_id) / "transcript.jsonl",
+                    self.worker_paths(entry.worker_ref.worker_id)[1],
                     codec.encode_transcript_entry(entry, with_ref=False),
                 )
             for observation in change.observations:
@@ -182,7 +196,7 @@ class CheckpointFiles:
                 if change_event is not None:
                     record["event_id"] = change_event
                 worker_id = observation.worker_ref.worker_id
-                batch.append(self.worker_dir(worker_id) / "observations.jsonl", record)
+                batch.append(self.worker_paths(worker_id)[2], record)
                 counts[worker_id] = counts.get(worker_id, committed.observations.get(worker_id, 0)) + 1
                 sequence = max(sequence, observation.sequence)
             for diagnostic in change.diagnostics:
