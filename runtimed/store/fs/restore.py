@@ -708,9 +708,9 @@ class Restorer:
         """Per ``worker_turn_ended`` event that committed an assistant entry, that entry's
         sequence (the store marks such events with ``transcript_sequence``)."""
         replies: dict[int, int] = {}
-        for number, record in enumerate(records, start=1):
-            if "transcript_sequence" not in record:
-                continue
+        marked = [number for number, record in enumerate(records, start=1) if "transcript_sequence" in record]
+        for number in marked:
+            record = records[number - 1]
             sequence = record["transcript_sequence"]
             if record.get("kind") != EventKind.WORKER_TURN_ENDED.value or not isinstance(sequence, int):
                 raise self.corrupt(path, f"bad event record on line {number}: transcript_sequence {sequence!r}")
@@ -876,6 +876,14 @@ class Restorer:
             if answered:
                 committed += f" and committed {answered} assistant replies"
             raise self.corrupt(path, f"holds {len(entries)} entries, but the event log {committed}")
+        # The common case in bulk (entries are densely numbered, so a sequence is a position):
+        # each entry names its event, and the assistant entries are exactly the replies.
+        if [entry.event_id for entry in entries] == committing:
+            assistant = TranscriptRole.ASSISTANT
+            said = [entry.sequence for entry in entries if entry.role is assistant]
+            replied = [(position, replies[e]) for position, e in enumerate(committing, 1) if e in replies]
+            if said == [position for position, _ in replied] == [sequence for _, sequence in replied]:
+                return
         for entry, event_id in zip(entries, committing, strict=True):
             reply = replies.get(event_id)
             if entry.event_id != event_id or (reply is not None) != (entry.role is TranscriptRole.ASSISTANT):
