@@ -46,8 +46,8 @@ MARKER = "checkpoint.json"
 MARKER_SCHEMA_VERSION = 1
 #: Kept ``Idempotency-Key`` answers (§11), one a line, beside ``events.jsonl``.
 IDEMPOTENCY_LOG = "idempotency.jsonl"
-#: ``idempotency.jsonl`` is rewritten to its unexpired answers once it holds this many lines
-#: more than twice their number.
+#: ``idempotency.jsonl`` is rewritten to its unexpired answers once the lines of expired (or
+#: replaced) ones are as many as those and at least this many: each line is rewritten O(1) times.
 IDEMPOTENCY_COMPACT_SLACK = 1024
 #: What runtimed puts in a worker's directory (and what a write of them leaves for a moment):
 #: a directory holding anything else is not removed when its worker is deleted.
@@ -357,15 +357,16 @@ class CheckpointFiles:
                 log.warning("could not fsync %s", self.dir / "workers", exc_info=True)
 
     def compact_idempotency(self, now: float | None = None) -> None:
-        """Drop expired answers from ``idempotency.jsonl`` once it holds many more lines than
-        unexpired answers: rewritten (atomically) to those, led by ``{"trimmed": n}``, the
-        answers it has dropped in all, so restore still accounts for the marker's count. Only
-        after the marker, like the observation logs."""
+        """Drop expired answers from ``idempotency.jsonl`` once it holds as many lines of them
+        as of unexpired ones (``IDEMPOTENCY_COMPACT_SLACK`` at least): rewritten (atomically) to
+        those, led by ``{"trimmed": n}``, the answers it has dropped in all, so restore still
+        accounts for the marker's count. Only after the marker, like the observation logs."""
         horizon = (time.time() if now is None else now) - self.idempotency_ttl
         expired = [key for key, answer in self.kept.items() if answer.kept_at <= horizon]
         for key in expired:
             del self.kept[key]
-        if self.idempotency_lines <= 2 * len(self.kept) + IDEMPOTENCY_COMPACT_SLACK:
+        dead = self.idempotency_lines - len(self.kept)
+        if dead <= 0 or dead < max(len(self.kept), IDEMPOTENCY_COMPACT_SLACK):
             return
         path = self.dir / IDEMPOTENCY_LOG
         trimmed = self.committed.idempotency - len(self.kept)
