@@ -5,8 +5,10 @@ the files of the seed's layout — event, transcript, observation and diagnostic
 ``worker.json`` and ``runtime.json`` replaced — fsyncs them all, and only then records the LSN it
 covers in ``checkpoint.json`` (the marker: temp file, fsync, rename, fsync of the directory),
 with the counts restore must find in the files: the last event id, observation sequence and
-diagnostic id, each worker's observation count (those compacted away included), and the
-execution of every agent-backed worker (§9.2). Records past the marker's counts are what an
+diagnostic id, each worker's observation count (those compacted away included), the
+execution of every agent-backed worker (§9.2), and how many kept ``Idempotency-Key`` answers
+``idempotency.jsonl`` has taken in (§11). The directory of a deleted worker is removed only
+after the marker that no longer counts it. Records past the marker's counts are what an
 interrupted checkpoint left: they are in the log too, and restore cuts them back.
 
 ``CheckpointFiles`` keeps what it needs to write on from where the files are (which workers have
