@@ -35,8 +35,8 @@ status, the ``Idempotency-Key`` answers the change keeps (§11: key, request fin
 status, body as text — ``body_base64`` for bytes that are not UTF-8 —, ``Warning`` values,
 ``kept_at``; a stop that changed nothing is a line of its own holding only its answer), and the
 ids of the workers it deletes (with their ``worker_deleted`` event; no later line names them).
-A segment is named by the LSN of its first line; a flush starts a new one once the
-newest has grown past ``wal.SEGMENT_BYTES``.
+A segment is named by the LSN of its first line; a flush starts a new one once the newest has
+grown past ``wal.SEGMENT_BYTES``.
 
 **Checkpoints** (``runtimed.store.fs.checkpoint``). A thread of their own, never the event loop
 and never the flush, takes the changes the log has made durable, every ``CHECKPOINT_SECONDS``
@@ -89,8 +89,8 @@ them, so they are cut back (removed) with a log line, no warning. A worker with 
 ``worker_deleted`` event is gone: the marker must not count it, and its directory, left by a
 crash before its removal, is removed (with a log line) when it holds only the store's files,
 else refused, naming what is not runtimed's. ``idempotency.jsonl`` must account for the
-marker's count of kept answers (``trimmed`` plus its lines); lines past it are cut back. Where a snapshot and the event
-log disagree, the event log wins and the snapshot is rewritten.
+marker's count of kept answers (``trimmed`` plus its lines); lines past it are cut back. Where
+a snapshot and the event log disagree, the event log wins and the snapshot is rewritten.
 
 Then restore replays the log: segments in LSN order, without a gap from the one holding the
 marker's LSN (or the one just past it) to the end; every line must pass its CRC and carry the
@@ -98,8 +98,8 @@ next LSN; lines past the marker's LSN are decoded and applied (ids and sequences
 where the state is; a deleted worker must exist and not be running, and the line's event must
 be its ``worker_deleted``). A deletion replayed from the log (a crash before the checkpoint that
 would have removed its directory) is checkpointed before ``open`` returns, so the directory is
-gone before the daemon serves. Only the newest segment's last line may be bad — incomplete (no newline)
-or failing its CRC: a write cut short, never acknowledged; it is set aside into
+gone before the daemon serves. Only the newest segment's last line may be bad — incomplete (no
+newline) or failing its CRC: a write cut short, never acknowledged; it is set aside into
 ``<segment>.corrupt`` with a ``store.torn_tail`` warning diagnostic. A bad line anywhere else (a
 flipped byte, a line dropped or duplicated), a missing segment, a marker past the end of the
 log: corruption, refused naming the file and the problem. Segments the marker wholly covers are

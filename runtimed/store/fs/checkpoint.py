@@ -18,6 +18,7 @@ undoes a checkpoint that failed half-way, so the next one starts from a known le
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -132,9 +133,10 @@ class CheckpointFiles:
         self.snapshots: dict[Path, bytes] = {}  # snapshot path -> content on disk
         self.observation_lines: dict[str, int] = {}  # worker id -> observation lines in its file
         self.runtime_status = RuntimeStatus.RUNNING
-        #: The answers ``idempotency.jsonl`` holds, the newest per key, in the order kept, and
-        #: its lines (a compaction marker not counted).
-        self.kept: dict[str, KeptAnswer] = {}
+        #: Per key, when the newest answer ``idempotency.jsonl`` holds for it was kept, in the
+        #: order kept (the bodies are the Runtime's to hold; compaction reads them back), and
+        #: the file's lines (a compaction marker not counted).
+        self.kept: dict[str, float] = {}
         self.idempotency_lines = 0
         #: Deleted workers whose directory is still to be removed (once the marker is durable).
         self.deleting: list[str] = []
@@ -322,7 +324,7 @@ class CheckpointFiles:
                 self.observation_lines[worker_id] = self.observation_lines.get(worker_id, 0) + written
         for answer in batch.kept:
             self.kept.pop(answer.key, None)  # the newest answer of a key, in the order kept
-            self.kept[answer.key] = answer
+            self.kept[answer.key] = answer.kept_at
         self.idempotency_lines += len(batch.kept)
         for worker_id in batch.deleted:
             self.created_event.pop(worker_id, None)
@@ -364,24 +366,27 @@ class CheckpointFiles:
         those, led by ``{"trimmed": n}``, the answers it has dropped in all, so restore still
         accounts for the marker's count. Only after the marker, like the observation logs."""
         horizon = (time.time() if now is None else now) - self.idempotency_ttl
-        expired = [key for key, answer in self.kept.items() if answer.kept_at <= horizon]
+        kept = self.kept
+        # Oldest first, so each expired key is looked at once (a wall clock set back may leave
+        # one behind a newer answer for a while: it stays in the file a little longer).
+        expired = list(itertools.takewhile(lambda key: kept[key] <= horizon, kept))
         for key in expired:
-            del self.kept[key]
-        dead = self.idempotency_lines - len(self.kept)
-        if dead <= 0 or dead < max(len(self.kept), IDEMPOTENCY_COMPACT_SLACK):
+            del kept[key]
+        dead = self.idempotency_lines - len(kept)
+        if dead <= 0 or dead < max(len(kept), IDEMPOTENCY_COMPACT_SLACK):
             return
         path = self.dir / IDEMPOTENCY_LOG
-        trimmed = self.committed.idempotency - len(self.kept)
-        data = jsonl_line({"trimmed": trimmed}) + b"".join(
-            jsonl_line(wal.encode_kept_answer(answer)) for answer in self.kept.values()
-        )
         self._files.forget(path)
         try:
-            files.replace_atomically(path, data)
-        except OSError:
+            # Each line kept is the newest answer of its key and has not expired: it is read
+            # back as it was written.
+            live = [line for line in path.read_bytes().splitlines(keepends=True) if _is_live(line, kept)]
+            trimmed = self.committed.idempotency - len(live)
+            files.replace_atomically(path, jsonl_line({"trimmed": trimmed}) + b"".join(live))
+        except (OSError, ValueError):
             log.warning("could not compact %s; will retry", path, exc_info=True)
             return
-        self.idempotency_lines = len(self.kept)
+        self.idempotency_lines = len(live)
 
     def _compact_observations(self, worker_id: str) -> None:
         """Keep the newest ``backlog`` observations, led by a marker naming the newest one
@@ -424,6 +429,15 @@ class CheckpointFiles:
 
     def close(self) -> None:
         self._files.close()
+
+
+def _is_live(line: bytes, kept: Mapping[str, float]) -> bool:
+    """Whether a line of ``idempotency.jsonl`` is the newest answer of its key, unexpired."""
+    record = files.parse_line(line)
+    if not isinstance(record, dict) or "key" not in record:
+        return False  # the compaction marker
+    kept_at = kept.get(record["key"])
+    return kept_at is not None and kept_at == record.get("kept_at")
 
 
 def remove_worker_dir(directory: Path) -> None:

@@ -95,9 +95,9 @@ class Restored:
     #: The changes replayed from the log (after the checkpoint's LSN), and their bytes.
     replayed: list[Change] = field(default_factory=list)
     replayed_bytes: int = 0
-    #: The answers ``idempotency.jsonl`` holds (the newest per key, in the order kept) and its
-    #: lines (its compaction marker not counted).
-    kept: dict[str, KeptAnswer] = field(default_factory=dict)
+    #: Per key, when the newest answer ``idempotency.jsonl`` holds for it was kept (in the
+    #: order kept), and its lines (its compaction marker not counted).
+    kept: dict[str, float] = field(default_factory=dict)
     idempotency_lines: int = 0
 
 
@@ -448,7 +448,7 @@ class Restorer:
             next_lsn=next_lsn,
             replayed=replayed,
             replayed_bytes=replayed_bytes,
-            kept=kept_by_key,
+            kept={key: answer.kept_at for key, answer in kept_by_key.items()},
             idempotency_lines=idempotency_lines,
         )
 
