@@ -639,6 +639,19 @@ def test_the_marker_carries_the_count_of_kept_answers_and_never_goes_back():
         fold(committed, {**record, "idempotency": 2})
 
 
+async def test_a_marker_written_before_kept_answers_still_opens(root):
+    runtime = await busy(root)
+    before = reads(runtime)
+    await runtime.close()
+    record = marker(root)
+    assert record["schema_version"] == 2 and "idempotency" not in record  # none kept: left out
+    record["schema_version"] = 1
+    (runtime_dir(root) / "checkpoint.json").write_text(json.dumps(record))
+    restored = await open_runtime(root, observation_backlog=4)
+    assert reads(restored) == before and restored.kept_answers() == []
+    await restored.close()
+
+
 async def test_kept_answers_come_back_from_the_checkpoint_and_the_log_and_survive_a_compaction(root, monkeypatch):
     import runtimed.store.fs.checkpoint as fs_checkpoint
 

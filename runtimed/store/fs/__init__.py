@@ -46,14 +46,16 @@ atomically, then all fsynced (in parallel). Only then does it record the LSN it 
 ``checkpoint.json`` (temp file, fsync, rename, fsync of the directory), with what restore must
 find in the files, as in the commit record before the log::
 
-    {"schema_version": 1, "lsn": 9, "event_id": 9, "observation_sequence": 5, "diagnostic_id": 0,
+    {"schema_version": 2, "lsn": 9, "event_id": 9, "observation_sequence": 5, "diagnostic_id": 0,
      "observations": {"worker-00000001": 3, …},      per worker: observations its file took in
      "executions": {"worker-00000002": {…}},         every agent-backed worker's execution
      "idempotency": 4}                               answers idempotency.jsonl took in
 
-and removes the segments it wholly covers, oldest first (never the newest). Observation logs
-are compacted after the marker (to the newest ``backlog`` lines, led by a ``trimmed_through`` /
-``trimmed`` marker), so a compacted file always accounts for the marker's count. ``close``
+(``schema_version`` 1, written before §11, has no ``idempotency``: still read; a runtimed
+that knows only 1 refuses 2) and removes the segments it wholly covers, oldest first (never the
+newest). Observation logs are compacted after the marker (to the newest ``backlog`` lines, led
+by a ``trimmed_through`` / ``trimmed`` marker), so a compacted file always accounts for the
+marker's count. ``close``
 writes a last checkpoint and starts an empty segment past it: the next start replays nothing.
 A checkpoint that fails (a full disk) is undone (files cut back to their length before it) and
 retried; the log keeps everything meanwhile, and readiness reports the failure.

@@ -46,7 +46,10 @@ log = logging.getLogger("runtimed.store")
 
 #: The marker, beside ``runtime.json``.
 MARKER = "checkpoint.json"
-MARKER_SCHEMA_VERSION = 1
+#: 2 counts kept ``Idempotency-Key`` answers (§11); a runtimed from before them knows only 1,
+#: and refuses 2 rather than drop answers it cannot see.
+MARKER_SCHEMA_VERSION = 2
+MARKER_SCHEMA_VERSIONS = (1, 2)
 #: Kept ``Idempotency-Key`` answers (§11), one a line, beside ``events.jsonl``.
 IDEMPOTENCY_LOG = "idempotency.jsonl"
 #: ``idempotency.jsonl`` is rewritten to its unexpired answers once the lines of expired (or
@@ -468,6 +471,8 @@ def write_first_marker(runtime_dir: Path, committed: CommitRecord) -> None:
 __all__ = [
     "IDEMPOTENCY_LOG",
     "MARKER",
+    "MARKER_SCHEMA_VERSION",
+    "MARKER_SCHEMA_VERSIONS",
     "CheckpointBroken",
     "CheckpointFiles",
     "decode_marker",

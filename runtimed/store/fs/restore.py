@@ -36,7 +36,7 @@ from ...domain.observation import (
 from .. import codec
 from ..base import Change, RestoredState
 from . import commit, files, wal
-from .checkpoint import IDEMPOTENCY_LOG, MARKER, MARKER_SCHEMA_VERSION, WORKER_FILES, decode_marker
+from .checkpoint import IDEMPOTENCY_LOG, MARKER, MARKER_SCHEMA_VERSIONS, WORKER_FILES, decode_marker
 from .commit import COMMIT_LOG, CommitRecord
 from .files import RUNTIME_SCHEMA_VERSIONS, WORKER_SCHEMA_VERSION, hex_id, unhex_id
 
@@ -490,7 +490,7 @@ class Restorer:
     def _read_marker(self) -> None:
         """Read ``checkpoint.json`` into ``self.commit`` and ``self.checkpoint_lsn``."""
         path = self.dir / MARKER
-        _, record, _ = self._read_json(path, (MARKER_SCHEMA_VERSION,))
+        _, record, _ = self._read_json(path, MARKER_SCHEMA_VERSIONS)
         try:
             self.checkpoint_lsn, self.commit = decode_marker(record)
         except codec.RECORD_ERRORS as error:
