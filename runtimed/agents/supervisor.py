@@ -37,10 +37,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
 import shlex
+import shutil
 import time
 from collections import deque
 from collections.abc import Awaitable, Collection, Mapping, Sequence
@@ -49,7 +51,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..domain.catalog import CreateWorkerRequest, ProfileSelector, WorkerDetail, WorkerIntent, WorkerStatus
-from ..domain.errors import InvalidRequest, PermissionNotFound, RuntimeStopped
+from ..domain.errors import InvalidRequest, PermissionNotFound, RuntimeStopped, WorkerNotFound
 from ..domain.execution import (
     AgentProfile,
     ExecutionConfig,
@@ -160,6 +162,18 @@ class Supervisor:
         if self._closing or ref.worker_id in self._agents:
             return
         self._add(self.runtime.worker_detail(ref), restoring=False)
+
+    def delete(self, ref: WorkerRef) -> None:
+        """Kill what is left of the deleted worker's agent (a stop's grace may still run), then
+        remove ``<workdirs>/<worker id>`` if runtimed made it (a profile ``cwd`` or a workspace is
+        never touched: the agent's directory is only ever made there)."""
+        directory = self.workdirs / ref.worker_id
+        agent = self._agents.get(ref.worker_id)
+        if agent is None:
+            _remove_directory(directory)
+        else:
+            agent.request_stop(kill=True)
+            agent.task.add_done_callback(lambda _: _remove_directory(directory))
 
     def wake(self, ref: WorkerRef) -> None:
         agent = self._agents.get(ref.worker_id)
@@ -519,6 +533,8 @@ class WorkerAgent:
             await self._supervise()
         except RuntimeStopped:
             pass  # stop_worker on a stopped runtime: the worker is stopped already
+        except WorkerNotFound:
+            pass  # the worker was deleted (after its stop); the agent is being killed
         except Exception as error:
             log.exception("worker %s: supervising its agent failed", self.worker_id)
             await self._give_up(error)
@@ -870,3 +886,11 @@ async def _first(*awaitables: Awaitable[Any]) -> None:
     finally:
         for future in made:
             future.cancel()
+
+
+def _remove_directory(directory: Path) -> None:
+    """Remove a deleted worker's directory in a thread of the loop's executor: an agent's
+    directory may hold many files, and the event loop must not wait for them."""
+    if directory.is_dir() and not directory.is_symlink():
+        remove = functools.partial(shutil.rmtree, directory, ignore_errors=True)
+        asyncio.get_running_loop().run_in_executor(None, remove)
