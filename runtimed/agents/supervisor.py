@@ -62,7 +62,7 @@ from ..domain.execution import (
     RestartPolicy,
     StopReason,
 )
-from ..domain.identity import WorkerRef
+from ..domain.identity import WorkerRef, worker_sequence
 from ..domain.observation import Severity, TranscriptRole
 from ..runtime import Runtime, TurnStart
 from .process import AgentLaunch, agent_environment, describe_exit
@@ -253,6 +253,8 @@ class Supervisor:
 
     async def _restore(self) -> None:
         try:
+            live = {summary.worker_ref.worker_id for summary in self.runtime.list_workers()}
+            await asyncio.get_running_loop().run_in_executor(None, _remove_deleted_directories, self.workdirs, live)
             await self._settle_stopped_workers()
             agents = [self._add(detail, restoring=True) for detail in self.runtime.executing_workers()]
             if agents:
@@ -886,6 +888,25 @@ async def _first(*awaitables: Awaitable[Any]) -> None:
     finally:
         for future in made:
             future.cancel()
+
+
+def _remove_deleted_directories(workdirs: Path, live: Collection[str]) -> None:
+    """Remove the directories runtimed made for workers that are gone: a worker deleted just
+    before the daemon went away (its directory is removed after the answer, in the background)
+    leaves one. Only entries named like a worker id that no live worker has are removed, and a
+    symbolic link is never followed; anything else under ``workdirs`` is left alone."""
+    try:
+        entries = list(os.scandir(workdirs))
+    except FileNotFoundError:
+        return
+    except OSError as error:
+        log.warning("cannot look for the directories of deleted workers in %s: %s", workdirs, error)
+        return
+    for entry in entries:
+        if worker_sequence(entry.name) is None or entry.name in live or not entry.is_dir(follow_symlinks=False):
+            continue
+        log.info("removing the directory of deleted worker %s: %s", entry.name, entry.path)
+        shutil.rmtree(entry.path, ignore_errors=True)
 
 
 def _remove_directory(directory: Path) -> None:
