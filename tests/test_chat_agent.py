@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
+import stat
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -209,6 +211,18 @@ async def test_the_conversation_grows_turn_by_turn_and_a_new_process_loads_it(tm
             {"role": "user", "content": "three"},
         ]
     assert client.message_text() == "you said: three"
+
+
+@pytest.mark.process
+async def test_the_history_file_is_private_whatever_the_umask(tmp_path):
+    # The file holds the whole conversation; a profile cwd or a workspace may be readable by others.
+    previous = os.umask(0o022)
+    try:
+        async with session(tmp_path, model="tiny") as (_, session_id):
+            mode = (tmp_path / f".runtimed-chat-{session_id}.jsonl").stat().st_mode
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(mode) == 0o600
 
 
 @pytest.mark.process

@@ -109,7 +109,7 @@ async def test_a_page_of_none_moves_no_one_on(client):
     for _ in range(2):
         await create_worker(client)
     body = await (await client.get("/v1/workers", params={"limit": "0"})).json()
-    assert body == {"workers": [], "next_after": None}
+    assert body == {"workers": [], "next_after": "worker-00000000"}  # more match: never null
     body = await (await client.get("/v1/workers", params={"limit": "0", "after": "worker-00000000"})).json()
     assert body == {"workers": [], "next_after": "worker-00000000"}
     body = await (await client.get("/v1/workers", params={"limit": "0", "after": "worker-00000002"})).json()

@@ -214,7 +214,10 @@ class Session:
     def append(self, *messages: dict[str, str]) -> None:
         """Add messages to the conversation and its file, flushed to disk before returning."""
         lines = "".join(json.dumps(message, ensure_ascii=False) + "\n" for message in messages)
-        with self.path.open("a", encoding="utf-8") as file:
+        # Private (0600) whatever the umask: the file holds the whole conversation, and a profile
+        # ``cwd`` or a workspace may be readable by others.
+        descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with open(descriptor, "a", encoding="utf-8") as file:
             file.write(lines)
             file.flush()
             os.fsync(file.fileno())

@@ -387,7 +387,8 @@ class Runtime:
         ``max_event_batch_items``), in creation order; O(limit), whatever the catalog's size.
 
         ``next_after`` is the id of the last worker returned when more match, else ``None``;
-        with ``limit`` 0 it is ``after`` itself while any match (a page of none moves no one on).
+        with ``limit`` 0 it is ``after`` itself while any match (a page of none moves no one on),
+        ``worker-00000000`` (before every worker) when no ``after`` was given.
         Raises ``ValueError`` for an ``after`` that is no worker id of this runtime's making.
         """
         maximum = self._limits.max_event_batch_items
@@ -409,7 +410,9 @@ class Runtime:
         elif workers:
             next_after = workers[-1].worker_id
         else:
-            next_after = after
+            # A page of none moves no one on: the next page starts where this one did (before
+            # the first worker when no ``after`` was given), never ``None`` while any match.
+            next_after = after if after is not None else format_worker_id(0)
         return WorkerPage(workers, next_after)
 
     def worker_detail(self, ref: WorkerRef) -> WorkerDetail:
