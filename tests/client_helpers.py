@@ -94,6 +94,20 @@ def replay(daemon_url: str, worker_id: str, cursor: str, count: int) -> list[str
     return asyncio.run(read())
 
 
+def snapshot(daemon_url: str, worker_id: str) -> dict[str, Any]:
+    """The first frame of a fresh observation session without a cursor: the worker now, under
+    the cursor of its newest event."""
+
+    async def read() -> dict[str, Any]:
+        url = f"{daemon_url}/v1/workers/{worker_id}/events/ws"
+        async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
+            message = await asyncio.wait_for(ws.receive(), TIMEOUT)
+            frame: dict[str, Any] = json.loads(message.data)
+            return frame
+
+    return asyncio.run(read())
+
+
 @contextlib.contextmanager
 def short_tmp() -> Iterator[Path]:
     """A directory with a short path: Unix socket paths are limited to about 100 bytes."""
