@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -22,7 +23,7 @@ import pytest
 
 from runtimed.cli import SECTIONS
 
-from .client_helpers import api, cli, short_tmp, until, until_busy, until_idle, worker
+from .client_helpers import TIMEOUT, ClientProcess, api, cli, short_tmp, until, until_busy, until_idle, worker
 from .process import RuntimedProcess
 
 TOKEN = "tok-client-7c1d-never-printed"
@@ -431,3 +432,23 @@ def test_the_client_never_loads_the_runtime():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True)
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.process
+def test_ctrl_c_while_waiting_for_an_answer_exits_130_without_a_traceback(tmp_path):
+    # A "daemon" that takes the request and never answers: the client waits until Ctrl-C.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.settimeout(TIMEOUT)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        with ClientProcess(tmp_path, "status", "--url", url) as client:
+            connection, _ = listener.accept()
+            with connection:
+                connection.settimeout(TIMEOUT)
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    request += connection.recv(4096) or b"\r\n\r\n"
+                assert request.startswith(b"GET /v1/runtime HTTP/1.1\r\n")
+                assert client.stop(signal.SIGINT) == 130
+    assert client.stdout == "" and "Traceback" not in client.stderr
