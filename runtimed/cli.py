@@ -200,6 +200,8 @@ def run_client(connection: Connection, body: commands.Body) -> None:
         raise ClientProblem(f"runtimed: {error}") from None
     except KeyboardInterrupt:
         raise click.exceptions.Exit(130) from None
+    except Exception as error:  # a bug of the client's: still one line, never a traceback
+        raise ClientProblem(f"runtimed: internal error of the client: {type(error).__name__}: {error}") from None
     if code:
         raise click.exceptions.Exit(code)
 

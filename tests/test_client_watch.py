@@ -207,3 +207,26 @@ def test_transcript_follow_json_prints_each_page_as_the_api_sent_it(daemon, tmp_
     assert all(set(page) == {"transcript"} for page in pages)
     items = [item for page in pages for item in page["transcript"]["items"]]
     assert items == api(daemon, "GET", f"/v1/workers/{worker_id}/transcript")["transcript"]["items"]
+
+
+def test_watch_ends_with_status_1_when_the_daemon_comes_back_with_another_runtime():
+    with short_tmp() as directory:
+        sock = directory / "s.sock"
+        args = ("--bind", "127.0.0.1:0", "--unix-socket", str(sock))  # the memory store: new runtime each start
+        first = RuntimedProcess(*args).start()
+        try:
+            worker_id = echo_worker(first)
+            with ClientProcess(directory, "watch", worker_id, "--unix-socket", str(sock)) as watch:
+                watch.wait_for(f"── {worker_id}: running")
+                assert first.stop(signal.SIGTERM) == 0
+                watch.wait_for("runtime.upstream_closed", stream="stderr")
+                with RuntimedProcess(*args) as second:
+                    echo_worker(second)  # the same id, in another runtime
+                    assert watch.wait() == 1
+                    assert (
+                        f"runtimed: the daemon now serves runtime {second.runtime_id}, not {first.runtime_id}: "
+                        f"the {worker_id} watched is gone with its runtime\n" in watch.stderr
+                    )
+                    assert re.search(r"\nlast cursor: wo_[0-9a-f]{16}\n$", watch.stderr)
+        finally:
+            first.close()

@@ -27,7 +27,7 @@ from ..domain.catalog import AssistantIntent, CreateWorkerRequest, ProfileSelect
 from ..domain.interaction import InputKind, WorkerInput
 from . import render
 from .api import Api
-from .connection import ApiError, ClientFailure
+from .connection import ApiError, ClientFailure, Unauthorized
 from .observe import Follower, Frame
 
 PROMPT = click.style("you> ", bold=True)
@@ -251,7 +251,15 @@ class ChatSession:
         return False
 
     async def _submit(self, text: str) -> None:
-        ack = (await self.api.send(self.worker_id, WorkerInput(InputKind.USER, text))).body["ack"]
+        try:
+            ack = (await self.api.send(self.worker_id, WorkerInput(InputKind.USER, text))).body["ack"]
+        except Unauthorized:
+            raise
+        except ApiError as error:
+            # The worker stopped meanwhile, its queue is full …: say so, and let the user go on.
+            self.renderer.line(click.style(f"runtimed: {error}", fg="red"))
+            self._prompt()
+            return
         sequence = int(ack["transcript_sequence"])
         self.renderer.skip.add(sequence)  # the terminal shows what was typed already
         if self.executing:

@@ -23,7 +23,7 @@ from marshmallow import ValidationError
 
 from ..web.schemas import DiagnosticFrameSchema, EventFrameSchema
 from .api import Api
-from .connection import BadAnswer, ClientFailure, Unreachable
+from .connection import ApiError, BadAnswer, ClientFailure, Unreachable
 
 #: After a drop: how long to keep trying, and the waits between attempts (doubling up to the last).
 RETRY_SECONDS = 60.0
@@ -111,6 +111,9 @@ class Follower:
         self.sessions = 0
         #: Set when the frames ended because the worker was deleted.
         self.deleted = False
+        #: The runtime of the worker, from the first snapshot: a daemon that comes back serving
+        #: another runtime (a memory store restarted) has other workers under the same ids.
+        self.runtime_id: str | None = None
 
     async def frames(self) -> AsyncIterator[Frame]:
         lost_since: float | None = None  # when the connection was lost, until one is made again
@@ -130,6 +133,7 @@ class Follower:
                         frame = parse_frame(message.data)
                         if frame.kind == "event":
                             if frame.event == "snapshot":
+                                self._check_runtime(frame)
                                 if self.cursor is None:
                                     self.cursor = frame.cursor
                                 if not first_session:
@@ -159,9 +163,31 @@ class Follower:
                 if not told:
                     told = True
                     self.notice(f"{_reason(error)}; retrying for up to {self.retry_seconds:g} s")
+            except ApiError as error:
+                if error.status == 404 and self.runtime_id is not None:
+                    runtime_id = (await self.api.runtime()).body["runtime"]["runtime_id"]
+                    if runtime_id == self.runtime_id:  # worker ids are never given again (§11)
+                        self.notice(f"{self.worker_id} was deleted while the connection was down")
+                        self.deleted = True
+                        return
+                    raise self._other_runtime(runtime_id) from None
+                raise
             # Never a tight loop: a daemon that accepts and drops at once is retried with waits too.
             await asyncio.sleep(delay)
             delay = min(delay * 2, MAX_RETRY_DELAY)
+
+    def _check_runtime(self, snapshot: Frame) -> None:
+        runtime_id = str(snapshot.event_data["worker"]["runtime_id"])
+        if self.runtime_id is None:
+            self.runtime_id = runtime_id
+        elif runtime_id != self.runtime_id:
+            raise self._other_runtime(runtime_id)
+
+    def _other_runtime(self, runtime_id: str) -> ObservationEnded:
+        return ObservationEnded(
+            f"the daemon now serves runtime {runtime_id}, not {self.runtime_id}: "
+            f"the {self.worker_id} watched is gone with its runtime"
+        )
 
     def _after_diagnostic(self, diagnostic: dict[str, Any]) -> bool:
         """Decide what follows a diagnostic: True to end, False to reconnect, or raise."""
