@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -230,3 +231,38 @@ def test_watch_ends_with_status_1_when_the_daemon_comes_back_with_another_runtim
                     assert re.search(r"\nlast cursor: wo_[0-9a-f]{16}\n$", watch.stderr)
         finally:
             first.close()
+
+
+def test_a_watch_that_falls_behind_continues_from_resume_from_and_warns_of_the_gap(tmp_path):
+    config = tmp_path / "runtimed.toml"
+    config.write_text("[limits]\nsubscriber_queue = 1\nobservation_backlog = 4\n")
+    with RuntimedProcess("--bind", "127.0.0.1:0", "--config", str(config)) as small:
+        record_only = {"intent": {"kind": "assistant"}, "profile": {"kind": "runtime_default"}}
+        worker_id = api(small, "POST", "/v1/workers", record_only)["worker"]["worker_id"]
+        with ClientProcess(tmp_path, "watch", worker_id, "--json", "--url", small.base_url) as watch:
+            watch.wait_for('"event":"snapshot"')
+            watch.process.send_signal(signal.SIGSTOP)  # it stops reading: the daemon's queue for it overruns
+            try:
+                payload = "x" * (64 * 1024)
+                for _ in range(400):
+                    say(small, worker_id, payload)
+                    if overruns(small) > 0:
+                        break
+                assert overruns(small) > 0, "the stopped watch never fell behind"
+                for n in range(1, 4):
+                    say(small, worker_id, f"tail {n}")
+            finally:
+                watch.process.send_signal(signal.SIGCONT)
+            watch.wait_for('"content":"tail 3"')
+            watch.wait_for("are lost, continuing from", stream="stderr")
+            assert watch.stop(signal.SIGINT) == 0
+    seen = events(watch.frames())
+    cursors = [frame["envelope"]["cursor"] for frame in seen]
+    assert cursors == sorted(set(cursors))  # nothing twice, in order
+    assert [frame["envelope"]["payload"]["data"]["content"] for frame in seen[-3:]] == ["tail 1", "tail 2", "tail 3"]
+
+
+def overruns(daemon: RuntimedProcess) -> float:
+    text = urllib.request.urlopen(daemon.base_url + "/metrics", timeout=5).read().decode()
+    [value] = re.findall(r"^runtimed_subscriber_overruns(?:_total)?(?:\{[^}]*\})? (\S+)$", text, re.MULTILINE)
+    return float(value)
