@@ -424,7 +424,9 @@ def watch(worker_id: str, cursor: str | None, **options: Any) -> None:
 @client_options
 def chat(worker_id: str | None, profile: str, **options: Any) -> None:
     """Talk with a worker (a new one without ID) at the terminal."""
-    connection, _ = client(options)
+    connection, as_json = client(options)
+    if as_json:
+        raise click.UsageError("chat is a conversation, not a body to print: use watch --json for the frames")
     selector = parse_profile(profile)
     run_client(connection, lambda api: client_chat.chat(api, worker_id, selector))
 

@@ -452,3 +452,8 @@ def test_ctrl_c_while_waiting_for_an_answer_exits_130_without_a_traceback(tmp_pa
                 assert request.startswith(b"GET /v1/runtime HTTP/1.1\r\n")
                 assert client.stop(signal.SIGINT) == 130
     assert client.stdout == "" and "Traceback" not in client.stderr
+
+
+def test_chat_takes_no_json():
+    result = cli("chat", "--json", "--url", "http://127.0.0.1:9")
+    assert result.exit_code == 2 and "use watch --json" in result.stderr
