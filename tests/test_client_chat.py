@@ -12,6 +12,7 @@ import os
 import pty
 import re
 import select
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -164,3 +165,19 @@ def test_chat_with_a_worker_that_does_not_exist_is_one_line_and_exit_1(daemon):
     finally:
         terminal.close()
     assert terminal.output.strip().count("\n") == 0
+
+
+def test_chat_reads_lines_from_a_pipe_and_leaves_after_the_last_answer(daemon):
+    env = {key: value for key, value in os.environ.items() if key not in CLEAN_ENV}
+    result = subprocess.run(
+        [sys.executable, "-m", "runtimed", "chat", "--url", daemon.base_url],
+        input="first\nsecond\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "assistant: echo: first\n── turn 1 ended: end_turn\n" in result.stdout
+    assert "assistant: echo: second\n── turn 2 ended: end_turn\n" in result.stdout
+    assert result.stderr == ""
