@@ -171,7 +171,10 @@ def assert_no_agents(pids: Iterable[int]) -> None:
 async def test_an_echo_worker_answers_over_rest_and_the_websocket_in_order(tmp_path):
     async with serving() as daemon:
         profiles = (await daemon.ok("GET", "/v1/profiles"))["profiles"]
-        assert [(p["name"], p["source"], p["default"]) for p in profiles] == [("builtin:echo", "builtin", False)]
+        assert [(p["name"], p["source"], p["default"]) for p in profiles] == [
+            ("builtin:echo", "builtin", False),
+            ("builtin:chat", "builtin", False),
+        ]
         worker = await daemon.create(ECHO)
         await daemon.until_idle(worker)
         async with daemon.watch(worker) as watch:
@@ -215,6 +218,7 @@ async def test_custom_profiles_run_an_sdk_agent_and_a_raw_agent(tmp_path):
         profiles = (await daemon.ok("GET", "/v1/profiles"))["profiles"]
         assert [(p["name"], p["source"], p["default"]) for p in profiles] == [
             ("builtin:echo", "builtin", False),
+            ("builtin:chat", "builtin", False),
             ("sdk", "config", False),
             ("raw", "config", True),
         ]

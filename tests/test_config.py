@@ -589,17 +589,20 @@ def test_a_problem_in_a_named_table_or_across_keys_names_the_file_and_the_table(
 # ------------------------------------------------------- execution and profiles (§9.1)
 
 
-def test_without_configuration_the_builtin_echo_agent_is_the_only_profile_and_none_is_the_default():
+def test_without_configuration_the_builtin_agents_are_the_only_profiles_and_none_is_the_default():
     execution = load_config(environ={}).execution
 
     assert execution == ExecutionConfig(
-        profiles=(AgentProfile("builtin:echo", ProfileSource.BUILTIN, (sys.executable, "-m", "runtimed.agents.echo")),)
+        profiles=(
+            AgentProfile("builtin:echo", ProfileSource.BUILTIN, (sys.executable, "-m", "runtimed.agents.echo")),
+            AgentProfile("builtin:chat", ProfileSource.BUILTIN, (sys.executable, "-m", "runtimed.agents.chat")),
+        )
     )
     assert (execution.workspace_roots, execution.permission_timeout_seconds) == ((), 300.0)
     assert (execution.max_agent_message_bytes, execution.agent_log_lines_per_second) == (8 * 1024 * 1024, 50)
     limits = load_config(environ={}).limits
     assert (limits.max_running_agents, limits.max_queued_inputs) == (32, 64)
-    assert set(BUILTIN_AGENTS) == {"echo"}
+    assert set(BUILTIN_AGENTS) == {"echo", "chat"}
 
 
 def test_profile_tables_become_profiles_after_the_builtin_ones_in_the_files_order(tmp_path):
@@ -618,7 +621,7 @@ def test_profile_tables_become_profiles_after_the_builtin_ones_in_the_files_orde
 
     config = load_config(path, environ={})
 
-    echo, gemini, careful = config.execution.profiles
+    echo, _chat, gemini, careful = config.execution.profiles
     assert echo.name == "builtin:echo"
     assert gemini == AgentProfile(
         "gemini",
@@ -669,11 +672,15 @@ def test_a_table_named_like_a_builtin_agent_wins_for_a_bare_default(tmp_path):
             '[profiles.x]\ncommand = ["a"]\nbuiltin = "echo"\n',
             "[profiles.x] builtin must not be given beside command: a profile runs a command or a built-in agent",
         ),
-        ('[profiles.x]\nbuiltin = "chat"\n', "[profiles.x] builtin names no built-in agent: 'chat' (known: echo)"),
         (
-            '[profiles.x]\nbuiltin = "echo"\nmodel = "small"\n',
-            "unknown key [profiles.x] model (known: command, builtin, cwd, env, pass_env, permissions, restart, "
-            "stop_grace_seconds, start_timeout_seconds)",
+            '[profiles.x]\nbuiltin = "chit"\n',
+            "[profiles.x] builtin names no built-in agent: 'chit' (known: echo, chat)",
+        ),
+        (
+            '[profiles.x]\nbuiltin = "echo"\nmodle = "small"\n',
+            "unknown key [profiles.x] modle (known: command, builtin, cwd, env, pass_env, permissions, restart, "
+            "stop_grace_seconds, start_timeout_seconds, base_url, model, api_key_env, system_prompt, max_tokens, "
+            "timeout_seconds)",
         ),
         (
             '[profiles.x]\ncommand = ["a"]\npermissions = "maybe"\n',
@@ -731,7 +738,7 @@ def test_a_default_profile_that_names_no_profile_names_the_key_and_the_known_pro
     path = write_config(tmp_path, '[runtime]\ndefault_profile = "gemni"\n[profiles.gemini]\ncommand = ["g"]\n')
 
     assert config_error(path) == (
-        f"{path}: [runtime] default_profile names no profile: 'gemni' (known: builtin:echo, gemini)"
+        f"{path}: [runtime] default_profile names no profile: 'gemni' (known: builtin:echo, builtin:chat, gemini)"
     )
 
 
@@ -765,6 +772,7 @@ def test_the_execution_config_resolves_selectors_as_the_contract_says(tmp_path):
     assert name(RuntimeDefaultProfile()) == "mine"
     assert [(profile.name, default) for profile, default in execution.listing()] == [
         ("builtin:echo", False),
+        ("builtin:chat", False),
         ("mine", True),
     ]
     assert load_config(environ={}).execution.resolve(RuntimeDefaultProfile()) is None
@@ -917,13 +925,19 @@ def test_the_commented_out_examples_are_valid_too(tmp_path):
     assert uncommented != text
     path = write_config(tmp_path, uncommented)
 
-    config = load_config(path, environ={"RUNTIMED_TOKEN": "from-the-example"})
+    config = load_config(path, environ={"RUNTIMED_TOKEN": "from-the-example", "OPENAI_API_KEY": "sk-example"})
 
     assert config.server.local_token_env == "RUNTIMED_TOKEN"
     assert config.runtime.runtime_id is not None and config.runtime.display_name is not None
     assert config.store.root is not None
     assert config.execution.default_profile == "builtin:echo"
-    assert [profile.name for profile in config.execution.profiles] == ["builtin:echo", "gemini", "careful-echo"]
+    assert [profile.name for profile in config.execution.profiles] == [
+        "builtin:echo",
+        "builtin:chat",
+        "gemini",
+        "careful-echo",
+        "local",
+    ]
 
 
 # ------------------------------------------------------------------ through the CLI

@@ -34,8 +34,9 @@ CLIENT_SHARES: dict[str, tuple[str, ...]] = {
     "web": ("runtimed", "web", "schemas"),
 }
 
-#: Third-party packages only one part of runtimed may import: the ACP SDK and its pydantic.
-CONFINED: dict[str, str] = {"acp": "agents", "pydantic": "agents"}
+#: Third-party packages only one part of runtimed may import: the ACP SDK and its pydantic, and the
+#: openai library of the built-in chat agent.
+CONFINED: dict[str, str] = {"acp": "agents", "pydantic": "agents", "openai": "agents"}
 
 
 def part_of(module: Path) -> str:

@@ -394,6 +394,11 @@ def message_chunks(message: str) -> list[str]:
 
 async def serve() -> None:
     """Speak ACP on stdin and stdout until stdin closes."""
+    await serve_agent(EchoAgent())
+
+
+async def serve_agent(agent: Agent) -> None:
+    """Speak ACP on stdin and stdout as ``agent`` until stdin closes (the chat agent's too)."""
     # The protocol keeps the real stdout; file descriptor 1 and sys.stdout then point at stderr,
     # so that a stray print (ours or a library's) becomes a diagnostic instead of a line that
     # breaks the protocol. stdio_streams connects to whatever sys.stdout is when it is called.
@@ -406,7 +411,7 @@ async def serve() -> None:
         sys.stdout = sys.stderr
     # run_agent returns once stdin reaches its end, after cancelling the turns still running:
     # that is what makes the agent go away with the process that started it.
-    await run_agent(EchoAgent(), writer, reader)
+    await run_agent(agent, writer, reader)
 
 
 def main() -> int:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import shlex
@@ -47,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..domain.catalog import CreateWorkerRequest, ProfileSelector, WorkerDetail, WorkerStatus
+from ..domain.catalog import CreateWorkerRequest, ProfileSelector, WorkerDetail, WorkerIntent, WorkerStatus
 from ..domain.errors import InvalidRequest, PermissionNotFound, RuntimeStopped
 from ..domain.execution import (
     AgentProfile,
@@ -70,6 +71,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("runtimed.agents.supervisor")
 
 T = TypeVar("T")
+
+#: A built-in agent's settings reach it as variables of this prefix (``setting_environment``).
+SETTING_PREFIX = "RUNTIMED_AGENT_"
+#: The setting that names the daemon's variable holding an API key, rather than holding a value.
+API_KEY_ENV_SETTING = "api_key_env"
 
 DIAG_AGENT_START_FAILED = "worker.agent_start_failed"
 DIAG_AGENT_EXITED = "worker.agent_exited"
@@ -117,7 +123,9 @@ class Supervisor:
     ) -> None:
         self.runtime = runtime
         self.config = config
-        self.workdirs = workdirs
+        # Absolute, as ACP wants a session's cwd: an fs root given as ./state must not become a
+        # path the agent reads relative to the worker's directory it already runs in.
+        self.workdirs = Path(os.path.abspath(workdirs))
         # What is withheld is not even kept: no agent's environment can be built with it.
         self.environ = {
             name: value for name, value in (os.environ if environ is None else environ).items() if name not in withheld
@@ -296,6 +304,8 @@ class Supervisor:
 
     def launch(self, detail: WorkerDetail, profile: AgentProfile) -> AgentLaunch:
         env = agent_environment(profile.env, profile.pass_env, source=self.environ)
+        if profile.settings:
+            env.update(setting_environment(profile.settings, detail.intent, source=self.environ))
         return AgentLaunch(
             command=profile.command,
             cwd=self.worker_directory(detail, profile),
@@ -304,6 +314,27 @@ class Supervisor:
             log_lines_per_second=self.config.agent_log_lines_per_second,
             open_file_limit=self.open_file_limit,
         )
+
+
+def setting_environment(
+    settings: Mapping[str, str], intent: WorkerIntent, *, source: Mapping[str, str]
+) -> dict[str, str]:
+    """The variables that hand a built-in agent its profile's settings (§9.1): each setting as
+    ``RUNTIMED_AGENT_<KEY>`` (``model`` as ``RUNTIMED_AGENT_MODEL``), except ``api_key_env``,
+    which names the daemon's variable whose value goes to ``RUNTIMED_AGENT_API_KEY`` (the key
+    itself is never a setting); and the worker's intent as JSON, ``RUNTIMED_AGENT_INTENT``.
+
+    ``source`` is the daemon's environment less what is withheld (its token)."""
+    env: dict[str, str] = {}
+    for key, value in settings.items():
+        if key == API_KEY_ENV_SETTING:
+            if source.get(value):
+                env[SETTING_PREFIX + "API_KEY"] = source[value]
+        else:
+            env[SETTING_PREFIX + key.upper()] = value
+    described = {"kind": intent.kind, **{k: v for k, v in dataclasses.asdict(intent).items() if v is not None}}
+    env[SETTING_PREFIX + "INTENT"] = json.dumps(described, ensure_ascii=False)
+    return env
 
 
 @dataclass(eq=False)

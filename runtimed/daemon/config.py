@@ -87,7 +87,19 @@ class LogConfig:
 #: interpreter. Each is the profile ``builtin:<name>``, and ``builtin = "<name>"`` in a profile.
 BUILTIN_AGENTS: Mapping[str, tuple[str, ...]] = {
     "echo": (sys.executable, "-m", "runtimed.agents.echo"),
+    "chat": (sys.executable, "-m", "runtimed.agents.chat"),
 }
+
+#: The settings a built-in agent takes from its profile (``[profiles.<name>]`` keys beside
+#: ``builtin``), and those it cannot do without. The supervisor hands them to the agent
+#: (``runtimed.agents.supervisor.setting_environment``).
+BUILTIN_SETTINGS: Mapping[str, tuple[str, ...]] = {
+    "echo": (),
+    "chat": ("base_url", "model", "api_key_env", "system_prompt", "max_tokens", "timeout_seconds"),
+}
+REQUIRED_SETTINGS: Mapping[str, tuple[str, ...]] = {"chat": ("model",)}
+#: Every key that is a built-in agent's setting, not a key of every profile.
+SETTING_KEYS: tuple[str, ...] = tuple(dict.fromkeys(key for keys in BUILTIN_SETTINGS.values() for key in keys))
 
 
 def builtin_profiles() -> tuple[AgentProfile, ...]:
@@ -178,6 +190,15 @@ def finite_and_positive(value: float) -> None:
 def absolute_path(value: str) -> None:
     if not os.path.isabs(value):
         raise ValidationError(f"must be an absolute path, not {value!r}")
+
+
+def http_url(value: str) -> None:
+    if (
+        not value.startswith(("http://", "https://"))
+        or len(value) <= len("https://")
+        or any(c.isspace() for c in value)
+    ):
+        raise ValidationError(f"must be an http:// or https:// URL, not {value!r}")
 
 
 def env_names(values: tuple[str, ...]) -> None:
@@ -435,8 +456,9 @@ class ExecutionSection(Section):
 
 class ProfileSection(Section):
     """One ``[profiles.<name>]`` table (§9.1): an agent run by ``command``, or a built-in agent
-    named by ``builtin``; the other keys apply to both. A built-in profile takes no settings of
-    its own yet (a later built-in agent brings them)."""
+    named by ``builtin``; the keys from ``cwd`` to ``start_timeout_seconds`` apply to both, the
+    keys after them are settings of one built-in agent (``BUILTIN_SETTINGS``) and only allowed
+    beside its ``builtin``."""
 
     command = StringList(validate=a_command)
     builtin = String(validate=not_blank)
@@ -447,6 +469,13 @@ class ProfileSection(Section):
     restart = Choice(RestartPolicy)
     stop_grace_seconds = Seconds(validate=finite_and_not_negative)
     start_timeout_seconds = Seconds(validate=finite_and_positive)
+    # builtin = "chat" (runtimed.agents.chat)
+    base_url = String(validate=[not_blank, http_url])
+    model = String(validate=not_blank)
+    api_key_env = String(validate=[not_blank, env_name])
+    system_prompt = String()
+    max_tokens = Integer(validate=at_least_1)
+    timeout_seconds = Seconds(validate=finite_and_positive)
 
     @validates_schema
     def _one_agent(self, data: dict[str, Any], **_: Any) -> None:
@@ -454,11 +483,20 @@ class ProfileSection(Section):
             raise ValidationError(
                 "must not be given beside command: a profile runs a command or a built-in agent", "builtin"
             )
-        if "builtin" in data and data["builtin"] not in BUILTIN_AGENTS:
+        builtin = data.get("builtin")
+        if builtin is not None and builtin not in BUILTIN_AGENTS:
             known = ", ".join(BUILTIN_AGENTS)
-            raise ValidationError(f"names no built-in agent: {data['builtin']!r} (known: {known})", "builtin")
-        if "command" not in data and "builtin" not in data:
+            raise ValidationError(f"names no built-in agent: {builtin!r} (known: {known})", "builtin")
+        if "command" not in data and builtin is None:
             raise ValidationError('needs command = ["program", …] or builtin = "<name>"')
+        for key in SETTING_KEYS:
+            if key in data and key not in BUILTIN_SETTINGS.get(builtin or "", ()):
+                owners = " or ".join(f'builtin = "{name}"' for name, keys in BUILTIN_SETTINGS.items() if key in keys)
+                runs = f'builtin = "{builtin}"' if builtin is not None else "a command"
+                raise ValidationError(f"is a setting of {owners} only, and this profile runs {runs}", key)
+        for key in REQUIRED_SETTINGS.get(builtin or "", ()):
+            if key not in data:
+                raise ValidationError(f'needs {key} = "…": builtin = "{builtin}" has no default {key}')
 
 
 def profile_name(name: str) -> None:
@@ -609,7 +647,10 @@ def load_config(
     if path is not None:
         for section, table in read_toml(path).items():
             values[section].update(table)
-            sources.update({(section, key): f"{path}: [{section}] {key}" for key in table})
+            if isinstance(SECTIONS[section], NamedTables):
+                sources.update({(section, name): f"{path}: [{section}.{name}]" for name in table})
+            else:
+                sources.update({(section, key): f"{path}: [{section}] {key}" for key in table})
     for flag, value in (overrides or {}).items():
         if value is None:
             continue
@@ -633,6 +674,7 @@ def load_config(
     execution = _execution_config(
         values["profiles"], default_profile, {**values["execution"], **execution_limits}, where
     )
+    _check_api_keys(execution, server, where, environ)
     return Config(server=server, runtime=runtime, store=store, log=LogConfig(**values["log"]), execution=execution)
 
 
@@ -648,10 +690,14 @@ def _execution_config(
     a built-in agent has (``"echo"``) means that built-in agent."""
     profiles = list(builtin_profiles())
     for name, table in tables.items():
-        settings = dict(table)
-        builtin = settings.pop("builtin", None)
-        command = BUILTIN_AGENTS[builtin] if builtin is not None else settings.pop("command")
-        profiles.append(AgentProfile(name=name, source=ProfileSource.CONFIG, command=command, **settings))
+        keys = dict(table)
+        builtin = keys.pop("builtin", None)
+        command = BUILTIN_AGENTS[builtin] if builtin is not None else keys.pop("command")
+        # A built-in agent's settings travel as text (in its environment): 1024, not 1024.0.
+        settings = {key: _setting_text(keys.pop(key)) for key in SETTING_KEYS if key in keys}
+        profiles.append(
+            AgentProfile(name=name, source=ProfileSource.CONFIG, command=command, settings=settings, **keys)
+        )
     names = [profile.name for profile in profiles]
     if default_profile is not None and default_profile not in names:
         if default_profile in BUILTIN_AGENTS:
@@ -662,6 +708,35 @@ def _execution_config(
                 f"(known: {', '.join(names)})"
             )
     return ExecutionConfig(profiles=tuple(profiles), default_profile=default_profile, **values)
+
+
+def _setting_text(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _check_api_keys(
+    execution: ExecutionConfig, server: ServerConfig, where: Callable[[str, str], str], environ: Mapping[str, str]
+) -> None:
+    """A profile's ``api_key_env`` names a variable the daemon has, and not its own token's."""
+    for profile in execution.profiles:
+        name = profile.settings.get("api_key_env")
+        if name is None:
+            continue
+        if name == server.local_token_env:
+            raise ConfigError(
+                f"{where('profiles', profile.name)} api_key_env names {name}, the daemon's own token "
+                "([server] local_token_env), which never reaches an agent"
+            )
+        key = environ.get(name, "")
+        if not key:
+            raise ConfigError(f"{where('profiles', profile.name)} api_key_env names {name}, which is unset or empty")
+        if any(c.isspace() or ord(c) < 32 for c in key):
+            raise ConfigError(
+                f"{where('profiles', profile.name)} api_key_env: the key in {name} "
+                "contains whitespace or control characters"
+            )
 
 
 def _server_config(
