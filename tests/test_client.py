@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from runtimed.cli import SECTIONS
+from runtimed.daemon.config import builtin_profiles
 
 from .client_helpers import TIMEOUT, ClientProcess, api, cli, short_tmp, until, until_busy, until_idle, worker
 from .process import RuntimedProcess
@@ -389,7 +390,8 @@ def test_config_check_accepts_a_good_file(tmp_path):
     path.write_text('[server]\nbind = "127.0.0.1:7777"\n[profiles.mine]\nbuiltin = "echo"\n')
     result = cli("config", "check", str(path))
     assert result.exit_code == 0, result.stderr
-    assert result.stdout == f"{path}: ok (listens on http://127.0.0.1:7777, store memory, 2 profiles)\n"
+    profiles = len(builtin_profiles()) + 1  # the built-in agents', and mine
+    assert result.stdout == f"{path}: ok (listens on http://127.0.0.1:7777, store memory, {profiles} profiles)\n"
 
 
 @pytest.mark.parametrize(
