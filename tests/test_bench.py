@@ -77,6 +77,12 @@ def test_fs_bench() -> None:
     assert "| (b) `runtimed serve --store fs` from exec to its start-up line |" in out
 
 
+def test_wal_bench() -> None:
+    out = run_bench("wal_bench.py")
+    assert "| fs observations/s, 64 workers, vs memory's |" in out
+    assert "| as the process left it (killed: a log tail past the last checkpoint) |" in out
+
+
 def test_agents_bench() -> None:
     out = run_bench("agents_bench.py", "--agents", "2", "--turns", "5")
     assert "| store | first delta p50 ms |" in out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import signal
 from pathlib import Path
@@ -94,13 +95,22 @@ async def _drive(base_url: str, acked: dict[str, list[dict[str, Any]]], stop: as
 
 async def test_no_acknowledged_record_is_lost_when_the_daemon_is_killed(tmp_path):
     """Concurrent creates and inputs against a real daemon, SIGKILL at a random moment, restore:
-    every acknowledged record is there and every record on disk is whole. Twenty kill points."""
+    every acknowledged record is there and every record on disk is whole. Twenty kill points,
+    half of them with a checkpoint every 50 ms."""
     rng = random.Random(20261127)
     root = tmp_path / "root"
     total_acked = 0
     for round_ in range(20):
         acked: dict[str, list[dict[str, Any]]] = {}
-        daemon = serve_fs(root).start()
+        if round_ % 2:
+            daemon = serve_fs(root).start()
+        else:
+            # Checkpoints every 50 ms and small log segments (tests/slow_disk.py): kills land
+            # inside checkpoints and segment removals too.
+            env = {**os.environ, "RUNTIMED_TEST_CHECKPOINT_SECONDS": "0.05", "RUNTIMED_TEST_SEGMENT_BYTES": "16384"}
+            daemon = RuntimedProcess(
+                "--bind", "127.0.0.1:0", "--store", "fs", "--fs-root", str(root), env=env, slow_flush_ms=0
+            ).start()
         try:
             stop = asyncio.Event()
             clients = [asyncio.create_task(_drive(daemon.base_url, acked, stop, round_ * 100 + i)) for i in range(8)]

@@ -89,6 +89,46 @@ def root(tmp_path: Path) -> Path:
     return tmp_path / "root"
 
 
+def marker(root: Path) -> dict:
+    return json.loads((runtime_dir(root) / "checkpoint.json").read_text())
+
+
+def write_marker(root: Path, record: dict) -> None:
+    (runtime_dir(root) / "checkpoint.json").write_text(json.dumps(record, indent=1))
+
+
+def segments(root: Path) -> list[Path]:
+    return sorted((runtime_dir(root) / "log").glob("*.jsonl"))
+
+
+async def crash(runtime: Runtime) -> None:
+    """Leave the store as a killed daemon would: every acknowledged change is in the log, and
+    nothing more is checkpointed (no final checkpoint); the lock is released as the kernel would."""
+    store = runtime._store
+    assert isinstance(store, FsStore)
+    if store._flusher is not None:
+        await asyncio.gather(store._flusher, return_exceptions=True)
+    with store._pending_changed:
+        store._pending.clear()
+        store._closing = True
+        store._pending_changed.notify()
+    if store._checkpointer is not None:
+        store._checkpointer.join()
+    store._log.close()
+    store._checkpoint_files.close()
+    store._io.shutdown()
+    store._fsyncs.shutdown()
+    store._unlock()
+
+
+@pytest.fixture
+def no_timed_checkpoints(monkeypatch):
+    """Checkpoints only at close (or when a test asks): what the log holds stays in the log."""
+    import runtimed.store.fs.store as fs_store
+
+    monkeypatch.setattr(fs_store, "CHECKPOINT_SECONDS", 3600.0)
+
+
 async def populated(root: Path) -> Runtime:
     runtime = await open_runtime(root)
     first = await runtime.create_worker(TASK)
@@ -200,10 +240,13 @@ async def test_the_files_follow_the_seed_layout(root):
     await runtime.close()
     directory = runtime_dir(root)
     assert directory.name == "id-" + runtime.runtime_id.encode().hex()
-    # runtime.json is at schema version 2 since the store keeps a commit log; worker.json at 1.
-    assert json.loads((directory / "runtime.json").read_text())["schema_version"] == 2
+    # runtime.json is at schema version 3 since the store keeps a write-ahead log; worker.json at 1.
+    assert json.loads((directory / "runtime.json").read_text())["schema_version"] == 3
     assert json.loads((worker_dir(root, "worker-00000001") / "worker.json").read_text())["schema_version"] == 1
-    assert iter_jsonl(directory / "commits.jsonl")[-1]["event_id"] == 9
+    # A clean close checkpoints everything and leaves one empty segment past it.
+    assert (marker(root)["event_id"], marker(root)["lsn"]) == (9, 10)
+    assert [(p.name, p.read_bytes()) for p in segments(root)] == [("0000000000000011.jsonl", b"")]
+    assert not (directory / "commits.jsonl").exists()
     assert [e["kind"] for e in iter_jsonl(directory / "events.jsonl")][:2] == ["runtime_started", "worker_created"]
     first = worker_dir(root, "worker-00000001")
     assert json.loads((first / "worker.json").read_text())["worker_ref"]["worker_id"] == "worker-00000001"
@@ -243,49 +286,51 @@ async def test_worker_snapshots_written_before_the_codec_still_restore(root):
 # ------------------------------------------------------- crash leftovers
 
 
-async def test_a_torn_last_line_is_set_aside_with_a_warning(root):
+async def test_a_torn_last_line_of_the_log_is_set_aside_with_a_warning(root, no_timed_checkpoints):
     runtime = await populated(root)
     before = reads(runtime)
-    await runtime.close()
-    transcript = worker_dir(root, "worker-00000001") / "transcript.jsonl"
-    with open(transcript, "ab") as file:
-        file.write(b'{"sequence":3,"role":"user","cont')
-    events = runtime_dir(root) / "events.jsonl"
-    with open(events, "ab") as file:
-        file.write(b'{"id":9,"kind":"worker_inp')
+    await crash(runtime)
+    (segment,) = segments(root)
+    with open(segment, "ab") as file:
+        file.write(b'{"crc":"00000000","lsn":11,"event":{"id":10,"kind":"worker_inp')
 
     restored = await open_runtime(root)
     after = reads(restored)
     assert after[1:5] == before[1:5]  # the summary differs only in its diagnostic count
     warnings = [d for d in restored.diagnostics() if d.severity.value == "warning"]
-    assert [d.code for d in warnings] == ["store.torn_tail", "store.torn_tail"]
-    assert (transcript.with_name("transcript.jsonl.corrupt")).read_bytes() == b'{"sequence":3,"role":"user","cont\n'
-    assert transcript.read_bytes().endswith(b"\n")
+    assert [d.code for d in warnings] == ["store.torn_tail"]
+    assert str(segment) in warnings[0].message and "never acknowledged" in warnings[0].message
+    aside = segment.with_name(segment.name + ".corrupt")
+    assert aside.read_bytes() == b'{"crc":"00000000","lsn":11,"event":{"id":10,"kind":"worker_inp\n'
+    assert segment.read_bytes().endswith(b"\n")
     await restored.close()
 
 
-async def test_records_of_an_unacknowledged_request_are_discarded(root):
+async def test_records_past_the_checkpoint_are_cut_back_without_a_warning(root, caplog):
     runtime = await populated(root)
     before = reads(runtime)
     await runtime.close()
-    # A crash after phase 1 of a flush: data written, the event never reached the log.
+    # What a checkpoint cut short leaves: records written, the marker never moved (the log has them).
     first = worker_dir(root, "worker-00000001")
+    transcript = (first / "transcript.jsonl").read_bytes()
     with open(first / "transcript.jsonl", "ab") as file:
-        file.write(b'{"sequence":3,"role":"user","content":"never acked","event_id":10}\n')
+        file.write(b'{"sequence":3,"role":"user","content":"in the log","event_id":10}\n{"seq')
+    observations = (first / "observations.jsonl").read_bytes()
     with open(first / "observations.jsonl", "ab") as file:
-        file.write(
-            b'{"sequence":99,"event":"user_message","data":{"sequence":3,"content":"never acked"},"event_id":10}\n'
-        )
+        file.write(b'{"sequence":99,"event":"user_message","data":{"sequence":3,"content":"x"},"event_id":10}\n')
     orphan = runtime_dir(root) / "workers" / hex_id("worker-00000004")
     orphan.mkdir()
     (orphan / "worker.json").write_text("{}")
 
-    restored = await open_runtime(root)
-    assert reads(restored)[1:5] == before[1:5]
+    with caplog.at_level("INFO", logger="runtimed.store"):
+        restored = await open_runtime(root)
+    assert reads(restored) == before
     assert not orphan.exists()
-    codes = [d.code for d in restored.diagnostics()[len(before[5]) :]]
-    assert codes == ["store.uncommitted_discarded"] * 3
-    assert restored.observation_sequence < 99
+    assert (first / "transcript.jsonl").read_bytes() == transcript
+    assert (first / "observations.jsonl").read_bytes() == observations
+    assert [d.code for d in restored.diagnostics() if d.severity.value == "warning"] == []
+    cut = [r.getMessage() for r in caplog.records if "interrupted checkpoint" in r.getMessage()]
+    assert len(cut) == 4, cut  # the orphan, the entry and the torn line, the observation
     await restored.close()
 
 
@@ -294,7 +339,7 @@ async def test_records_of_an_unacknowledged_request_are_discarded(root):
     [
         ("middle_line", "line 2 is not a JSON object"),
         ("other_runtime", "names another runtime"),
-        ("schema_version", "schema_version 3 is not one this runtimed knows"),
+        ("schema_version", "schema_version 4 is not one this runtimed knows"),
         ("workers_is_a_file", "is a file where a directory should be"),
         ("worker_dir_is_a_file", "is a file where a directory should be"),
         ("missing_transcript_entry", "holds 1 entries, but the event log accepted 2 inputs"),
@@ -317,7 +362,7 @@ async def test_corruption_is_refused_naming_the_file_and_the_problem(root, damag
         (first / "worker.json").write_text(json.dumps(record))
     elif damage == "schema_version":
         record = json.loads((directory / "runtime.json").read_text())
-        record["schema_version"] = 3
+        record["schema_version"] = 4
         (directory / "runtime.json").write_text(json.dumps(record))
     elif damage == "workers_is_a_file":
         import shutil
@@ -362,15 +407,15 @@ async def test_an_unwritable_root_is_refused():
 
 
 class FaultyFsStore(FsStore):
-    """An fs store whose next flush fails after writing its data, as a full disk would."""
+    """An fs store whose next flush fails after writing its log lines, as a full disk would."""
 
     fail_next = False
 
-    def _write_data(self, batch):
-        super()._write_data(batch)
+    def _append(self, log_writer, data, lines):
+        super()._append(log_writer, data, lines)
         if self.fail_next:
             self.fail_next = False
-            raise OSError(errno.ENOSPC, "No space left on device", str(self.runtime_dir / "events.jsonl"))
+            raise OSError(errno.ENOSPC, "No space left on device", str(log_writer.active.path))
 
 
 async def test_a_failed_write_is_store_io_leaves_nothing_behind_and_the_next_request_works(root, aiohttp_client):
@@ -395,7 +440,7 @@ async def test_a_failed_write_is_store_io_leaves_nothing_behind_and_the_next_req
         assert response.status == 500
         error = (await response.json())["error"]
         assert error["code"] == "store_io"
-        assert "events.jsonl" in error["message"] and "No space left on device" in error["message"]
+        assert "/log/0000000000000001.jsonl" in error["message"] and "No space left on device" in error["message"]
         assert reads(runtime) == before
         assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == files_before
 
@@ -460,9 +505,7 @@ async def test_an_older_worker_without_its_created_event_is_corruption(root):
     for index, record in enumerate(records, start=1):
         record["id"] = index
     events.write_bytes(b"".join(json.dumps(r).encode() + b"\n" for r in records))
-    commits = runtime_dir(root) / "commits.jsonl"  # and the commit log agrees with it
-    lines = [{**line, "event_id": min(line["event_id"], len(records))} for line in iter_jsonl(commits)]
-    commits.write_bytes(b"".join(json.dumps(line).encode() + b"\n" for line in lines))
+    write_marker(root, {**marker(root), "event_id": len(records)})  # and the checkpoint agrees with it
     with pytest.raises(StoreCorrupt) as caught:
         await open_runtime(root)
     assert "worker-00000001 has no worker_created event, but later workers do" in caught.value.message
@@ -481,12 +524,10 @@ async def test_a_first_start_cut_short_leaves_a_root_that_starts_cleanly(root):
 
 
 async def test_a_runtime_created_but_never_started_gets_its_first_event_on_open(root):
-    runtime = await open_runtime(root)
-    await runtime.close()
-    # As if the first event never reached the disk: the commit log holds only what creating wrote.
-    (runtime_dir(root) / "events.jsonl").unlink()
-    commits = runtime_dir(root) / "commits.jsonl"
-    commits.write_bytes(commits.read_bytes().splitlines(keepends=True)[0])
+    store = FsStore(root)
+    assert await store.open(None) is None
+    await store.create("runtime-created")  # and the daemon stopped before its first event
+    await store.close()
     restored = await open_runtime(root)
     assert [(e.id, e.kind.value) for e in restored.events().events] == [(1, "runtime_started")]
     await restored.close()
@@ -500,9 +541,10 @@ async def test_a_file_created_by_a_flush_has_its_directory_fsynced(root, monkeyp
     synced: list[Path] = []
     real = fs_files.fsync_path
     monkeypatch.setattr(fs_files, "fsync_path", lambda path: (synced.append(Path(path)), real(path)))
-    await runtime.send_input(worker.worker_ref, user("first"))  # creates transcript.jsonl
+    await runtime.send_input(worker.worker_ref, user("first"))
+    await runtime.close()  # the last checkpoint creates transcript.jsonl, and a new log segment
     assert worker_dir(root, worker.worker_id) in synced
-    await runtime.close()
+    assert runtime_dir(root) / "log" in synced
 
 
 class SlowFaultyFsStore(FaultyFsStore):
@@ -516,19 +558,15 @@ class SlowFaultyFsStore(FaultyFsStore):
         super().__init__(root)
         self.flush_started = threading.Event()
 
-    def _write_data(self, batch):
+    def _append(self, log_writer, data, lines):
         self.flush_started.set()
         time.sleep(self.flush_delay)  # in the writer thread, as a slow disk would be
-        super()._write_data(batch)
         if self.fail_events:
             self.fail_events = False
-            events = self.runtime_dir / "events.jsonl"
-            # As the event log append does: note the size, then half a line gets out and the
-            # disk gives out.
-            batch.sizes.setdefault(events, events.stat().st_size)
-            with open(events, "ab") as file:
-                file.write(b'{"id": 99, "ki')
-            raise OSError(errno.EIO, "Input/output error", str(events))
+            # Half the batch gets out, then the disk gives out.
+            log_writer.append(data[: len(data) // 2], 0)
+            raise OSError(errno.EIO, "Input/output error", str(log_writer.active.path))
+        super()._append(log_writer, data, lines)
 
 
 async def test_changes_queued_behind_a_failing_flush_fail_too_and_the_disk_is_as_before(root):
@@ -551,7 +589,7 @@ async def test_changes_queued_behind_a_failing_flush_fail_too_and_the_disk_is_as
     await runtime.close()
 
 
-async def test_a_failure_while_appending_to_the_event_log_is_undone(root):
+async def test_a_failure_while_appending_to_the_log_is_undone(root):
     store = SlowFaultyFsStore(root)
     runtime = await Runtime.open(store)
     worker = await runtime.create_worker(TASK)
@@ -649,105 +687,47 @@ async def test_the_observation_sequence_continues_from_the_commit_record(root):
     await restored.close()
 
 
-async def test_an_unacknowledged_observation_tail_is_set_aside_with_an_honest_warning(root):
+async def test_observations_past_the_checkpoint_are_cut_back_and_the_sequence_continues(root):
     runtime = await populated(root)
     sequence = runtime.observation_sequence
     await runtime.close()
     path = worker_dir(root, "worker-00000001") / "observations.jsonl"
     with open(path, "ab") as file:
-        # A whole line nobody acknowledged (an observe() whose flush never finished) and a torn one.
+        # A whole line and a torn one: what a checkpoint cut short leaves (the log has them).
         file.write(b'{"sequence":%d,"event":"log","data":{"n":1}}\n' % (sequence + 1))
         file.write(b'{"sequence":%d,"event":"lo' % (sequence + 2))
     restored = await open_runtime(root)
-    warnings = {d.code: d.message for d in restored.diagnostics() if d.severity.value == "warning"}
-    assert set(warnings) == {"store.torn_tail", "store.uncommitted_discarded"}
-    assert str(path) in warnings["store.torn_tail"]
-    assert "every acknowledged observation is present" in warnings["store.torn_tail"]
+    assert [d.code for d in restored.diagnostics() if d.severity.value == "warning"] == []
     assert restored.observation_sequence == sequence
     assert (await restored.observe(restored.worker_ref("worker-00000001"), "log")).sequence == sequence + 1
     await restored.close()
-
-
-def make_legacy(root: Path) -> None:
-    """Turn a root into what runtimed wrote before its commit log: no commits.jsonl,
-    runtime.json at schema_version 1."""
-    directory = runtime_dir(root)
-    (directory / "commits.jsonl").unlink()
-    snapshot = json.loads((directory / "runtime.json").read_text())
-    snapshot["schema_version"] = 1
-    (directory / "runtime.json").write_text(json.dumps(snapshot, indent=1))
-    for path in root.rglob("observations.jsonl"):
-        lines = iter_jsonl(path)
-        if lines and "trimmed_through" in lines[0]:
-            lines[0] = {"trimmed_through": lines[0]["trimmed_through"]}
-        path.write_bytes(b"".join(json.dumps(line).encode() + b"\n" for line in lines))
-
-
-async def test_a_store_written_before_the_commit_log_opens_and_is_checked_from_then_on(root):
-    runtime = await open_runtime(root, observation_backlog=2)
-    worker = await runtime.create_worker(TASK)
-    for i in range(6):  # enough to compact the observations, leaving a marker
-        await runtime.observe(worker.worker_ref, "log", {"n": i})
-    before = reads(runtime)
-    sequence = runtime.observation_sequence
-    await runtime.close()
-    make_legacy(root)
-    path = worker_dir(root, worker.worker_id) / "observations.jsonl"
-    with open(path, "ab") as file:
-        file.write(b'{"sequence":99,"ev')
-
-    restored = await open_runtime(root, observation_backlog=2)
-    assert reads(restored)[1:5] == before[1:5]
-    assert restored.observation_sequence == sequence
-    (torn,) = [d.message for d in restored.diagnostics() if d.code == "store.torn_tail"]
-    assert "cannot tell whether it was acknowledged" in torn
-    assert "did not acknowledge" not in torn
-    await restored.close()
-    assert json.loads((runtime_dir(root) / "runtime.json").read_text())["schema_version"] == 2
-    assert (runtime_dir(root) / "commits.jsonl").exists()
-
-    path.write_bytes(b"".join(path.read_bytes().splitlines(keepends=True)[:-1]))
-    with pytest.raises(StoreCorrupt) as caught:
-        await open_runtime(root, observation_backlog=2)
-    assert str(path) in caught.value.message
 
 
 async def test_a_store_from_a_newer_runtimed_is_refused(root):
     await (await open_runtime(root)).close()
     path = runtime_dir(root) / "runtime.json"
     snapshot = json.loads(path.read_text())
-    snapshot["schema_version"] = 3
+    snapshot["schema_version"] = 4
     path.write_text(json.dumps(snapshot))
     with pytest.raises(StoreCorrupt) as caught:
         await open_runtime(root)
-    assert "schema_version 3 is not one this runtimed knows" in caught.value.message
+    assert "schema_version 4 is not one this runtimed knows" in caught.value.message
 
 
-async def test_a_missing_commit_log_is_refused(root):
+@pytest.mark.parametrize("missing", ["checkpoint.json", "log"])
+async def test_a_missing_checkpoint_marker_or_log_is_refused(root, missing):
+    import shutil
+
     runtime = await populated(root)
     await runtime.close()
-    path = runtime_dir(root) / "commits.jsonl"
-    path.unlink()
+    path = runtime_dir(root) / missing
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
     with pytest.raises(StoreMissing) as caught:
         await open_runtime(root)
     assert str(path) in caught.value.message
-
-
-async def test_the_commit_log_stays_short(root, monkeypatch):
-    import runtimed.store.fs.store as fs_store
-
-    monkeypatch.setattr(fs_store, "COMMIT_LOG_LINES", 8)
-    runtime = await open_runtime(root)
-    worker = await runtime.create_worker(TASK)
-    for i in range(40):
-        await runtime.observe(worker.worker_ref, "log", {"n": i})
-    before = reads(runtime)
-    await runtime.close()
-    assert len((runtime_dir(root) / "commits.jsonl").read_bytes().splitlines()) <= 8 + 2
-    restored = await open_runtime(root)
-    assert reads(restored) == before
-    assert len(restored.replay_observations(worker.worker_ref, 0)) == 40
-    await restored.close()
 
 
 # ------------------------------------------------------- what is under runtimes/
@@ -764,14 +744,16 @@ async def test_a_foreign_dot_entry_under_runtimes_is_refused_and_kept(root):
     assert (backup / "nested" / "data").read_text() == "precious"
 
 
-async def test_a_dot_entry_that_only_looks_like_a_half_made_runtime_is_refused_and_kept(root):
+@pytest.mark.parametrize("inside", ["notes.txt", "log/0000000000000001.jsonl"])
+async def test_a_dot_entry_that_only_looks_like_a_half_made_runtime_is_refused_and_kept(root, inside):
     half = root / "runtimes" / ("." + hex_id("runtime-fs-0000000000000001"))
     (half / "workers").mkdir(parents=True)
-    (half / "notes.txt").write_text("mine")
+    (half / "log").mkdir()
+    (half / inside).write_text("mine")  # a log segment that holds something is not what creating leaves
     with pytest.raises(StoreCorrupt) as caught:
         await open_runtime(root)
     assert str(half) in caught.value.message
-    assert (half / "notes.txt").read_text() == "mine"
+    assert (half / inside).read_text() == "mine"
 
 
 async def test_runtimeds_own_leftovers_under_runtimes_are_removed_with_a_log_line(root, caplog):
@@ -781,6 +763,8 @@ async def test_runtimeds_own_leftovers_under_runtimes_are_removed_with_a_log_lin
     half = runtimes / ("." + hex_id("runtime-fs-0000000000000001"))
     (half / "workers").mkdir(parents=True)
     (half / "runtime.json").write_text("{}")
+    (half / "log").mkdir()
+    (half / "log" / "0000000000000001.jsonl").write_bytes(b"")
     with caplog.at_level("INFO", logger="runtimed.store"):
         runtime = await open_runtime(root)
     await runtime.close()
@@ -817,21 +801,21 @@ async def test_a_failed_repair_at_start_names_the_file(root, monkeypatch):
 
     runtime = await populated(root)
     await runtime.close()
-    transcript = worker_dir(root, "worker-00000001") / "transcript.jsonl"
-    with open(transcript, "ab") as file:
-        file.write(b'{"sequence":3,"ro')
+    (segment,) = segments(root)
+    with open(segment, "ab") as file:
+        file.write(b'{"crc":"0000')
 
     real_write_all = fs_files.write_all
 
     def full_when_setting_aside(fd, data):
-        if data.startswith(b'{"sequence":3,"ro'):  # the disk fills up just as restore sets the tail aside
+        if data.startswith(b'{"crc":"0000'):  # the disk fills up just as restore sets the tail aside
             raise OSError(errno.ENOSPC, "No space left on device")
         real_write_all(fd, data)
 
     monkeypatch.setattr(fs_files, "write_all", full_when_setting_aside)
     with pytest.raises(StoreIo) as caught:
         await open_runtime(root)
-    assert "transcript.jsonl" in caught.value.path, caught.value.message
+    assert caught.value.path.startswith(str(segment)), caught.value.message
     assert "No space left on device" in caught.value.message
 
 
@@ -857,7 +841,7 @@ async def test_a_new_root_is_private_whatever_the_umask(tmp_path):
         await runtime.observe(worker.worker_ref, "log", {"n": 1})
         await runtime.stop()
         await runtime.close()
-        with open(worker_dir(root, worker.worker_id) / "transcript.jsonl", "ab") as file:
+        with open(segments(root)[-1], "ab") as file:
             file.write(b'{"torn')  # restore sets it aside into a new .corrupt file
         await (await open_runtime(root)).close()
     finally:
@@ -962,22 +946,23 @@ async def test_changes_without_a_runtime_event_are_durable(root):
     await restored.close()
 
 
-async def test_a_begin_turn_whose_commit_never_finished_delivered_nothing(root):
+async def test_a_begin_turn_whose_log_line_never_finished_delivered_nothing(root, no_timed_checkpoints):
     runtime, _ = await open_executing(root)
     ref = (await runtime.create_worker(ECHO)).worker_ref
     await runtime.send_input(ref, user("a"))
     committed = runtime.worker_detail(ref).execution
-    commits = runtime_dir(root) / "commits.jsonl"
-    lines_before = commits.read_bytes()
+    (segment,) = segments(root)
+    size = segment.stat().st_size
     await runtime.begin_turn(ref)
-    await runtime.close()
-    # A crash after the data of the flush (turn_started) was written, before its commit line.
-    commits.write_bytes(lines_before)
+    await crash(runtime)
+    # A crash in the middle of the flush's write: half its line reached the disk.
+    with open(segment, "r+b") as file:
+        file.truncate(size + (segment.stat().st_size - size) // 2)
 
     restored = await open_runtime(root)
 
     assert restored.worker_detail(ref).execution == committed
-    assert [d.code for d in restored.diagnostics()][-1] == "store.uncommitted_discarded"
+    assert [d.code for d in restored.diagnostics()][-1] == "store.torn_tail"
     assert restored.replay_observations(ref, 0)[-1].event == "user_message"
     await restored.close()
 
@@ -1025,14 +1010,13 @@ async def test_a_turn_end_that_made_an_entry_says_so_in_the_event_log(root):
         ("wrong_event", "transcript entry 5 (assistant, event 3) is not the entry event"),
         ("wrong_role", "transcript entry 5 (user, event"),
         ("unknown_worker", "holds the execution of worker worker-000000ff, which was never created"),
-        ("bad_execution", "bad commit record on line"),
+        ("bad_execution", "bad checkpoint marker: turns 'three' is not an integer"),
     ],
 )
 async def test_damage_to_what_execution_committed_is_refused(root, damage, problem):
     runtime = await with_turns(root)
     await runtime.close()
     transcript = worker_dir(root, "worker-00000001") / "transcript.jsonl"
-    commits = runtime_dir(root) / "commits.jsonl"
     entries = iter_jsonl(transcript)
     if damage == "drop_assistant_entry":
         entries.pop()
@@ -1041,12 +1025,12 @@ async def test_damage_to_what_execution_committed_is_refused(root, damage, probl
     elif damage == "wrong_role":
         entries[-1]["role"] = "user"
     transcript.write_bytes(b"".join(json.dumps(entry).encode() + b"\n" for entry in entries))
-    lines = iter_jsonl(commits)
+    record = marker(root)
     if damage == "unknown_worker":
-        lines[-1]["executions"] = {"worker-000000ff": lines[-1]["executions"]["worker-00000001"]}
+        record["executions"] = {"worker-000000ff": record["executions"]["worker-00000001"]}
     elif damage == "bad_execution":
-        lines[-1]["executions"]["worker-00000001"]["turns"] = "three"
-    commits.write_bytes(b"".join(json.dumps(line).encode() + b"\n" for line in lines))
+        record["executions"]["worker-00000001"]["turns"] = "three"
+    write_marker(root, record)
     before = files_of(root)
 
     with pytest.raises(StoreCorrupt) as caught:
@@ -1056,19 +1040,20 @@ async def test_damage_to_what_execution_committed_is_refused(root, damage, probl
     assert files_of(root) == before
 
 
-async def test_the_commit_log_checkpoint_keeps_every_execution(root, monkeypatch):
-    import runtimed.store.fs.store as fs_store
-
-    monkeypatch.setattr(fs_store, "COMMIT_LOG_LINES", 4)
+async def test_the_checkpoint_keeps_every_execution_and_the_log_the_newest(root, no_timed_checkpoints):
     runtime, _ = await open_executing(root)
     quiet = (await runtime.create_worker(ECHO)).worker_ref
     busy = (await runtime.create_worker(ECHO)).worker_ref
     await runtime.update_execution(quiet, session_id="quiet")
+    store = runtime._store
     for pid in range(1, 30):
         await runtime.update_execution(busy, pid=pid)
+        if pid == 10:  # a checkpoint half-way: the rest stays in the log only
+            store._checkpoint(*store._take_pending())
     before = reads(runtime)
-    await runtime.close()
-    assert len(iter_jsonl(runtime_dir(root) / "commits.jsonl")) <= 4 + 2 + 1
+    await crash(runtime)
+    assert marker(root)["executions"]["worker-00000002"]["pid"] == 10
+    assert marker(root)["executions"]["worker-00000001"]["session_id"] == "quiet"
 
     restored = await open_runtime(root)
 

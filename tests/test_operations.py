@@ -610,8 +610,10 @@ async def test_readyz_is_503_while_the_store_cannot_write_and_200_again_after(tm
     runtime = await Runtime.open(FsStore(tmp_path / "root"))
     client = await aiohttp_client(create_app(runtime))
     (runtime_dir,) = (tmp_path / "root" / "runtimes").iterdir()
-    # The immutable flag refuses writes even to root, which the test suite runs as in CI.
-    made_immutable = subprocess.run(["chattr", "+i", str(runtime_dir)], capture_output=True, text=True)
+    # The immutable flag refuses writes even to root, which the test suite runs as in CI: the
+    # runtime directory (where the probe writes) and the log segment (where a commit appends).
+    (segment,) = (runtime_dir / "log").iterdir()
+    made_immutable = subprocess.run(["chattr", "+i", str(runtime_dir), str(segment)], capture_output=True, text=True)
     if made_immutable.returncode != 0:
         pytest.skip(f"this filesystem has no immutable flag: {made_immutable.stderr.strip()}")
     try:
@@ -623,7 +625,7 @@ async def test_readyz_is_503_while_the_store_cannot_write_and_200_again_after(tm
         response = await client.post("/v1/workers", json=TASK_REQUEST)
         assert (response.status, (await response.json())["error"]["code"]) == (500, "store_io")
     finally:
-        subprocess.run(["chattr", "-i", str(runtime_dir)], check=True)
+        subprocess.run(["chattr", "-i", str(runtime_dir), str(segment)], check=True)
     assert (await client.get("/readyz")).status == 200
     assert (await client.post("/v1/workers", json=TASK_REQUEST)).status == 200
     await runtime.close()

@@ -3,13 +3,89 @@
 Layout under the root (ids are hex-encoded into path components)::
 
     runtimed.lock                                   the daemon's lock (flock), holding its pid
-    runtimes/id-<hex>/runtime.json                  runtime snapshot (schema_version 2)
-    runtimes/id-<hex>/commits.jsonl                 the commit record
-    runtimes/id-<hex>/events.jsonl                  runtime event log
-    runtimes/id-<hex>/diagnostics.jsonl
-    runtimes/id-<hex>/workers/id-<hex>/worker.json         worker snapshot (schema_version 1)
-    runtimes/id-<hex>/workers/id-<hex>/transcript.jsonl
-    runtimes/id-<hex>/workers/id-<hex>/observations.jsonl  retained observation events
+    runtimes/id-<hex>/runtime.json                  runtime snapshot (schema_version 3)
+    runtimes/id-<hex>/log/<first LSN>.jsonl         the write-ahead log, in segments: the commit record
+    runtimes/id-<hex>/checkpoint.json               the checkpoint marker: what the files below hold
+    runtimes/id-<hex>/events.jsonl                  runtime event log          ┐
+    runtimes/id-<hex>/diagnostics.jsonl                                        │ checkpoint files:
+    runtimes/id-<hex>/workers/id-<hex>/worker.json         worker snapshot     │ the seed's layout,
+    runtimes/id-<hex>/workers/id-<hex>/transcript.jsonl                        │ written from what
+    runtimes/id-<hex>/workers/id-<hex>/observations.jsonl  retained ones       ┘ the log made durable
+
+Every file is JSON: ``cat`` and ``jq`` read them all.
+
+**The log is the commit.** A flush (one writer thread; group commit: changes that arrive while
+one runs wait for the next) appends one line per ``Change`` to the newest segment of ``log/``
+with one ``write`` and one ``fsync``, however many workers the batch touches; nothing of the
+batch is acknowledged before that ``fsync`` returns. A line is one request, whole
+(``runtimed.store.fs.wal``)::
+
+    {"crc":"1c291ca3","lsn":42,"event":{…},"runtime_status":"running","workers":[…],
+     "transcript":[…],"observations":[…],"diagnostics":[…]}
+
+``crc`` is the CRC32 (8 hex digits) of the bytes after the fixed 18-byte ``{"crc":"xxxxxxxx",``
+prefix, up to the newline; ``lsn`` numbers lines 1, 2, 3, … without a gap across segments; the
+other keys are the ``Change``'s fields, each by the codec of ``wal.CHANGE_FIELDS`` and left out
+when empty: the event, the whole state of each worker the change touched (its execution
+included: agents' records, ``begin_turn`` and ``update_execution`` with no event, go through
+the log like the rest; a worker's first line carries its creation request, later ones leave it
+out), transcript entries, observations and diagnostics with their worker refs, the runtime's
+status. A segment is named by the LSN of its first line; a flush starts a new one once the
+newest has grown past ``wal.SEGMENT_BYTES``.
+
+**Checkpoints** (``runtimed.store.fs.checkpoint``). A thread of their own, never the event loop
+and never the flush, takes the changes the log has made durable, every ``CHECKPOINT_SECONDS``
+(or ``CHECKPOINT_BYTES`` of log), and writes them into the seed's files: event, transcript,
+observation and diagnostic lines appended, ``worker.json`` and ``runtime.json`` replaced
+atomically, then all fsynced (in parallel). Only then does it record the LSN it covers in
+``checkpoint.json`` (temp file, fsync, rename, fsync of the directory), with what restore must
+find in the files, as in the commit record before the log::
+
+    {"schema_version": 1, "lsn": 9, "event_id": 9, "observation_sequence": 5, "diagnostic_id": 0,
+     "observations": {"worker-00000001": 3, …},      per worker: observations its file took in
+     "executions": {"worker-00000002": {…}}}          every agent-backed worker's execution
+
+and removes the segments it wholly covers, oldest first (never the newest). Observation logs
+are compacted after the marker (to the newest ``backlog`` lines, led by a ``trimmed_through`` /
+``trimmed`` marker), so a compacted file always accounts for the marker's count. ``close``
+writes a last checkpoint and starts an empty segment past it: the next start replays nothing.
+A checkpoint that fails (a full disk) is undone (files cut back to their length before it) and
+retried; the log keeps everything meanwhile, and readiness reports the failure. A
+``worker_turn_ended`` event that made an assistant entry says so in ``events.jsonl``
+(``"transcript_sequence": n``), so that a missing assistant entry is told from a turn that made
+none.
+
+**Restore** reads ``checkpoint.json``, then the checkpoint files, checked against it as strictly
+as against the commit record before: events up to its event id, diagnostics up to its id, the
+transcript entries of those events (one per ``worker_input_accepted``, one per marked
+``worker_turn_ended``, each naming its event) and, per worker, exactly its count of observations
+must all be there, densely numbered; an execution must be of a worker that was created. A
+committed record that is missing (a file deleted, cut short, a line dropped) is corruption:
+restore refuses, naming the file (``store_missing``, ``store_corrupt``). Records past the
+marker's counts, a torn last line of a checkpoint file, and a worker directory whose
+``worker_created`` event is past the marker are what an interrupted checkpoint left; the log has
+them, so they are cut back (removed) with a log line, no warning. Where a snapshot and the event
+log disagree, the event log wins and the snapshot is rewritten.
+
+Then restore replays the log: segments in LSN order, without a gap from the one holding the
+marker's LSN (or the one just past it) to the end; every line must pass its CRC and carry the
+next LSN; lines past the marker's LSN are decoded and applied (ids and sequences must continue
+where the state is). Only the newest segment's last line may be bad — incomplete (no newline)
+or failing its CRC: a write cut short, never acknowledged; it is set aside into
+``<segment>.corrupt`` with a ``store.torn_tail`` warning diagnostic. A bad line anywhere else (a
+flipped byte, a line dropped or duplicated), a missing segment, a marker past the end of the
+log: corruption, refused naming the file and the problem. Segments the marker wholly covers are
+removed (a removal cut short leaves them). Restore time is the state's size (the checkpoint
+files) plus the log's tail, not the history; replayed changes are checkpointed by the next
+checkpoint. Restore changes nothing until every check has passed, so a refused start leaves the
+files as they were.
+
+**Failure.** If a flush fails, the log is cut back to its length before it and every pending
+change fails with ``store_io`` naming the segment; if even that fails, ``StatePoisoned``. A
+daemon killed between the failed write and the cut-back had answered none of those requests:
+whatever of their lines is whole on disk is replayed, as for any request in flight at a crash.
+Readiness (``check_writable``) writes, fsyncs and removes a few KiB in the runtime directory,
+so a full disk is not ready.
 
 **One daemon per root.** ``open`` takes an exclusive ``flock`` on ``<root>/runtimed.lock``
 (mode 0600; it holds the holder's pid) before it reads or changes anything, and ``close``
@@ -21,71 +97,25 @@ daemon is no obstacle and is never removed.
 mode 0700, every file 0600, whatever the umask; ``open`` tightens an existing root to those
 modes (a path it may not change is logged).
 
-**Atomic per request.** A flush writes a batch of changes in two phases: first everything but
-the commit record (event lines, transcript entries, diagnostics, observations, worker and
-runtime snapshots), fsynced; then one line of ``commits.jsonl``, fsynced. Nothing of the batch
-is acknowledged before that line is durable. The line holds, as absolute values, the last event
-id, the last observation sequence and the last diagnostic id, and for each worker the batch
-observed, how many observations its ``observations.jsonl`` has taken in (``runtimed.store.fs.commit``).
-So every acknowledged record is accounted for, observations published by ``Runtime.observe``
-(which have no event) included.
-
-**Executions.** An agent-backed worker's ``WorkerExecution`` (§9.2) lives in the commit record
-itself: a line holds, under ``executions``, the whole execution of each worker the batch changed
-(the checkpoint line, of every such worker), a later one replacing an earlier one. So a change
-with no runtime event (``Runtime.begin_turn`` making an input delivered, ``update_execution``) is
-durable exactly when its commit line is, and restore never takes an unacknowledged turn for
-delivered. ``worker.json`` does not hold it. A ``worker_turn_ended`` event that made an assistant
-transcript entry says so in its line of ``events.jsonl`` (``"transcript_sequence": n``, which the
-event's JSON elsewhere does not carry), so that a missing assistant entry is told from a turn
-that made none.
-
-At restore the commit log's last whole line rules:
-
-- events up to its event id, diagnostics up to its diagnostic id, and transcript entries of those
-  events (one per ``worker_input_accepted``, one per marked ``worker_turn_ended``, each naming
-  its event) must all be there, densely numbered; observations up to its sequence must be there
-  too, each worker's file holding exactly its count (the lines kept plus the ``trimmed`` count of
-  its compaction marker); an execution must be of a worker that was created. A committed record
-  that is missing — a file deleted, cut to fewer lines, a line dropped — is corruption: restore
-  refuses, naming the file (``store_missing``, ``store_corrupt``).
-- records past the commit are an unacknowledged tail: discarded, each file's with a
-  ``store.uncommitted_discarded`` warning. They can only close a file; anywhere else they are
-  corruption. A worker directory whose ``worker_created`` event is past the commit is removed.
-- a torn last line (a crash mid-append) is set aside into ``<file>.corrupt``
-  (``store.torn_tail``); the warning says why it is no acknowledged record (every committed
-  record of its file is present), or that restore cannot tell.
-- where a snapshot and the logs disagree, the logs win and the snapshot is rewritten.
-
-Restore changes nothing until every check has passed, so a refused start leaves the files as
-they were. The commit log is cut back to a single checkpoint line (every count in it) once it
-grows long; the first line always is one.
-
-**Stores written before the commit log** (``runtime.json`` at schema_version 1, no
-``commits.jsonl``) still open, read as they were written: the event log commits events and the
-records that name an event, observations and diagnostics are taken as found (they cannot be
-checked, and a torn tail of theirs is reported as such). ``open`` then writes the commit log (a
-checkpoint of what it found) and only after it moves ``runtime.json`` to schema_version 2, from
-which on the store is checked fully. A runtimed that knows only version 1 refuses the store
-from then on, rather than write past its commit log.
-
 **Start-up leftovers.** Under ``runtimes/``, runtimed's own leftovers — the write probe
 ``.write-probe`` and a ``.id-<hex>`` directory that creating a runtime builds before renaming it
 into place, holding no more than that builds — are removed, with a log line. Any other hidden
-entry is refused, naming it, and left alone.
+entry is refused, naming it, and left alone. In ``log/``, only segments and their ``.corrupt``
+files may be; anything else is refused.
 
-**Group commit.** Changes that arrive while a flush runs wait for the next one, which writes
-them all with one fsync per file touched, the fsyncs running in parallel. File I/O runs in a
-worker thread, never on the event loop.
+**Stores written before the log.** ``runtime.json`` at schema_version 2 (with ``commits.jsonl``,
+the commit record of each flush) or 1 (before that) still opens: it is read and checked as
+before (``commit``, the commit record's format, is kept for that), then upgraded: the log's
+first segment, then ``checkpoint.json`` (LSN 0, the counts restore found), then ``runtime.json``
+at schema_version 3, and only then is ``commits.jsonl`` removed. A crash in between leaves a
+store restore reads by its marker once the marker exists, and the next open finishes the
+upgrade. A runtimed that knows only version 1 or 2 refuses version 3, rather than write past
+the log.
 
-**Failure.** If a flush fails, what it wrote is truncated or put back and every pending change
-fails with ``store_io`` naming the file; if even that fails, ``StatePoisoned``. Readiness
-(``check_writable``) writes, fsyncs and removes a few KiB in the runtime directory, so a full
-disk is not ready.
-
-The records are those of ``runtimed.store.codec``. ``files`` holds the file operations, ``commit``
-the commit record, ``store`` the ``FsStore`` (open, create, commit), ``restore`` the reading back
-at open.
+The records are those of ``runtimed.store.codec``. ``files`` holds the file operations, ``wal``
+the log's lines and segments, ``checkpoint`` the checkpoint files and marker, ``commit`` the
+commit record of stores written before the log, ``store`` the ``FsStore`` (open, create,
+commit, checkpoint thread, close), ``restore`` the reading back at open.
 """
 
 from .files import hex_id, unhex_id

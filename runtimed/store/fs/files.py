@@ -23,10 +23,12 @@ from typing import Any
 import orjson
 
 WORKER_SCHEMA_VERSION = 1  # of worker.json
-#: Of runtime.json: 2 since the store keeps a commit log. Version 1 is read (a store written
-#: before it); runtimed that knows only 1 refuses 2, so it never writes past the commit log.
-RUNTIME_SCHEMA_VERSION = 2
-RUNTIME_SCHEMA_VERSIONS = (1, 2)
+#: Of runtime.json: 3 since the store keeps a write-ahead log (``log/``, ``checkpoint.json``),
+#: 2 when it kept a commit log (``commits.jsonl``), 1 before. Versions 1 and 2 are read and
+#: upgraded at open; a runtimed that knows only an older version refuses a newer one, so it
+#: never writes past the log it does not know.
+RUNTIME_SCHEMA_VERSION = 3
+RUNTIME_SCHEMA_VERSIONS = (1, 2, 3)
 OPEN_FILES = 128  # append handles kept open at once (an LRU: a runtime may have many workers)
 #: Modes of everything the store makes, whatever the umask: only the daemon's user may look.
 FILE_MODE = 0o600
@@ -64,8 +66,13 @@ def parse_line(raw: bytes) -> Any:
 
 
 def jsonl_line(record: dict[str, Any]) -> bytes:
-    # ensure_ascii keeps any lone surrogate a client sent representable on disk.
-    return (json.dumps(record, separators=(",", ":")) + "\n").encode("ascii")
+    """One line of a ``.jsonl`` file: compact JSON in UTF-8 by orjson (the checkpoint writes
+    every record), or escaped to ASCII by the standard library for what orjson refuses: a lone
+    surrogate a client sent, kept representable on disk as its ``\\udXXX`` escape."""
+    try:
+        return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+    except orjson.JSONEncodeError:
+        return (json.dumps(record, separators=(",", ":")) + "\n").encode("ascii")
 
 
 def snapshot_document(record: dict[str, Any], version: int) -> bytes:
@@ -219,25 +226,66 @@ def make_dirs(path: Path) -> None:
 
 def tighten(root: Path) -> list[tuple[Path, OSError]]:
     """Give ``root`` and every directory and regular file under it ``DIR_MODE`` or ``FILE_MODE``
-    (symbolic links are neither followed nor changed); returns what could not be changed."""
+    (symbolic links are neither followed nor changed); returns what could not be changed.
+
+    It walks the whole root at every start (tens of thousands of entries for a large runtime),
+    so it works on strings and ``scandir`` entries, never ``Path`` objects."""
     failed: list[tuple[Path, OSError]] = []
 
-    def set_mode(path: Path) -> None:
-        try:
-            mode = os.lstat(path).st_mode
-            wanted = DIR_MODE if stat.S_ISDIR(mode) else FILE_MODE if stat.S_ISREG(mode) else None
-            if wanted is not None and stat.S_IMODE(mode) != wanted:
+    def set_mode(path: str, mode: int) -> None:
+        wanted = DIR_MODE if stat.S_ISDIR(mode) else FILE_MODE if stat.S_ISREG(mode) else None
+        if wanted is not None and stat.S_IMODE(mode) != wanted:
+            try:
                 os.chmod(path, wanted)
-        except FileNotFoundError:
-            pass
-        except OSError as error:
-            failed.append((path, error))
+            except FileNotFoundError:
+                pass
+            except OSError as error:
+                failed.append((Path(path), error))
 
-    set_mode(root)
-    for directory, dirs, names in os.walk(root):
-        for name in [*dirs, *names]:
-            set_mode(Path(directory, name))
+    try:
+        set_mode(str(root), os.lstat(root).st_mode)
+    except FileNotFoundError:
+        return failed
+    except OSError as error:
+        return [(root, error)]
+    pending = [str(root)]
+    while pending:
+        directory = pending.pop()
+        try:
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    try:
+                        mode = entry.stat(follow_symlinks=False).st_mode
+                    except FileNotFoundError:
+                        continue
+                    except OSError as error:
+                        failed.append((Path(entry.path), error))
+                        continue
+                    set_mode(entry.path, mode)
+                    if stat.S_ISDIR(mode):
+                        pending.append(entry.path)
+        except FileNotFoundError:
+            continue
+        except OSError as error:
+            failed.append((Path(directory), error))
     return failed
+
+
+def read_bytes(path: Path) -> bytes:
+    """The whole file ``path``: ``Path.read_bytes`` without the buffered reader (restore reads
+    every file of the runtime)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        chunk = os.read(fd, size) if size else b""
+        if len(chunk) == size and size:
+            return chunk  # the common case: one read (the lock keeps every writer out)
+        chunks = [chunk]
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 # ------------------------------------------------------------ lock and probe

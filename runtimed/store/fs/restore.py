@@ -10,14 +10,15 @@ refused start leaves the files exactly as it found them.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
+
+import orjson
 
 from ...domain.catalog import WorkerState, WorkerStatus
 from ...domain.errors import StoreCorrupt, StoreIo, StoreMissing
@@ -32,8 +33,9 @@ from ...domain.observation import (
     TranscriptRole,
 )
 from .. import codec
-from ..base import RestoredState
-from . import commit, files
+from ..base import Change, RestoredState
+from . import commit, files, wal
+from .checkpoint import MARKER, MARKER_SCHEMA_VERSION, decode_marker
 from .commit import COMMIT_LOG, CommitRecord
 from .files import RUNTIME_SCHEMA_VERSIONS, WORKER_SCHEMA_VERSION, hex_id, unhex_id
 
@@ -45,6 +47,12 @@ V = TypeVar("V")
 _TORN_COMMIT = "runtimed leaves such a line only when a commit never finished, and such a commit acknowledged nothing"
 _TORN_UNCHECKED = (
     "this store was written before runtimed kept a commit log, so restore cannot tell whether it was acknowledged"
+)
+
+
+_TORN_LOG = (
+    "a log line is acknowledged only once it is whole and fsynced, so it is what is left of a write "
+    "that was never acknowledged"
 )
 
 
@@ -70,10 +78,22 @@ class Restored:
     #: What is committed: the commit log's record, or for a store written before the commit
     #: log, what restore found (every observation count included).
     committed: CommitRecord
-    #: Lines of the commit log; 0 for a store written before it.
+    #: Lines of the commit log; 0 for a store written before it (or with a write-ahead log).
     commit_lines: int
     #: The ``schema_version`` of ``runtime.json``.
     runtime_schema: int
+    #: Whether the store keeps a write-ahead log (``checkpoint.json`` is there); if not, the
+    #: store must start one (an upgrade).
+    has_log: bool = False
+    #: The LSN ``checkpoint.json`` records: what the checkpoint files hold.
+    checkpoint_lsn: int = 0
+    #: The log's segments, oldest first, once restore has removed those the checkpoint covers.
+    segments: list[wal.Segment] = field(default_factory=list)
+    #: The LSN the next log line gets.
+    next_lsn: int = 1
+    #: The changes replayed from the log (after the checkpoint's LSN), and their bytes.
+    replayed: list[Change] = field(default_factory=list)
+    replayed_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +117,85 @@ def _above(record: dict[str, Any], key: str, limit: int) -> bool:
     """Whether ``record[key]`` is a number past ``limit`` (a record the commit did not reach)."""
     value = record.get(key)
     return isinstance(value, int) and value > limit
+
+
+def _parse_all(body: bytes) -> list[dict[str, Any]] | None:
+    """Every line of ``body`` (whole lines) parsed at once, as one JSON array: restore reads
+    hundreds of thousands of lines, and one ``orjson.loads`` a file is several times faster
+    than one a line. ``None`` when that does not give one object per line (then the lines are
+    parsed one by one, which names the bad one)."""
+    if not body:
+        return []
+    try:
+        records = orjson.loads(b"[" + body[:-1].replace(b"\n", b",") + b"]")
+    except orjson.JSONDecodeError:
+        return None
+    if len(records) != body.count(b"\n") or set(map(type, records)) != {dict}:
+        return None
+    return records  # type: ignore[no-any-return]
+
+
+_ROLES = {role.value: role for role in TranscriptRole}
+_KINDS = {kind.value: kind for kind in EventKind}
+
+
+class _Replay:
+    """The state restore builds, advanced by the log's changes past the checkpoint; ``apply``
+    checks that each continues where the state is (ids and sequences without a gap)."""
+
+    def __init__(
+        self,
+        events: list[RuntimeEvent],
+        workers: list[WorkerState],
+        transcripts: dict[str, list[TranscriptEntry]],
+        diagnostics: list[RuntimeDiagnostic],
+        observations: list[Observation],
+        observation_sequence: int,
+    ) -> None:
+        self.events = events
+        self.workers = {state.worker_ref.worker_id: state for state in workers}
+        self.transcripts = transcripts
+        self.diagnostics = diagnostics
+        self.observations = observations
+        self.observation_sequence = observation_sequence
+        self.status = RuntimeStatus.RUNNING
+        self.changes: list[Change] = []
+
+    def apply(self, change: Change) -> str | None:
+        """Apply ``change``, or say why it does not follow from the state."""
+        event = change.event
+        if event is not None:
+            if event.id != len(self.events) + 1:
+                return f"holds event {event.id} where {len(self.events) + 1} was expected"
+            self.events.append(event)
+        for state in change.workers:
+            worker_id = state.worker_ref.worker_id
+            if worker_id not in self.workers:
+                if event is None or event.kind is not EventKind.WORKER_CREATED:
+                    return f"changes worker {worker_id}, which was never created"
+                self.transcripts[worker_id] = []
+            self.workers[worker_id] = state
+        for entry in change.transcript:
+            transcript = self.transcripts.get(entry.worker_ref.worker_id)
+            if transcript is None:
+                return f"holds a transcript entry of worker {entry.worker_ref.worker_id}, which was never created"
+            if entry.sequence != len(transcript) + 1:
+                return f"holds transcript entry {entry.sequence} where {len(transcript) + 1} was expected"
+            transcript.append(entry)
+        for diagnostic in change.diagnostics:
+            if diagnostic.id != len(self.diagnostics) + 1:
+                return f"holds diagnostic {diagnostic.id} where {len(self.diagnostics) + 1} was expected"
+            self.diagnostics.append(diagnostic)
+        for observation in change.observations:
+            if observation.worker_ref.worker_id not in self.workers:
+                return f"holds an observation of worker {observation.worker_ref.worker_id}, which was never created"
+            if observation.sequence <= self.observation_sequence:
+                return f"holds observation {observation.sequence}, not after {self.observation_sequence}"
+            self.observation_sequence = observation.sequence
+            self.observations.append(observation)
+        self.status = change.runtime_status
+        self.changes.append(change)
+        return None
 
 
 class Restorer:
@@ -125,6 +224,17 @@ class Restorer:
         self.observation_lines: dict[str, int] = {}
         self.observation_counts: dict[str, int] = {}
         self.commit: CommitRecord | None = None  # None: a store written before the commit log
+        #: With a write-ahead log: the checkpoint's LSN (records past its counts are what an
+        #: interrupted checkpoint left, cut back with a log line rather than a warning).
+        self.checkpoint_lsn: int | None = None
+
+    @property
+    def counted_by(self) -> str:
+        return "the checkpoint" if self.checkpoint_lsn is not None else "the commit log"
+
+    def _commit_path(self) -> Path:
+        """Where the counts restore checks against come from: the marker, or the commit log."""
+        return self.dir / (MARKER if self.checkpoint_lsn is not None else COMMIT_LOG)
 
     def corrupt(self, path: Path, problem: str) -> StoreCorrupt:
         return StoreCorrupt("restore", str(path), problem)
@@ -152,7 +262,12 @@ class Restorer:
         if runtime.runtime_id != self.runtime_id:
             raise self.corrupt(snapshot_path, f"names runtime {runtime.runtime_id!r}, not {self.runtime_id!r}")
         self.snapshots[snapshot_path] = raw
-        commit_lines = self._commit_log(schema)
+        if schema >= 3 or (self.dir / MARKER).exists():
+            # An upgrade writes the marker before it moves runtime.json on: a marker rules.
+            self._read_marker()
+            commit_lines = 0
+        else:
+            commit_lines = self._commit_log(schema)
         checked = self.commit is not None
 
         events_path = self.dir / "events.jsonl"
@@ -170,14 +285,29 @@ class Restorer:
             records = self._discard_uncommitted(
                 events_path, records, lambda record: _above(record, "id", committed_id), "event"
             )
-        events = self._decode_each(events_path, records, lambda record: codec.decode_event(record, decode_ref), "event")
-        self._require_dense(events_path, events, lambda event: event.id, "event id")
+        try:
+            # The decoder's checks, inlined: the event log is the longest file restore reads.
+            events = [
+                RuntimeEvent(
+                    r["id"],
+                    _KINDS[r["kind"]],
+                    r["message"],
+                    None if (raw_ref := r.get("worker_ref")) is None else decode_ref(raw_ref),
+                )
+                for r in records
+            ]
+        except codec.RECORD_ERRORS:
+            events = self._decode_each(
+                events_path, records, lambda record: codec.decode_event(record, decode_ref), "event"
+            )
+        if [event.id for event in events] != list(range(1, len(events) + 1)):
+            self._require_dense(events_path, events, lambda event: event.id, "event id")
         replies = self._replies(events_path, records)
         last_event = len(events)
         if self.commit is not None and last_event < self.commit.event_id:
             raise self.short(
                 events_path,
-                f"the commit log acknowledged event {self.commit.event_id} and the log ends at event {last_event}",
+                f"{self.counted_by} acknowledged event {self.commit.event_id} and the log ends at event {last_event}",
             )
         # A snapshot may run ahead of the commit (written in the flush that never committed),
         # never ahead of the events on disk.
@@ -215,12 +345,27 @@ class Restorer:
                 {worker_id: count for worker_id, count in self.observation_counts.items() if count},
             )
 
+        checkpoint_status = status
+        replayed: list[Change] = []
+        replayed_bytes = 0
+        segments: list[wal.Segment] = []
+        next_lsn = 1
+        if self.checkpoint_lsn is not None:
+            replay = _Replay(events, workers, transcripts, diagnostics, observations, committed.observation_sequence)
+            segments, next_lsn, replayed_bytes = self._replay_log(replay)
+            replayed = replay.changes
+            status = replay.status if replayed else status
+            workers = list(replay.workers.values())
+            committed_sequence = replay.observation_sequence
+        else:
+            committed_sequence = committed.observation_sequence
+
         self._apply_repairs()
         state = RestoredState(
             runtime_id=self.runtime_id,
             status=status,
             worker_sequence=len(workers),
-            observation_sequence=committed.observation_sequence,
+            observation_sequence=committed_sequence,
             events=events,
             workers=workers,
             transcripts=transcripts,
@@ -235,11 +380,115 @@ class Restorer:
             created_event=self.created_event,
             snapshot_status=self.snapshot_status,
             observation_lines=self.observation_lines,
-            runtime_status=status,
+            runtime_status=checkpoint_status,
             committed=committed,
             commit_lines=commit_lines,
             runtime_schema=schema,
+            has_log=self.checkpoint_lsn is not None,
+            checkpoint_lsn=self.checkpoint_lsn or 0,
+            segments=segments,
+            next_lsn=next_lsn,
+            replayed=replayed,
+            replayed_bytes=replayed_bytes,
         )
+
+    def _read_marker(self) -> None:
+        """Read ``checkpoint.json`` into ``self.commit`` and ``self.checkpoint_lsn``."""
+        path = self.dir / MARKER
+        _, record, _ = self._read_json(path, (MARKER_SCHEMA_VERSION,))
+        try:
+            self.checkpoint_lsn, self.commit = decode_marker(record)
+        except codec.RECORD_ERRORS as error:
+            raise self.corrupt(path, f"bad checkpoint marker: {codec.record_problem(error)}") from None
+
+    def _replay_log(self, replay: _Replay) -> tuple[list[wal.Segment], int, int]:
+        """Check every segment of the log and replay its lines past the checkpoint onto
+        ``replay``; returns the segments kept, the next LSN and the bytes replayed.
+
+        LSNs must run on without a gap from the segment that holds the checkpoint's LSN (or the
+        one just past it) to the end, and every line must pass its checksum. Only the newest
+        segment's last line may be bad: an incomplete line, or a whole one failing its checksum,
+        is a write cut short, set aside with a warning. Segments the checkpoint wholly covers
+        are removed."""
+        assert self.checkpoint_lsn is not None
+        checkpoint_lsn = self.checkpoint_lsn
+        log_dir = self.dir / wal.LOG_DIR
+        if not log_dir.exists():
+            raise StoreMissing("restore", str(log_dir), "the write-ahead log directory is missing")
+        if not log_dir.is_dir():
+            raise self.corrupt(log_dir, "is a file where a directory should be")
+        segments, others = wal.list_segments(log_dir)
+        for other in others:
+            if not (other.name.endswith(".corrupt") and other.is_file()):
+                raise self.corrupt(other, "is not a log segment (<first LSN, 16 digits>.jsonl)")
+        if not segments:
+            raise StoreMissing("restore", str(log_dir), "the write-ahead log has no segment")
+        if segments[0].first_lsn > checkpoint_lsn + 1:
+            raise self.corrupt(
+                segments[0].path,
+                f"the log starts at LSN {segments[0].first_lsn}, but the checkpoint ({self.dir / MARKER}) covers "
+                f"only up to LSN {checkpoint_lsn}: the records between are missing",
+            )
+        expected = segments[0].first_lsn
+        context = wal.Context()
+        context.requests.update((worker_id, state.request) for worker_id, state in replay.workers.items())
+        replayed_bytes = 0
+        kept: list[wal.Segment] = []
+        for index, segment in enumerate(segments):
+            newest = index == len(segments) - 1
+            path = segment.path
+            if segment.first_lsn != expected:
+                raise self.corrupt(
+                    path, f"starts at LSN {segment.first_lsn} where {expected} was expected (a segment is missing)"
+                )
+            try:
+                data = path.read_bytes()
+            except OSError as error:
+                raise StoreIo("read", str(path), error.strerror or str(error)) from None
+            lines, tail = wal.split_lines(data)
+            if tail and not newest:
+                raise self.corrupt(path, "ends in an incomplete line, but a later segment follows")
+            context.decode_ref = self._ref_decoder(path)
+            for number, line in enumerate(lines, start=1):
+                problem = wal.check(line)
+                if problem is not None:
+                    if newest and number == len(lines) and not tail:
+                        tail = line + b"\n"  # a whole last line that fails: a write cut short too
+                        break
+                    raise self.corrupt(path, f"line {number} {problem}")
+                lsn = wal.line_lsn(line)
+                if lsn != expected:
+                    raise self.corrupt(path, f"line {number} has LSN {lsn} where {expected} was expected")
+                expected += 1
+                if lsn <= checkpoint_lsn:
+                    continue
+                try:
+                    change = wal.decode_change(files.parse_line(line), context)
+                except codec.RECORD_ERRORS as error:
+                    problem = codec.record_problem(error)
+                    raise self.corrupt(path, f"bad log record on line {number}: {problem}") from None
+                problem = replay.apply(change)
+                if problem is not None:
+                    raise self.corrupt(path, f"line {number} (LSN {lsn}) {problem}")
+                replayed_bytes += len(line) + 1
+            if tail:
+                self._set_aside(path, len(data) - len(tail), tail.rstrip(b"\n"), _TORN_LOG)
+            if not newest and segments[index + 1].first_lsn - 1 <= checkpoint_lsn:
+                self.repair(path, partial(self._remove_segment, path))
+            else:
+                kept.append(segment)
+        if expected - 1 < checkpoint_lsn:
+            raise self.corrupt(
+                self.dir / MARKER,
+                f"covers the log up to LSN {checkpoint_lsn}, but the log ({log_dir}) ends at LSN {expected - 1}",
+            )
+        return kept, expected, replayed_bytes
+
+    @staticmethod
+    def _remove_segment(path: Path) -> None:
+        path.unlink(missing_ok=True)
+        files.fsync_path(path.parent)
+        log.info("removed %s: the checkpoint covers every record in it", path)
 
     def _commit_log(self, schema: int) -> int:
         """Read the commit log into ``self.commit``; returns its lines (0: there is none, which
@@ -279,8 +528,8 @@ class Restorer:
     def _read_json(self, path: Path, versions: tuple[int, ...]) -> tuple[bytes, dict[str, Any], int]:
         """A snapshot document: its bytes, its record and its ``schema_version`` (one of ``versions``)."""
         try:
-            raw = path.read_bytes()
-            data = json.loads(raw)
+            raw = files.read_bytes(path)
+            data = files.parse_line(raw)
         except FileNotFoundError:
             raise StoreMissing("restore", str(path), "file is missing") from None
         except IsADirectoryError:
@@ -301,15 +550,26 @@ class Restorer:
         """The records of a ``.jsonl`` log. A torn last line is set aside (``torn`` says why it
         is no acknowledged record); anything else bad is corruption."""
         try:
-            data = path.read_bytes()
+            data = files.read_bytes(path)
         except FileNotFoundError:
             return []
         except IsADirectoryError:
             raise self.corrupt(path, "is a directory where a file should be") from None
         except OSError as error:
             raise StoreIo("read", str(path), error.strerror or str(error)) from None
-        lines = data.split(b"\n")
-        tail = lines.pop()  # after the last newline: empty unless the last append was torn
+        tail = data[data.rfind(b"\n") + 1 :]  # after the last newline: empty unless the last append was torn
+        body = data[: len(data) - len(tail)]
+        records = _parse_all(body)
+        if records is None:
+            records = self._parse_each(path, body)
+        if tail:
+            self._set_aside(path, len(data) - len(tail), tail, torn)
+        return records
+
+    def _parse_each(self, path: Path, body: bytes) -> list[dict[str, Any]]:
+        """The lines of ``body`` one by one: the slow way, which names the line that is bad."""
+        lines = body.split(b"\n")
+        lines.pop()
         records = []
         for number, raw in enumerate(lines, start=1):
             try:
@@ -319,11 +579,13 @@ class Restorer:
             if not isinstance(record, dict):
                 raise self.corrupt(path, f"line {number} is not a JSON object")
             records.append(record)
-        if tail:
-            self._set_aside(path, len(data) - len(tail), tail, torn)
         return records
 
     def _set_aside(self, path: Path, keep: int, tail: bytes, why: str) -> None:
+        if self.checkpoint_lsn is not None and why is not _TORN_LOG:
+            # A checkpoint file: the line is what an interrupted checkpoint left, and the log has it.
+            self.repair(path, partial(self._cut_back, path, keep, f"an incomplete last line ({len(tail)} bytes)"))
+            return
         aside = path.with_name(path.name + ".corrupt")
 
         def set_aside() -> None:
@@ -361,6 +623,9 @@ class Restorer:
         """Drop records the commit did not reach; they must close the file (but for records
         with no event id, when ``may_interleave``: how a store written before the commit log
         holds observations and diagnostics that were published alone)."""
+        if not records or (not may_interleave and not uncommitted(records[-1])):
+            # Records are in order (checked after), so when the last is committed, all are.
+            return records
         kept: list[dict[str, Any]] = []
         dropped = 0
         for record in records:
@@ -372,9 +637,22 @@ class Restorer:
             kept.append(record)
         if dropped:
             data = b"".join(files.jsonl_line(record) for record in kept)
+            if self.checkpoint_lsn is not None:
+                self.repair(path, partial(self._cut_back_to, path, data, f"{dropped} {what}(s)"))
+                return kept
             message = f"{path}: {dropped} {what}(s) written but never committed, so never acknowledged, were discarded"
             self.repair(path, partial(files.replace_atomically, path, data), ("store.uncommitted_discarded", message))
         return kept
+
+    @staticmethod
+    def _cut_back(path: Path, keep: int, what: str) -> None:
+        files.truncate(path, keep)
+        log.info("%s: cut back %s past the checkpoint, left by an interrupted checkpoint (in the log)", path, what)
+
+    @staticmethod
+    def _cut_back_to(path: Path, data: bytes, what: str) -> None:
+        files.replace_atomically(path, data)
+        log.info("%s: cut back %s past the checkpoint, left by an interrupted checkpoint (in the log)", path, what)
 
     # --------------------------------------------------------- records
 
@@ -406,7 +684,15 @@ class Restorer:
         """Decodes the refs in ``path``: each must name this runtime, and each worker gets one ref
         object however many records name it."""
 
+        refs = self.refs
+        runtime_id = self.runtime_id
+
         def decode(record: Any) -> WorkerRef:
+            if type(record) is dict:
+                # The common case first: a worker already seen, of this runtime.
+                ref = refs.get(record.get("worker_id"))  # type: ignore[arg-type]
+                if ref is not None and record.get("runtime_id") == runtime_id and len(record) == 2:
+                    return ref
             if not isinstance(record, Mapping) or record.get("runtime_id") != self.runtime_id:
                 raise self.corrupt(path, f"names another runtime: {record!r}")
             worker_id = record.get("worker_id")
@@ -422,9 +708,9 @@ class Restorer:
         """Per ``worker_turn_ended`` event that committed an assistant entry, that entry's
         sequence (the store marks such events with ``transcript_sequence``)."""
         replies: dict[int, int] = {}
-        for number, record in enumerate(records, start=1):
-            if "transcript_sequence" not in record:
-                continue
+        marked = [number for number, record in enumerate(records, start=1) if "transcript_sequence" in record]
+        for number in marked:
+            record = records[number - 1]
             sequence = record["transcript_sequence"]
             if record.get("kind") != EventKind.WORKER_TURN_ENDED.value or not isinstance(sequence, int):
                 raise self.corrupt(path, f"bad event record on line {number}: transcript_sequence {sequence!r}")
@@ -441,7 +727,7 @@ class Restorer:
         if self.commit is not None and len(diagnostics) < self.commit.diagnostic_id:
             raise self.short(
                 path,
-                f"the commit log acknowledged {self.commit.diagnostic_id} diagnostics and the file holds "
+                f"{self.counted_by} acknowledged {self.commit.diagnostic_id} diagnostics and the file holds "
                 f"{len(diagnostics)} of them",
             )
         return diagnostics
@@ -469,6 +755,10 @@ class Restorer:
                     raise self.corrupt(
                         directory, f"worker {worker_id} has no worker_created event, but later workers do"
                     )
+                if self.checkpoint_lsn is not None:
+                    # Written by a checkpoint that was cut short: the log creates it again.
+                    self.repair(directory, partial(self._remove_worker_dir, directory, checkpoint=True))
+                    continue
                 # Created by a request whose worker_created event was never committed.
                 self.repair(
                     directory,
@@ -485,12 +775,12 @@ class Restorer:
             for worker_id in self.commit.observations:
                 if worker_id not in created:
                     raise self.corrupt(
-                        self.dir / COMMIT_LOG, f"counts observations of worker {worker_id}, which was never created"
+                        self._commit_path(), f"counts observations of worker {worker_id}, which was never created"
                     )
             for worker_id in self.commit.executions:
                 if worker_id not in created:
                     raise self.corrupt(
-                        self.dir / COMMIT_LOG, f"holds the execution of worker {worker_id}, which was never created"
+                        self._commit_path(), f"holds the execution of worker {worker_id}, which was never created"
                     )
         for worker_id in created:
             if worker_id not in on_disk:
@@ -504,29 +794,42 @@ class Restorer:
         # Per worker, the events that committed its transcript entries, in order: every input,
         # and each turn end that made an assistant entry.
         committing: dict[str, list[int]] = {}
+        # Names bound once: this loop runs once per event of the runtime's whole life.
+        runtime_stopped, worker_created = EventKind.RUNTIME_STOPPED, EventKind.WORKER_CREATED
+        worker_stopped, worker_cancelled = EventKind.WORKER_STOPPED, EventKind.WORKER_CANCELLED
+        input_accepted = EventKind.WORKER_INPUT_ACCEPTED
+        running, stopped, cancelled = WorkerStatus.RUNNING, WorkerStatus.STOPPED, WorkerStatus.CANCELLED
+        for worker_id in created:
+            committing[worker_id] = []
         for event in events:
             ref = event.worker_ref
-            if event.kind is EventKind.RUNTIME_STOPPED:
+            kind = event.kind
+            if kind is runtime_stopped:
                 for worker_id, current in status.items():
-                    if current is WorkerStatus.RUNNING:
-                        status[worker_id] = WorkerStatus.STOPPED
+                    if current is running:
+                        status[worker_id] = stopped
                         last[worker_id] = event.id
                 continue
             if ref is None:
                 continue
-            if event.kind is EventKind.WORKER_CREATED:
-                status[ref.worker_id] = WorkerStatus.RUNNING
-            elif event.kind is EventKind.WORKER_STOPPED:
-                status[ref.worker_id] = WorkerStatus.STOPPED
-            elif event.kind is EventKind.WORKER_CANCELLED:
-                status[ref.worker_id] = WorkerStatus.CANCELLED
-            elif event.kind is EventKind.WORKER_INPUT_ACCEPTED or event.id in replies:
-                committing.setdefault(ref.worker_id, []).append(event.id)
-            if ref.worker_id not in created:
+            worker_id = ref.worker_id
+            if kind is input_accepted:
+                inputs = committing.get(worker_id)
+                if inputs is not None:
+                    inputs.append(event.id)
+            elif kind is worker_created:
+                status[worker_id] = running
+            elif kind is worker_stopped:
+                status[worker_id] = stopped
+            elif kind is worker_cancelled:
+                status[worker_id] = cancelled
+            elif event.id in replies and worker_id in committing:
+                committing[worker_id].append(event.id)
+            if worker_id not in created:
                 raise self.corrupt(
-                    self.dir / "events.jsonl", f"event {event.id} names worker {ref.worker_id}, which was never created"
+                    self.dir / "events.jsonl", f"event {event.id} names worker {worker_id}, which was never created"
                 )
-            last[ref.worker_id] = event.id
+            last[worker_id] = event.id
 
         workers: list[WorkerState] = []
         transcripts: dict[str, list[TranscriptEntry]] = {}
@@ -543,7 +846,7 @@ class Restorer:
             if ref.worker_id != worker_id:
                 raise self.corrupt(snapshot_path, f"names worker {ref.worker_id!r}, not {worker_id!r}")
             entries = self._transcript(directory, ref, last_event)
-            self._check_entries(directory / "transcript.jsonl", entries, committing.get(worker_id, []), replies)
+            self._check_entries(directory / "transcript.jsonl", entries, committing[worker_id], replies)
             execution = self.commit.executions.get(worker_id) if self.commit is not None else None
             state = WorkerState(ref, stored.request, status[worker_id], len(entries), last[worker_id], execution)
             self.created_event[worker_id] = created[worker_id]
@@ -573,6 +876,14 @@ class Restorer:
             if answered:
                 committed += f" and committed {answered} assistant replies"
             raise self.corrupt(path, f"holds {len(entries)} entries, but the event log {committed}")
+        # The common case in bulk (entries are densely numbered, so a sequence is a position):
+        # each entry names its event, and the assistant entries are exactly the replies.
+        if [entry.event_id for entry in entries] == committing:
+            assistant = TranscriptRole.ASSISTANT
+            said = [entry.sequence for entry in entries if entry.role is assistant]
+            replied = [(position, replies[e]) for position, e in enumerate(committing, 1) if e in replies]
+            if said == [position for position, _ in replied] == [sequence for _, sequence in replied]:
+                return
         for entry, event_id in zip(entries, committing, strict=True):
             reply = replies.get(event_id)
             if entry.event_id != event_id or (reply is not None) != (entry.role is TranscriptRole.ASSISTANT):
@@ -585,9 +896,11 @@ class Restorer:
                 raise self.corrupt(path, f"event {event_id} committed entry {reply}, not {entry.sequence}")
 
     @staticmethod
-    def _remove_worker_dir(directory: Path) -> None:
+    def _remove_worker_dir(directory: Path, checkpoint: bool = False) -> None:
         shutil.rmtree(directory)
         files.fsync_path(directory.parent)
+        if checkpoint:
+            log.info("removed %s: written by an interrupted checkpoint past its marker (the log has it)", directory)
 
     def _transcript(self, directory: Path, ref: WorkerRef, last_event: int) -> list[TranscriptEntry]:
         path = directory / "transcript.jsonl"
@@ -596,8 +909,15 @@ class Restorer:
         records = self._discard_uncommitted(
             path, records, lambda record: _above(record, "event_id", last_event), "transcript entry"
         )
-        entries = self._decode_each(path, records, lambda r: codec.decode_transcript_entry(r, ref), "transcript")
-        self._require_dense(path, entries, lambda entry: entry.sequence, "transcript sequence")
+        try:
+            # The decoder's checks, inlined: restore builds every entry of every worker.
+            entries = [
+                TranscriptEntry(r["sequence"], ref, _ROLES[r["role"]], r["content"], r["event_id"]) for r in records
+            ]
+        except codec.RECORD_ERRORS:
+            entries = self._decode_each(path, records, lambda r: codec.decode_transcript_entry(r, ref), "transcript")
+        if [entry.sequence for entry in entries] != list(range(1, len(entries) + 1)):
+            self._require_dense(path, entries, lambda entry: entry.sequence, "transcript sequence")
         return entries
 
     def _observations(self, directory: Path, ref: WorkerRef, last_event: int) -> list[Observation]:
@@ -616,20 +936,29 @@ class Restorer:
                 raise self.corrupt(path, f"bad compaction marker {marker!r}")
             self.trimmed[ref.worker_id] = previous
             first_line = 2
-        observations = self._decode_each(
-            path, records, lambda r: codec.decode_observation(r, ref), "observation", first_line=first_line
-        )
-        for number, observation in enumerate(observations, start=first_line):
-            if observation.sequence <= previous:
-                raise self.corrupt(path, f"observation sequence {observation.sequence!r} out of order on line {number}")
-            previous = observation.sequence
+        try:
+            observations = [Observation(r["sequence"], ref, r["event"], r.get("data")) for r in records]
+            sequences = [observation.sequence for observation in observations]
+            if not all(type(sequence) is int for sequence in sequences):
+                raise TypeError("a sequence is not an integer")
+        except codec.RECORD_ERRORS:
+            observations = self._decode_each(
+                path, records, lambda r: codec.decode_observation(r, ref), "observation", first_line=first_line
+            )
+            sequences = [observation.sequence for observation in observations]
+        if sequences and (sequences[0] <= previous or sequences != sorted(set(sequences))):
+            for number, sequence in enumerate(sequences, start=first_line):
+                if sequence <= previous:
+                    raise self.corrupt(path, f"observation sequence {sequence!r} out of order on line {number}")
+                previous = sequence
         count = trimmed + len(observations)
         if self.commit is not None:
             acknowledged = self.commit.observations.get(ref.worker_id, 0)
             if count != acknowledged:
                 raise self.short(
                     path,
-                    f"the commit log acknowledged {acknowledged} observations of worker {ref.worker_id} and the file "
+                    f"{self.counted_by} acknowledged {acknowledged} observations of worker {ref.worker_id} and the "
+                    "file "
                     f"accounts for {count} ({len(observations)} kept, {trimmed} compacted away)",
                 )
         self.observation_counts[ref.worker_id] = count

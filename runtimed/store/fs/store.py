@@ -1,98 +1,61 @@
-"""``FsStore``: open or create the runtime directory, and commit changes to it.
+"""``FsStore``: open or create the runtime directory, commit changes to its log, checkpoint.
 
-Writes go through one worker thread (``_write_batch``, once a flush); ``restore`` reads the
-directory back at open, ``commit`` holds the commit record's format, and ``files`` holds the file
-operations all of them use.
+A flush (one writer thread) appends the batch's changes to the write-ahead log (``wal``) with
+one ``write`` and one ``fsync``; then the changes are durable and handed to the checkpoint
+thread, which writes them into the files of the seed's layout (``checkpoint``) every
+``CHECKPOINT_SECONDS`` or ``CHECKPOINT_BYTES`` of log, records the LSN it covers and removes
+the segments it wholly covers. ``restore`` reads the directory back at open; ``files`` holds the
+file operations all of them use.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import gc
 import logging
 import os
 import shutil
+import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
-from typing import Any
 
-from ...domain.catalog import WorkerState, WorkerStatus
 from ...domain.errors import StatePoisoned, StoreCorrupt, StoreError, StoreIo, StoreLocked
-from ...domain.execution import WorkerExecution
 from ...domain.management import RuntimeStatus
-from ...domain.observation import EventKind
-from .. import codec
 from ..base import Change, RestoredState, Store
-from . import commit, files
-from .commit import COMMIT_LOG, CommitRecord
-from .files import (
-    LOCK_FILE,
-    PROBE_FILE,
-    RUNTIME_SCHEMA_VERSION,
-    TEMP_SUFFIX,
-    WORKER_SCHEMA_VERSION,
-    OpenFiles,
-    hex_id,
-    jsonl_line,
-    replace_atomically,
-    unhex_id,
-)
+from . import files, wal
+from .checkpoint import MARKER, CheckpointBroken, CheckpointFiles, runtime_snapshot, write_first_marker
+from .commit import COMMIT_LOG
+from .files import LOCK_FILE, PROBE_FILE, TEMP_SUFFIX, hex_id, replace_atomically, unhex_id
 from .restore import Restored, Restorer
 
 log = logging.getLogger("runtimed.store")
 
-#: The commit log is cut back to one checkpoint line once it has this many lines more than
-#: the runtime has workers with observations or executions (so a checkpoint costs little per flush).
-COMMIT_LOG_LINES = 4096
+#: A checkpoint is written once the log holds this much past the last one …
+CHECKPOINT_BYTES = 16 << 20
+#: … or once the oldest change not yet checkpointed is this old.
+CHECKPOINT_SECONDS = 1.0
+#: After a checkpoint failed (a full disk), the next try waits this long.
+CHECKPOINT_RETRY_SECONDS = 5.0
 #: What ``create`` puts in the hidden directory it builds a runtime in, before renaming it into
 #: place; a directory of that name holding no more than this is a start that was cut short.
 _BUILT_BY_CREATE = frozenset(
-    {"workers", "runtime.json", "runtime.json" + TEMP_SUFFIX, COMMIT_LOG, COMMIT_LOG + TEMP_SUFFIX}
+    {
+        "workers",
+        "runtime.json",
+        "runtime.json" + TEMP_SUFFIX,
+        MARKER,
+        MARKER + TEMP_SUFFIX,
+        wal.LOG_DIR,
+        COMMIT_LOG,
+        COMMIT_LOG + TEMP_SUFFIX,
+    }
 )
-
-
-def _worker_snapshot(state: WorkerState, created_event_id: int) -> bytes:
-    """What a worker was created with and its status. Rewritten only when the status changes;
-    the transcript length and last event id live in the logs, which win at restore."""
-    record = codec.WorkerRecord(state.worker_ref, created_event_id, state.status, state.request)
-    return files.snapshot_document(codec.encode_worker_record(record), WORKER_SCHEMA_VERSION)
-
-
-def _runtime_snapshot(runtime_id: str, status: RuntimeStatus, last_event_id: int) -> bytes:
-    record = codec.encode_runtime_record(codec.RuntimeRecord(runtime_id, status, last_event_id))
-    return files.snapshot_document(record, RUNTIME_SCHEMA_VERSION)
 
 
 def _io_error(operation: str, error: OSError, fallback: Path) -> StoreIo:
     """``StoreIo`` naming the file ``error`` concerns (``fallback`` when it names none)."""
     return StoreIo(operation, str(error.filename or fallback), error.strerror or str(error))
-
-
-@dataclass
-class _Batch:
-    """What one flush writes, gathered from its changes, and what it takes to undo it."""
-
-    appends: dict[Path, list[bytes]] = field(default_factory=dict)
-    commit_line: bytes = b""
-    new_dirs: list[Path] = field(default_factory=list)
-    snapshots: dict[Path, bytes] = field(default_factory=dict)  # path -> new content
-    sizes: dict[Path, int] = field(default_factory=dict)  # appended files: size before
-    created_files: set[Path] = field(default_factory=set)  # appended files the batch creates
-    previous: dict[Path, bytes | None] = field(default_factory=dict)  # replaced files: content before
-    # What the store will remember once the batch is durable (nothing, if it fails).
-    created_event: dict[str, int] = field(default_factory=dict)
-    snapshot_status: dict[str, WorkerStatus] = field(default_factory=dict)
-    executions: dict[str, WorkerExecution] = field(default_factory=dict)  # changed by the batch
-    runtime_status: RuntimeStatus | None = None
-    #: What the batch's commit record says (observation counts: of the workers it observes).
-    committed: CommitRecord = field(default_factory=CommitRecord)
-
-    def append(self, path: Path, record: dict[str, Any]) -> None:
-        self.appends.setdefault(path, []).append(jsonl_line(record))
 
 
 # ------------------------------------------------------------------ store
@@ -111,25 +74,26 @@ class FsStore(Store):
         self._runtime_dir: Path | None = None
         self._runtime_id: str | None = None
         self._lock_fd: int | None = None
-        self._files = OpenFiles()
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="runtimed-store")
         self._fsyncs = ThreadPoolExecutor(max_workers=16, thread_name_prefix="runtimed-fsync")
         self._queue: list[tuple[Change, asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._failed: BaseException | None = None
-        # What the store writes itself, kept to write snapshots and to undo a failed flush.
-        self._created_event: dict[str, int] = {}  # worker id -> id of its worker_created event
-        self._snapshot_status: dict[str, WorkerStatus] = {}  # worker id -> status in worker.json
-        self._snapshots: dict[Path, bytes] = {}  # snapshot path -> content on disk
-        self._observation_lines: dict[str, int] = {}  # worker id -> observation lines in its file
-        self._runtime_status = RuntimeStatus.RUNNING
-        # What the last commit record says, and how many lines the commit log has.
-        self._last_event_id = 0
-        self._observation_sequence = 0
-        self._diagnostic_id = 0
-        self._observation_counts: dict[str, int] = {}  # worker id -> observations its file took in
-        self._executions: dict[str, WorkerExecution] = {}  # worker id -> its committed execution
-        self._commit_lines = 0
+        self._log: wal.LogWriter | None = None
+        #: The workers the log knows (its lines after a worker's first leave the request out).
+        self._log_context = wal.Context()
+        self._checkpoint_files: CheckpointFiles | None = None
+        # The checkpoint thread and what it has yet to write (guarded by ``_pending_changed``).
+        self._checkpointer: threading.Thread | None = None
+        self._pending_changed = threading.Condition()
+        self._pending: list[Change] = []
+        self._pending_lsn = 0  # the LSN of the newest pending change
+        self._pending_bytes = 0
+        self._pending_since = 0.0  # monotonic time the oldest pending change was made durable
+        self._closing = False
+        self._checkpoint_failed: str | None = None  # why the last checkpoint failed, until one works
+        #: Checkpoints written (each covering many flushes).
+        self.checkpoints = 0
 
     # ----------------------------------------------------------- paths
 
@@ -140,6 +104,10 @@ class FsStore(Store):
 
     def worker_dir(self, worker_id: str) -> Path:
         return self.runtime_dir / "workers" / hex_id(worker_id)
+
+    @property
+    def log_dir(self) -> Path:
+        return self.runtime_dir / wal.LOG_DIR
 
     # ------------------------------------------------------------ open
 
@@ -213,12 +181,21 @@ class FsStore(Store):
             )
         self._runtime_dir = runtime_dir
         self._runtime_id = stored_id
-        restored = Restorer(runtime_dir, stored_id).restore()
+        # Restore builds a few objects per record and frees none: the cyclic collector would
+        # walk them again and again (a fifth of the time), for no garbage.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            restored = Restorer(runtime_dir, stored_id).restore()
+        finally:
+            if collecting:
+                gc.enable()
         self._adopt(restored)
         try:
             self._upgrade(restored)
         except OSError as error:
             raise _io_error("upgrade", error, runtime_dir) from None
+        self._start_checkpointer()
         return restored.state
 
     def _runtime_entries(self, runtimes: Path) -> list[Path]:
@@ -265,50 +242,22 @@ class FsStore(Store):
                 return None
             if inner.name == "workers" and (not inner.is_dir() or any(inner.iterdir())):
                 return None
-            if inner.name != "workers" and not inner.is_file():
+            if inner.name == wal.LOG_DIR:
+                # The log's first segment, empty: nothing was ever committed to it.
+                if not inner.is_dir() or any(
+                    p.name != wal.segment_name(1) or p.is_symlink() or not p.is_file() or p.stat().st_size
+                    for p in inner.iterdir()
+                ):
+                    return None
+            elif inner.name != "workers" and not inner.is_file():
                 return None
         return "a runtime directory whose creation was cut short"
-
-    def _adopt(self, restored: Restored) -> None:
-        """Take up the files where restore found them: the store writes on from there."""
-        self._snapshots.update(restored.snapshots)
-        self._created_event.update(restored.created_event)
-        self._snapshot_status.update(restored.snapshot_status)
-        self._observation_lines.update(restored.observation_lines)
-        self._runtime_status = restored.runtime_status
-        committed = restored.committed
-        self._last_event_id = committed.event_id
-        self._observation_sequence = committed.observation_sequence
-        self._diagnostic_id = committed.diagnostic_id
-        self._observation_counts = dict(committed.observations)
-        self._executions = dict(committed.executions)
-        self._commit_lines = restored.commit_lines
-
-    def _upgrade(self, restored: Restored) -> None:
-        """Bring a store written before the commit log up to date: first the commit log (a
-        checkpoint of what restore found), then ``runtime.json`` at the schema version that
-        says a commit log must exist. A crash between the two leaves a store restore reads by
-        its commit log, and the next open finishes the upgrade."""
-        if self._commit_lines == 0:
-            self._write_checkpoint()
-        if restored.runtime_schema < RUNTIME_SCHEMA_VERSION:
-            path = self.runtime_dir / "runtime.json"
-            data = _runtime_snapshot(self._runtime_id or "", self._runtime_status, self._last_event_id)
-            replace_atomically(path, data)
-            self._snapshots[path] = data
-            log.info("upgraded the fs store at %s to keep a commit log", self.runtime_dir)
-
-    def _write_checkpoint(self) -> None:
-        """Cut the commit log back to one line holding every count (or start it with one)."""
-        path = self.runtime_dir / COMMIT_LOG
-        now = CommitRecord(self._last_event_id, self._observation_sequence, self._diagnostic_id)
-        self._files.forget(path)
-        replace_atomically(path, jsonl_line(commit.encode(now, self._observation_counts, self._executions)))
-        self._commit_lines = 1
 
     async def check_writable(self) -> str | None:
         if self._failed is not None:
             return f"the last write failed: {getattr(self._failed, 'message', self._failed)}"
+        if self._checkpoint_failed is not None:
+            return f"the last checkpoint failed: {self._checkpoint_failed}"
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(self._io, self._check_writable, self.runtime_dir)
@@ -323,9 +272,70 @@ class FsStore(Store):
         except OSError as error:
             raise _io_error("write", error, directory / PROBE_FILE) from None
 
+    def _adopt(self, restored: Restored) -> None:
+        """Take up the files where restore found them: the store writes on from there."""
+        checkpoint = self._new_checkpoint_files()
+        checkpoint.snapshots.update(restored.snapshots)
+        checkpoint.created_event.update(restored.created_event)
+        checkpoint.snapshot_status.update(restored.snapshot_status)
+        checkpoint.observation_lines.update(restored.observation_lines)
+        checkpoint.runtime_status = restored.runtime_status
+        checkpoint.committed = restored.committed
+        checkpoint.lsn = restored.checkpoint_lsn
+        self._log_context.requests.update(dict.fromkeys(w.worker_ref.worker_id for w in restored.state.workers))
+        if restored.has_log:
+            self._log = wal.LogWriter(self.log_dir, restored.segments, restored.next_lsn)
+            if restored.replayed:
+                # Replayed from the log: the next checkpoint writes them into the files.
+                self._pending = list(restored.replayed)
+                self._pending_lsn = restored.next_lsn - 1
+                self._pending_bytes = restored.replayed_bytes
+                self._pending_since = time.monotonic()
+
+    def _new_checkpoint_files(self) -> CheckpointFiles:
+        self._checkpoint_files = CheckpointFiles(self.runtime_dir, self._runtime_id or "", self._backlog, self._fsyncs)
+        return self._checkpoint_files
+
+    def _upgrade(self, restored: Restored) -> None:
+        """Bring a store written before the write-ahead log up to date: first the log's first
+        segment, then the marker (a checkpoint of what restore found, at LSN 0), then
+        ``runtime.json`` at the schema version that says the log exists, and only then is
+        ``commits.jsonl`` removed. A crash in between leaves a store restore reads by its
+        marker (once it exists), and the next open finishes the upgrade."""
+        checkpoint = self._checkpoint_files
+        assert checkpoint is not None
+        if not restored.has_log:
+            log_dir = self.log_dir
+            if log_dir.exists():
+                # Only an upgrade cut short before its marker makes one: it holds segments only.
+                for entry in log_dir.iterdir():
+                    if wal.segment_lsn(entry.name) is None:
+                        raise StoreCorrupt("upgrade", str(entry), "is not runtimed's; move it out of the store root")
+                shutil.rmtree(log_dir)
+            files.make_dir(log_dir)
+            first = log_dir / wal.segment_name(1)
+            files.write_file(first, b"", sync=True)
+            files.fsync_path(log_dir)
+            files.fsync_path(self.runtime_dir)
+            write_first_marker(self.runtime_dir, checkpoint.committed)
+            self._log = wal.LogWriter(log_dir, [wal.Segment(1, first)], 1)
+        if restored.runtime_schema < files.RUNTIME_SCHEMA_VERSION:
+            path = self.runtime_dir / "runtime.json"
+            data = runtime_snapshot(self._runtime_id or "", checkpoint.runtime_status, checkpoint.committed.event_id)
+            replace_atomically(path, data)
+            checkpoint.snapshots[path] = data
+            log.info("upgraded the fs store at %s to keep a write-ahead log", self.runtime_dir)
+        for name in (COMMIT_LOG, COMMIT_LOG + TEMP_SUFFIX):
+            path = self.runtime_dir / name
+            if path.exists():
+                path.unlink()
+                files.fsync_path(self.runtime_dir)
+                log.info("removed %s: the write-ahead log replaces it", path)
+
     async def create(self, runtime_id: str) -> None:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._io, self._create, runtime_id)
+        self._start_checkpointer()
 
     def _create(self, runtime_id: str) -> None:
         """Make the runtime's directory whole under a hidden name, then rename it into place:
@@ -333,13 +343,17 @@ class FsStore(Store):
         runtimes = self.root / "runtimes"
         runtime_dir = runtimes / hex_id(runtime_id)
         building = runtimes / ("." + runtime_dir.name)
-        snapshot = _runtime_snapshot(runtime_id, RuntimeStatus.RUNNING, 0)
+        snapshot = runtime_snapshot(runtime_id, RuntimeStatus.RUNNING, 0)
         try:
             files.make_dir(building)
             files.make_dir(building / "workers")
+            files.make_dir(building / wal.LOG_DIR)
+            files.write_file(building / wal.LOG_DIR / wal.segment_name(1), b"", sync=True)
+            files.fsync_path(building / wal.LOG_DIR)
             replace_atomically(building / "runtime.json", snapshot)
-            # The first commit record: nothing yet. A store with this runtime.json has one.
-            replace_atomically(building / COMMIT_LOG, jsonl_line(commit.encode(CommitRecord(), {})))
+            # The first marker: nothing checkpointed yet. A store with this runtime.json has one.
+            self._runtime_dir = building
+            write_first_marker(building, self._new_checkpoint_files().committed)
             files.fsync_path(building / "workers")
             os.rename(building, runtime_dir)
             files.fsync_path(runtimes)
@@ -347,8 +361,10 @@ class FsStore(Store):
             raise _io_error("create runtime", error, runtime_dir) from None
         self._runtime_dir = runtime_dir
         self._runtime_id = runtime_id
-        self._snapshots[runtime_dir / "runtime.json"] = snapshot
-        self._commit_lines = 1
+        checkpoint = self._new_checkpoint_files()
+        checkpoint.snapshots[runtime_dir / "runtime.json"] = snapshot
+        first = runtime_dir / wal.LOG_DIR / wal.segment_name(1)
+        self._log = wal.LogWriter(runtime_dir / wal.LOG_DIR, [wal.Segment(1, first)], 1)
 
     # ---------------------------------------------------------- commit
 
@@ -391,211 +407,173 @@ class FsStore(Store):
                     future.set_result(None)
 
     def _write_batch(self, changes: list[Change]) -> None:
-        batch = _Batch()
-        try:
-            self._gather(batch, changes)
-            # Phase 1: everything but the commit record, durable before the commit record names it.
-            self._write_data(batch)
-            # Phase 2: the commit record. Once it is durable, the batch is.
-            self._write_commit(batch)
-        except OSError as error:
-            failure = _io_error("write", error, self.runtime_dir)
-            self._undo(batch, failure)
-            raise failure from None
-        finally:
-            self._files.trim()
-        self._after_commit(batch)
-
-    def _gather(self, batch: _Batch, changes: list[Change]) -> None:
-        """Encode the batch's records; the store's own bookkeeping changes only once the batch
-        is durable (``_after_commit``), so a failure leaves nothing to undo in memory."""
-        runtime_dir = self.runtime_dir
-        runtime_status = self._runtime_status
-        event_id, sequence, diagnostic_id = self._last_event_id, self._observation_sequence, self._diagnostic_id
-        counts: dict[str, int] = {}  # observations per worker, for the workers the batch observes
-        for change in changes:
-            change_event = change.event.id if change.event is not None else None
+        """Append ``changes`` to the log, one line each, with one write and one fsync: once
+        that returns, they are durable (the commit). Then the checkpoint may have them."""
+        log_writer = self._log
+        assert log_writer is not None
+        lsn = log_writer.next_lsn
+        context = self._log_context
+        lines = []
+        created: list[str] = []
+        for number, change in enumerate(changes, start=lsn):
+            lines.append(wal.frame(wal.dumps(wal.encode_change(change, number, context))))
             for state in change.workers:
-                worker_id = state.worker_ref.worker_id
-                directory = self.worker_dir(worker_id)
-                execution = state.execution
-                if execution is not None and execution != batch.executions.get(
-                    worker_id, self._executions.get(worker_id)
-                ):
-                    # The commit line carries it: durable exactly when the batch is.
-                    batch.executions[worker_id] = execution
-                created = batch.created_event.get(worker_id, self._created_event.get(worker_id))
-                if created is None:
-                    assert change_event is not None
-                    created = batch.created_event[worker_id] = change_event
-                    batch.new_dirs.append(directory)
-                elif batch.snapshot_status.get(worker_id, self._snapshot_status.get(worker_id)) is state.status:
-                    continue  # input changes no snapshot field: the logs carry it
-                batch.snapshot_status[worker_id] = state.status
-                batch.snapshots[directory / "worker.json"] = _worker_snapshot(state, created)
-            for entry in change.transcript:
-                # A worker's own file: the ref is its directory.
-                batch.append(
-                    self.worker_dir(entry.worker_ref.worker_id) / "transcript.jsonl",
-                    codec.encode_transcript_entry(entry, with_ref=False),
-                )
-            # Observations and diagnostics are committed by their numbers in the commit record;
-            # the event id, where there is one, says which request wrote them.
-            for observation in change.observations:
-                record = codec.encode_observation(observation)
-                if change_event is not None:
-                    record["event_id"] = change_event
-                worker_id = observation.worker_ref.worker_id
-                batch.append(self.worker_dir(worker_id) / "observations.jsonl", record)
-                counts[worker_id] = counts.get(worker_id, self._observation_counts.get(worker_id, 0)) + 1
-                sequence = max(sequence, observation.sequence)
-            for diagnostic in change.diagnostics:
-                record = codec.encode_diagnostic(diagnostic)
-                if change_event is not None:
-                    record["event_id"] = change_event
-                batch.append(runtime_dir / "diagnostics.jsonl", record)
-                diagnostic_id = max(diagnostic_id, diagnostic.id)
-            if change.event is not None:
-                event = codec.encode_event(change.event)
-                if change.event.kind is EventKind.WORKER_TURN_ENDED and change.transcript:
-                    # Not every turn makes an entry: the event says which one it committed, so
-                    # restore can tell a missing assistant entry from a turn that had none.
-                    event["transcript_sequence"] = change.transcript[0].sequence
-                batch.append(runtime_dir / "events.jsonl", event)
-                event_id = change.event.id
-            if change.runtime_status is not runtime_status:
-                runtime_status = batch.runtime_status = change.runtime_status
-                batch.snapshots[runtime_dir / "runtime.json"] = _runtime_snapshot(
-                    self._runtime_id or "", change.runtime_status, event_id
-                )
-        batch.committed = CommitRecord(event_id, sequence, diagnostic_id, counts, batch.executions)
-        batch.commit_line = jsonl_line(commit.encode(batch.committed, counts, batch.executions))
-
-    def _write_data(self, batch: _Batch) -> None:
-        synced_dirs: set[Path] = set()
-        for directory in batch.new_dirs:
-            files.make_dir(directory)
-            synced_dirs.add(directory.parent)
-        for path, lines in batch.appends.items():
-            size = batch.sizes[path] = files.size_of(path)
-            if size == 0 and not path.exists():
-                batch.created_files.add(path)
-                synced_dirs.add(path.parent)  # a new file's name is durable once its directory is
-            with files.naming(path):
-                files.write_all(self._files.append_fd(path), b"".join(lines))
-        for path, data in batch.snapshots.items():
-            batch.previous[path] = self._snapshots.get(path)
-            files.write_file(path.with_name(path.name + TEMP_SUFFIX), data)
-        # fsync in parallel: the filesystem folds concurrent flushes into few journal commits.
-        to_sync: list[Callable[[], None]] = [
-            partial(files.fsync_fd, self._files.append_fd(path), path) for path in batch.appends
-        ]
-        to_sync += [partial(files.fsync_path, path.with_name(path.name + TEMP_SUFFIX)) for path in batch.snapshots]
-        self._run_all(to_sync)
-        for path in batch.snapshots:
-            os.replace(path.with_name(path.name + TEMP_SUFFIX), path)
-            synced_dirs.add(path.parent)
-        self._run_all([partial(files.fsync_path, d) for d in synced_dirs])
-
-    def _write_commit(self, batch: _Batch) -> None:
-        path = self.runtime_dir / COMMIT_LOG
-        created = not path.exists()  # only a store whose commit log was removed under it
-        batch.sizes.setdefault(path, files.size_of(path))
-        if created:
-            batch.created_files.add(path)
-        fd = self._files.append_fd(path)
-        with files.naming(path):
-            files.write_all(fd, batch.commit_line)
-            os.fsync(fd)
-        if created:
-            files.fsync_path(path.parent)
-
-    def _run_all(self, calls: list[Callable[[], None]]) -> None:
-        if len(calls) <= 1:
-            for call in calls:
-                call()
-            return
-        for future in [self._fsyncs.submit(call) for call in calls]:
-            future.result()
-
-    def _after_commit(self, batch: _Batch) -> None:
-        self._snapshots.update(batch.snapshots)
-        self._created_event.update(batch.created_event)
-        self._snapshot_status.update(batch.snapshot_status)
-        self._executions.update(batch.executions)
-        if batch.runtime_status is not None:
-            self._runtime_status = batch.runtime_status
-        committed = batch.committed
-        for worker_id, count in committed.observations.items():
-            written = count - self._observation_counts.get(worker_id, 0)
-            self._observation_lines[worker_id] = self._observation_lines.get(worker_id, 0) + written
-            self._observation_counts[worker_id] = count
-        self._last_event_id = committed.event_id
-        self._observation_sequence = committed.observation_sequence
-        self._diagnostic_id = committed.diagnostic_id
-        self._commit_lines += 1
-        # Keep observation logs bounded: rewrite one to its newest lines once it doubles.
-        for worker_id, lines in list(self._observation_lines.items()):
-            if lines > 2 * self._backlog:
-                try:
-                    self._compact_observations(worker_id)
-                except OSError:
-                    log.warning("could not compact observations of %s; will retry", worker_id, exc_info=True)
-        # And the commit log: only its last line matters, once the counts are all in one line.
-        if self._commit_lines > COMMIT_LOG_LINES + len(self._observation_counts) + len(self._executions):
-            try:
-                self._write_checkpoint()
-            except OSError:
-                log.warning("could not cut back the commit log; will retry", exc_info=True)
-
-    def _compact_observations(self, worker_id: str) -> None:
-        """Keep the newest ``backlog`` observations, led by a marker naming the newest one
-        dropped, so a restored bus still knows that older cursors have expired, and how many
-        the file has dropped in all, so restore can still count every acknowledged one."""
-        path = self.worker_dir(worker_id) / "observations.jsonl"
-        lines = [line for line in path.read_bytes().splitlines(keepends=True) if b'"trimmed_through"' not in line]
-        dropped, keep = lines[: -self._backlog], lines[-self._backlog :]
-        if not dropped:
-            return
-        trimmed = self._observation_counts.get(worker_id, 0) - len(keep)
-        marker = jsonl_line({"trimmed_through": json.loads(dropped[-1])["sequence"], "trimmed": trimmed})
-        self._files.forget(path)
-        replace_atomically(path, marker + b"".join(keep))
-        self._observation_lines[worker_id] = len(keep)
-
-    def _undo(self, batch: _Batch, failure: StoreError) -> None:
-        """Put the files back as they were before the batch; poison if that fails too."""
+                if state.worker_ref.worker_id not in context.requests:
+                    # Later lines of this worker leave its request out: this one has it.
+                    context.requests[state.worker_ref.worker_id] = None
+                    created.append(state.worker_ref.worker_id)
+        data = b"".join(lines)
         try:
-            for path, size in batch.sizes.items():
-                if path.exists():
-                    fd = self._files.append_fd(path)
-                    with files.naming(path):
-                        os.ftruncate(fd, size)
-                        os.fsync(fd)
-            for path, previous in batch.previous.items():
-                path.with_name(path.name + TEMP_SUFFIX).unlink(missing_ok=True)
-                if previous is not None and path.exists() and path.read_bytes() != previous:
-                    replace_atomically(path, previous)
-            for directory in batch.new_dirs:
-                for file in ("transcript.jsonl", "observations.jsonl"):
-                    self._files.forget(directory / file)
-                if directory.exists():
-                    shutil.rmtree(directory)
-            for path in batch.created_files:
-                # Created by this batch, now empty again: remove it, as if never written.
-                self._files.forget(path)
-                path.unlink(missing_ok=True)
+            self._append(log_writer, data, len(changes))
+        except OSError as error:
+            for worker_id in created:
+                del context.requests[worker_id]  # their lines are gone: the next must carry the request
+            failure = _io_error("write", error, log_writer.active.path)
+            self._undo(log_writer, failure)
+            raise failure from None
+        self._hand_over(changes, lsn + len(changes) - 1, len(data))
+
+    def _append(self, log_writer: wal.LogWriter, data: bytes, lines: int) -> None:
+        log_writer.append(data, lines)
+
+    def _undo(self, log_writer: wal.LogWriter, failure: StoreError) -> None:
+        """Cut the log back to its length before the failed flush; poison if that fails too."""
+        try:
+            log_writer.undo()
         except OSError as error:
             log.error("could not undo a failed flush (%s): %s", failure.message, error)
             raise StatePoisoned(
                 f"a store write failed ({failure.message}) and undoing it failed too ({error}); restart the daemon"
             ) from None
 
+    # ------------------------------------------------------- checkpoint
+
+    def _hand_over(self, changes: list[Change], lsn: int, size: int) -> None:
+        """Give the checkpoint thread changes the log has made durable (up to ``lsn``)."""
+        with self._pending_changed:
+            if not self._pending:
+                self._pending_since = time.monotonic()
+            self._pending.extend(changes)
+            self._pending_lsn = lsn
+            self._pending_bytes += size
+            if self._pending_bytes >= CHECKPOINT_BYTES or len(self._pending) == len(changes):
+                self._pending_changed.notify()  # due now, or a timer to start
+
+    def _start_checkpointer(self) -> None:
+        self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="runtimed-checkpoint", daemon=True)
+        self._checkpointer.start()
+
+    def _checkpoint_loop(self) -> None:
+        """The checkpoint thread: write what is pending once it is due, and once more at close."""
+        retry_at = 0.0
+        while True:
+            with self._pending_changed:
+                while True:
+                    now = time.monotonic()
+                    if self._closing:
+                        break
+                    if self._pending and now >= retry_at:
+                        due = self._pending_since + CHECKPOINT_SECONDS
+                        if self._pending_bytes >= CHECKPOINT_BYTES or now >= due:
+                            break
+                        self._pending_changed.wait(due - now)
+                    else:
+                        self._pending_changed.wait(max(retry_at - now, 0.0) or None)
+                closing = self._closing
+                changes, lsn, size = self._take_pending()
+            if changes and not self._checkpoint(changes, lsn, size):
+                retry_at = time.monotonic() + CHECKPOINT_RETRY_SECONDS
+                if closing:
+                    return
+                continue
+            if closing:
+                return
+
+    def _take_pending(self) -> tuple[list[Change], int, int]:
+        changes, self._pending = self._pending, []
+        size, self._pending_bytes = self._pending_bytes, 0
+        return changes, self._pending_lsn, size
+
+    def _checkpoint(self, changes: list[Change], lsn: int, size: int) -> bool:
+        """Write one checkpoint; on failure, put the changes back in front (the log keeps them)
+        and say so: ``False``."""
+        checkpoint = self._checkpoint_files
+        assert checkpoint is not None
+        if self._checkpoint_failed is not None and self._checkpoint_failed.startswith("broken"):
+            return True  # no more checkpoints until a restart; the log has everything
+        try:
+            checkpoint.write_files(changes)
+            self._write_marker(checkpoint, lsn)
+        except CheckpointBroken as error:
+            self._checkpoint_failed = f"broken: {error}"
+            log.error(
+                "a checkpoint failed and its files could not be put back (%s); no more checkpoints until a "
+                "restart: the log keeps every change, and restore cuts the files back",
+                error,
+            )
+            return True
+        except OSError as error:
+            self._checkpoint_failed = str(_io_error("checkpoint", error, self.runtime_dir))
+            log.warning("a checkpoint failed; the log keeps every change, will retry: %s", self._checkpoint_failed)
+            with self._pending_changed:
+                self._pending[:0] = changes
+                self._pending_bytes += size
+                self._pending_lsn = max(self._pending_lsn, lsn)
+            return False
+        self._checkpoint_failed = None
+        self.checkpoints += 1
+        checkpoint.compact()
+        self._remove_covered(lsn)
+        return True
+
+    def _write_marker(self, checkpoint: CheckpointFiles, lsn: int) -> None:
+        checkpoint.write_marker(lsn)
+
+    def _remove_covered(self, lsn: int) -> None:
+        """Remove the log segments the checkpoint at ``lsn`` wholly covers, oldest first."""
+        log_writer = self._log
+        assert log_writer is not None
+        try:
+            removed = False
+            for segment in log_writer.covered(lsn):
+                self._remove_segment(log_writer, segment)
+                removed = True
+            if removed:
+                files.fsync_path(log_writer.directory)
+        except OSError:
+            log.warning("could not remove a log segment the checkpoint covers; will retry", exc_info=True)
+
+    def _remove_segment(self, log_writer: wal.LogWriter, segment: wal.Segment) -> None:
+        log_writer.remove(segment)
+
+    # ------------------------------------------------------------ close
+
     async def close(self) -> None:
         if self._flusher is not None:
             await asyncio.gather(self._flusher, return_exceptions=True)
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._io, self._files.close)
+        await loop.run_in_executor(self._io, self._close)
         self._io.shutdown(wait=True)
         self._fsyncs.shutdown(wait=True)
         self._unlock()
+
+    def _close(self) -> None:
+        """The last checkpoint (everything the log holds), then an empty segment past it, so
+        the next start replays nothing."""
+        with self._pending_changed:
+            self._closing = True
+            self._pending_changed.notify()
+        if self._checkpointer is not None:
+            self._checkpointer.join()
+        checkpoint, log_writer = self._checkpoint_files, self._log
+        if checkpoint is not None and log_writer is not None and not self._pending and self._failed is None:
+            try:
+                if checkpoint.lsn == log_writer.next_lsn - 1:
+                    log_writer.rotate()
+                    self._remove_covered(checkpoint.lsn)
+            except OSError:
+                log.warning("could not start a new log segment at close", exc_info=True)
+        if log_writer is not None:
+            log_writer.close()
+        if checkpoint is not None:
+            checkpoint.close()
