@@ -298,17 +298,40 @@ def stop_all(servers: Iterable[Server]) -> None:
 
 @dataclass(frozen=True)
 class Load:
-    """One kind of request: a method, a JSON body or none, and the paths it goes to, round-robin."""
+    """One kind of request: a method, a JSON body or none, and the paths it goes to, round-robin;
+    ``headers`` sent with each; ``unique_header``, a header whose value differs in every request
+    of every run (an ``Idempotency-Key`` that is never a replay)."""
 
     method: str
     paths: tuple[str, ...]
     body: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    unique_header: str | None = None
 
     def wrk_script(self) -> str:
         lines = [f'wrk.method = "{self.method}"']
         if self.body is not None:
             lines += [f"wrk.body = '{self.body}'", 'wrk.headers["Content-Type"] = "application/json"']
-        if len(self.paths) > 1:  # else the path is in the URL, and wrk sends one prepared request
+        lines += [f'wrk.headers["{name}"] = "{value}"' for name, value in self.headers]
+        if self.unique_header is not None:
+            # A prefix new in every run (wrk's counters start again), then each thread's id and
+            # its own count: no two requests of any run share a value.
+            lines += [
+                f'local prefix = "{os.urandom(8).hex()}"',
+                "local threads = 0",
+                "setup = function(thread)",
+                "  threads = threads + 1",
+                "  thread:set('tid', threads)",
+                "end",
+                f"local paths = {{{', '.join(f'{chr(34)}{path}{chr(34)}' for path in self.paths)}}}",
+                "local n = 0",
+                "request = function()",
+                "  n = n + 1",
+                f'  wrk.headers["{self.unique_header}"] = prefix .. "-" .. tostring(tid) .. "-" .. n',
+                "  return wrk.format(nil, paths[n % #paths + 1])",
+                "end",
+            ]
+        elif len(self.paths) > 1:  # else the path is in the URL, and wrk sends one prepared request
             paths = ", ".join(f'"{path}"' for path in self.paths)
             lines += [
                 f"local paths = {{{paths}}}",
@@ -448,18 +471,29 @@ def _run_wrk(
     return LoadResult(**json.loads(match.group(1)))
 
 
-def http_request(method: str, path: str, address: str, body: bytes | None = None) -> bytes:
+def http_request(
+    method: str, path: str, address: str, body: bytes | None = None, headers: tuple[tuple[str, str], ...] = ()
+) -> bytes:
     """One HTTP/1.1 keep-alive request, as bytes."""
-    head = f"{method} {path} HTTP/1.1\r\nHost: {address}\r\n"
+    head = f"{method} {path} HTTP/1.1\r\nHost: {address}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers)
     if body is None:
         return (head + "\r\n").encode()
     return (head + f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
 
 
 def load_requests(load: Load, address: str) -> Callable[[int], bytes]:
-    """The requests of ``load``, prepared once, the i-th for ``drive``."""
+    """The requests of ``load``, prepared once (but for a unique header), the i-th for ``drive``."""
     body = load.body.encode() if load.body is not None else None
-    prepared = [http_request(load.method, path, address, body) for path in load.paths]
+    if load.unique_header is not None:
+        prefix, header = os.urandom(8).hex(), load.unique_header
+        return lambda index: http_request(
+            load.method,
+            load.paths[index % len(load.paths)],
+            address,
+            body,
+            (*load.headers, (header, f"{prefix}-{index}")),
+        )
+    prepared = [http_request(load.method, path, address, body, load.headers) for path in load.paths]
     return lambda index: prepared[index % len(prepared)]
 
 

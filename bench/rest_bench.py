@@ -74,12 +74,19 @@ class Case:
     label: str
     role: str  # which worker it reads or writes: "" (none), "input", "small", "big"
     query: str = ""
+    #: ``Idempotency-Key`` of each input: none, a new one per request, or one for all (replays).
+    idempotency: str = ""  # "" | "unique" | "replayed"
 
     def load(self, workers: dict[str, str]) -> Load:
         if not self.role:
             return Load("GET", ("/v1/runtime",))
         if self.role == "input":
-            return Load("POST", (f"/v1/workers/{workers['input']}/input",), INPUT_BODY)
+            path = (f"/v1/workers/{workers['input']}/input",)
+            if self.idempotency == "unique":
+                return Load("POST", path, INPUT_BODY, unique_header="Idempotency-Key")
+            if self.idempotency == "replayed":
+                return Load("POST", path, INPUT_BODY, headers=(("Idempotency-Key", "bench-replayed"),))
+            return Load("POST", path, INPUT_BODY)
         return Load("GET", (f"/v1/workers/{workers[self.role]}/transcript?{self.query}",))
 
 
@@ -89,6 +96,8 @@ def build_cases(big_entries: int) -> list[Case]:
     return [
         Case("runtime", "GET /v1/runtime", ""),
         Case("input", "POST /v1/workers/{id}/input", "input"),
+        Case("input_keyed", "POST …/input, a new Idempotency-Key each", "input", idempotency="unique"),
+        Case("input_replayed", "POST …/input, one Idempotency-Key (replays)", "input", idempotency="replayed"),
         Case(
             "transcript_small",
             f"GET transcript?limit=256, {SMALL_ENTRIES} entries ({SMALL_ENTRIES} items)",
@@ -249,6 +258,19 @@ def report(
             if parts:
                 lines.append(f"- transcript cost, {name}: " + "; ".join(parts))
 
+    if "input" in results:
+        for key, what in (("input_keyed", "a new Idempotency-Key each"), ("input_replayed", "replayed")):
+            if key not in results:
+                continue
+            plain, keyed = results["input"][main], results[key][main]
+            text = f"- {main} input, {what}: {fmt_pct(keyed['rps'] / plain['rps'])} of the plain input's req/s"
+            if plain["cpu_us_per_request"] and keyed["cpu_us_per_request"]:
+                extra = keyed["cpu_us_per_request"] / plain["cpu_us_per_request"] - 1
+                text += f", {extra:+.0%} CPU per request"
+                if key == "input_keyed":
+                    text += f" (goal ≤ +10 %: {'met' if extra <= 0.10 else 'NOT met'})"
+            lines.append(text)
+
     if all(results[c.key][name]["cpu_us_per_request"] for c in cases for name in names):
         shown = "median" if statistic == "median" else "least of the rounds"
         cpu = {c.key: {name: results[c.key][name]["cpu_us_per_request"] for name in names} for c in cases}
@@ -323,7 +345,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (-t) [1]")
     parser.add_argument("--connections", type=int, default=50, help="connections (wrk -c) [50]")
     parser.add_argument(
-        "--cases", help="comma-separated subset of: runtime,input,transcript_small,transcript_big,transcript_big_tail"
+        "--cases",
+        help="comma-separated subset of: runtime,input,input_keyed,input_replayed,transcript_small,transcript_big,"
+        "transcript_big_tail",
     )
     parser.add_argument(
         "--no-pin", action="store_true", help="do not pin the servers to CPU 0 and wrk/the loader to the other CPUs"

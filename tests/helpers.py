@@ -200,6 +200,9 @@ class FakeBackend:
         self.saw_durable.append(self.runtime.worker_detail(ref).status.value != "running")
         self.calls.append(("stop", ref.worker_id, kill))
 
+    def delete(self, ref: WorkerRef) -> None:
+        self.calls.append(("delete", ref.worker_id))
+
     async def interrupt(self, ref: WorkerRef) -> int | None:
         self.calls.append(("interrupt", ref.worker_id))
         execution = self.runtime.worker_detail(ref).execution

@@ -10,9 +10,11 @@ subclass, from the environment:
 - ``RUNTIMED_TEST_CHECKPOINT_SECONDS`` / ``RUNTIMED_TEST_SEGMENT_BYTES``: checkpoint that often,
   start a new log segment past that size (so tests reach those steps quickly);
 - ``RUNTIMED_TEST_FAIL_FLUSH=N``: the Nth flush fails after its log lines are written (EIO);
-- ``RUNTIMED_TEST_PAUSE_AT=checkpoint|truncate|segment_removal``: at that step — a checkpoint's
-  files written but not its marker; a failed flush's lines written but not yet cut back; the
-  first of several covered segments removed — print ``crash point: STEP`` to stderr and stop
+- ``RUNTIMED_TEST_PAUSE_AT=checkpoint|truncate|segment_removal|deletion_checkpoint|worker_removal``:
+  at that step — a checkpoint's files written but not its marker; a failed flush's lines written
+  but not yet cut back; the first of several covered segments removed; the files of a checkpoint
+  that deletes a worker written but not its marker; a deleting checkpoint's marker written but
+  the deleted worker's directory not yet removed — print ``crash point: STEP`` to stderr and stop
   there (the test kills the daemon).
 """
 
@@ -24,6 +26,7 @@ import sys
 import time
 
 import runtimed.cli
+import runtimed.store.fs.checkpoint as fs_checkpoint
 import runtimed.store.fs.store as fs_store
 import runtimed.store.fs.wal as fs_wal
 from runtimed.daemon import serve
@@ -49,6 +52,7 @@ class SlowFsStore(FsStore):
         self.fail_flush = int(os.environ.get("RUNTIMED_TEST_FAIL_FLUSH", "0"))
         self.appends = 0
         self.covering = 0  # segments the checkpoint being written covers
+        self.deleting = False  # the checkpoint being written deletes a worker
 
     def _pause(self, step: str) -> None:
         print(CRASH_POINT + step, file=sys.stderr, flush=True)
@@ -72,10 +76,19 @@ class SlowFsStore(FsStore):
             self._pause("truncate")
         super()._undo(log_writer, failure)  # type: ignore[arg-type]
 
+    def _write_checkpoint(self, changes: list[Change], lsn: int, size: int) -> bool:
+        self.deleting = any(change.deleted for change in changes)
+        return super()._write_checkpoint(changes, lsn, size)
+
     def _write_marker(self, checkpoint: object, lsn: int) -> None:
-        if self.pause_at == "checkpoint":
-            self._pause("checkpoint")
+        if self.pause_at == "checkpoint" or (self.pause_at == "deletion_checkpoint" and self.deleting):
+            self._pause(self.pause_at)
         super()._write_marker(checkpoint, lsn)  # type: ignore[arg-type]
+
+    def _remove_deleted(self, checkpoint: fs_checkpoint.CheckpointFiles) -> None:
+        if self.pause_at == "worker_removal" and checkpoint.deleting:
+            self._pause("worker_removal")
+        super()._remove_deleted(checkpoint)
 
     def _remove_covered(self, lsn: int) -> None:
         assert self._log is not None
@@ -98,7 +111,12 @@ def main() -> None:
     def build_store(config: Config) -> Store:
         store = serve.build_store(config)
         if isinstance(store, FsStore):
-            return SlowFsStore(store.root, config.limits.observation_backlog, flush_delay=flush_delay)
+            return SlowFsStore(
+                store.root,
+                config.limits.observation_backlog,
+                config.limits.idempotency_key_ttl_seconds,
+                flush_delay=flush_delay,
+            )
         return store
 
     runtimed.cli.build_store = build_store  # type: ignore[attr-defined]

@@ -40,8 +40,15 @@ def run_bench(script: str, *args: str) -> str:
 def test_rest_bench(tmp_path: Path) -> None:
     out = run_bench("rest_bench.py", "--output-dir", str(tmp_path))
     assert "| case | runtimed req/s | bare req/s | ratio (runtimed/bare) |" in out
-    for label in ("GET /v1/runtime", "POST /v1/workers/{id}/input", "GET transcript?start=900&limit=256"):
+    for label in (
+        "GET /v1/runtime",
+        "POST /v1/workers/{id}/input",
+        "POST …/input, a new Idempotency-Key each",
+        "POST …/input, one Idempotency-Key (replays)",
+        "GET transcript?start=900&limit=256",
+    ):
         assert f"| {label}" in out
+    assert "- runtimed input, a new Idempotency-Key each: " in out
     assert (tmp_path / "results.md").read_text().strip() in out
 
 
@@ -61,6 +68,12 @@ def test_rest_bench_python_load_and_variant(tmp_path: Path) -> None:
     )
     assert "load python asyncio loop" in out
     assert "| case | runtimed req/s | bare req/s | variant req/s |" in out
+
+
+def test_catalog_bench() -> None:
+    out = run_bench("catalog_bench.py")
+    assert "| 100 workers req/s | 2,000 workers req/s | req/s ratio (big/small) |" in out
+    assert "| `/v1/workers?status=stopped&limit=50&after=worker-00000384` |" in out
 
 
 def test_ws_bench() -> None:

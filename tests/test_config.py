@@ -968,3 +968,13 @@ def test_an_unknown_key_in_the_config_file_stops_serve_with_exit_2(tmp_path, mon
 
     assert result.exit_code == 2
     assert result.stderr == f"runtimed: {path}: unknown key [store] root_dir (known: kind, root)\n"
+
+
+def test_the_idempotency_key_ttl_is_a_limit_of_the_runtime(tmp_path):
+    assert load_config(environ={}).limits.idempotency_key_ttl_seconds == 86400
+    path = write_config(tmp_path, "[limits]\nidempotency_key_ttl_seconds = 60\n")
+    assert load_config(path, environ={}).limits.idempotency_key_ttl_seconds == 60
+    path = write_config(tmp_path, "[limits]\nidempotency_key_ttl_seconds = 0\n")
+    with pytest.raises(ConfigError) as refused:
+        load_config(path, environ={})
+    assert str(refused.value) == f"{path}: [limits] idempotency_key_ttl_seconds must be at least 1, not 0"

@@ -113,6 +113,15 @@ CASES = [
     ("DELETE", "/v1/runtime", None, 405, "method_not_allowed", "method DELETE is not allowed on /v1/runtime"),
     ("GET", f"/v1/workers/{W}/input", None, 405, "method_not_allowed", None),
     ("PUT", "/v1/workers", b"{}", 405, "method_not_allowed", None),
+    # retries, deletion and large catalogs (§11)
+    ("DELETE", f"/v1/workers/{W}", None, 409, "worker_running", f"worker {W} is running; stop or cancel it before deleting it"),
+    ("DELETE", f"/v1/workers/{MISSING}", None, 404, "worker_not_found", None),
+    ("DELETE", "/v1/workers/%20", None, 400, "invalid_worker_id", "worker_id must not be empty"),
+    ("GET", "/v1/workers?status=paused", None, 400, "invalid_query", "invalid query parameters: status[0]: Must be one of: running, stopped, cancelled."),
+    ("GET", "/v1/workers?status=running&status=", None, 400, "invalid_query", "invalid query parameters: status[1]: Must be one of: running, stopped, cancelled."),
+    ("GET", "/v1/workers?limit=-1", None, 400, "invalid_query", "invalid query parameters: limit: must be a non-negative integer."),
+    ("GET", "/v1/workers?after=w1", None, 400, "invalid_query", "invalid query parameters: after: must be a worker id: worker-<8 or more lowercase hex digits>."),
+    ("GET", "/v1/workers?limit=257", None, 400, "limit_too_large", "limit 257 exceeds maximum 256"),
     # payload_too_large
     ("POST", "/v1/workers", b"x" * BIG, 413, "payload_too_large", "request body exceeds the limit of 1048576 bytes"),
     ("POST", f"/v1/workers/{W}/stop", b" " * BIG, 413, "payload_too_large", None),
@@ -158,6 +167,52 @@ async def test_error_shape(seeded_client, runtime, caplog, method, path, body, s
     assert "set_int_max_str_digits" not in payload["error"]["message"]
     assert _state(runtime) == before
     # A client's mistake is answered, not logged as a failure of the daemon.
+    assert [record.getMessage() for record in caplog.records] == []
+
+
+KEY_MESSAGE = "invalid request: Idempotency-Key must be one header of 1 to 255 visible ASCII characters"
+REUSED_MESSAGE = (
+    "this Idempotency-Key was used for another request (another method, path or body); use a new key for a new request"
+)
+# Every route that takes an Idempotency-Key (§11): (method, path, body)
+# fmt: off
+KEYED_ROUTES = [
+    ("POST", "/v1/workers", json.dumps(TASK_REQUEST).encode()),
+    ("POST", f"/v1/workers/{W}/input", b'{"kind": "user", "content": "x"}'),
+    ("POST", f"/v1/workers/{W}/stop", None),
+    ("POST", f"/v1/workers/{W}/cancel", b'{"reason": "r"}'),
+    ("POST", f"/v1/workers/{W}/interrupt", None),
+    ("DELETE", f"/v1/workers/{W}", None),
+]
+# (route index, Idempotency-Key header value as bytes, status, code, message)
+KEY_CASES = [
+    *((route, b"", 400, "invalid_request", KEY_MESSAGE) for route in range(len(KEYED_ROUTES))),
+    *((route, b"x" * 256, 400, "invalid_request", KEY_MESSAGE) for route in range(len(KEYED_ROUTES))),
+    (1, b"with space", 400, "invalid_request", KEY_MESSAGE),
+    (1, b"caf\xc3\xa9", 400, "invalid_request", KEY_MESSAGE),
+    (2, b"tab\there", 400, "invalid_request", KEY_MESSAGE),
+    *((route, b"used", 409, "idempotency_key_reused", REUSED_MESSAGE) for route in range(len(KEYED_ROUTES))),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(("route", "value", "status", "code", "message"), KEY_CASES, ids=str)
+async def test_idempotency_key_errors(seeded_client, runtime, caplog, route, value, status, code, message):
+    used = await seeded_client.post("/v1/workers", json={**TASK_REQUEST, "n": 1}, headers={"Idempotency-Key": "used"})
+    assert used.status == 200
+    before = _state(runtime)
+    method, path, body = KEYED_ROUTES[route]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        response = await seeded_client.request(
+            method, path, data=body, headers={"Idempotency-Key": value.decode("latin-1")}
+        )
+    assert response.status == status
+    payload = await response.json()
+    schemas.ErrorResponseSchema().load(payload)
+    assert payload == {"error": {"code": code, "message": message}}
+    assert "Idempotent-Replayed" not in response.headers
+    assert _state(runtime) == before
     assert [record.getMessage() for record in caplog.records] == []
 
 
@@ -244,7 +299,7 @@ async def test_method_not_allowed_names_the_allowed_methods(seeded_client):
 # fmt: off
 ORDER_CASES = [
     ("bad id beats oversized body", "POST", "/v1/workers/%20/input", b"x" * BIG, 400, "invalid_worker_id"),
-    ("wrong method beats bad id", "DELETE", "/v1/workers/%20", None, 405, "method_not_allowed"),
+    ("wrong method beats bad id", "PUT", "/v1/workers/%20", None, 405, "method_not_allowed"),
     ("oversized body beats bad JSON", "POST", f"/v1/workers/{MISSING}/input", b"{" * BIG, 413, "payload_too_large"),
     ("bad JSON beats missing worker", "POST", f"/v1/workers/{MISSING}/input", b"{", 400, "invalid_json"),
     ("bad query beats missing worker", "GET", f"/v1/workers/{MISSING}/transcript?start=x", None, 400, "invalid_query"),
@@ -446,6 +501,7 @@ def test_every_error_code_has_a_status_and_every_status_a_code():
         "runtime.cursor_unknown_or_expired",
         "runtime.cursor_malformed",
         "runtime.cursor_expired",
+        "runtime.worker_deleted",
     }
     assert domain_errors.WrongRuntime.code == "wrong_runtime"
     assert web_errors.STATUS_BY_CODE["wrong_runtime"] == 400

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -27,11 +28,16 @@ from runtimed.domain.catalog import (
 )
 from runtimed.domain.errors import CursorExpired, StoreCorrupt
 from runtimed.domain.execution import AgentInfo, ExecutionState
+from runtimed.domain.idempotency import KeptAnswer
+from runtimed.domain.identity import WorkerRef
 from runtimed.domain.interaction import InputKind, WorkerInput
-from runtimed.domain.management import RuntimeLimits, RuntimeOptions
-from runtimed.runtime import Runtime
+from runtimed.domain.management import RuntimeLimits, RuntimeOptions, RuntimeStatus
+from runtimed.domain.observation import EventKind, RuntimeEvent
+from runtimed.runtime import IdempotencyClaim, Runtime
 from runtimed.store import Change
 from runtimed.store.fs import FsStore, wal
+from runtimed.store.fs.checkpoint import decode_marker, encode_marker
+from runtimed.store.fs.commit import CommitRecord, fold
 
 from .helpers import FakeBackend, run_turn, wait_until
 from .process import RuntimedProcess, request_json
@@ -579,3 +585,217 @@ def test_a_flipped_byte_in_the_log_stops_the_daemon_with_exit_1_naming_the_file(
         f"runtimed: restore {segment}: line 2 fails its checksum (the line was changed or damaged)"
     )
     assert "Traceback" not in result.stderr
+
+
+# ------------------------------------------------- §11: kept answers and deletions
+
+
+def render_ok(result: Any) -> tuple[int, bytes, tuple[str, ...]]:
+    return 200, json.dumps({"ok": str(result)}).encode(), ('299 runtimed "unknown field: x"',)
+
+
+async def keyed(runtime: Runtime, key: str, call: Any) -> Any:
+    """Carry out ``call(claim)`` under ``key``, as the web layer does; the kept answer."""
+    claim = await runtime.claim_idempotency_key(key, f"fingerprint of {key}", render_ok)
+    assert isinstance(claim, IdempotencyClaim)
+    try:
+        await call(claim)
+    finally:
+        runtime.release_idempotency_key(claim)
+    return claim.kept
+
+
+def test_a_log_line_carries_kept_answers_and_deletions_and_reads_them_back():
+    ref = WorkerRef("runtime-fs-0000000000000001", "worker-00000002")
+    answers = (
+        KeptAnswer("k-1", "f" * 64, 200, '{"worker":"héllo"}'.encode(), ('299 runtimed "x"',), 1795000000.125),
+        KeptAnswer("k-2", "e" * 64, 201, b"\xff\xfenot utf-8", (), 1795000001.0),
+    )
+    event = RuntimeEvent(9, EventKind.WORKER_DELETED, "worker worker-00000002 deleted", ref)
+    change = Change(event, RuntimeStatus.RUNNING, idempotency=answers, deleted=(ref.worker_id,))
+    context = wal.Context()
+    context.requests[ref.worker_id] = None
+    line = wal.frame(wal.dumps(wal.encode_change(change, 7, context)))
+    assert wal.check(line.rstrip(b"\n")) is None
+    record = json.loads(line)
+    assert record["deleted"] == [ref.worker_id]
+    assert record["idempotency"][0]["body"] == '{"worker":"héllo"}'  # readable with jq
+    assert "body" not in record["idempotency"][1] and "warnings" not in record["idempotency"][1]
+    decoded = wal.decode_change(record, context)
+    assert decoded == change
+    assert ref.worker_id not in context.requests  # a later line naming it is refused
+    with pytest.raises(ValueError, match="deletes worker worker-00000002, which no line created"):
+        wal.decode_change(record, context)
+
+
+def test_the_marker_carries_the_count_of_kept_answers_and_never_goes_back():
+    committed = CommitRecord(event_id=4, idempotency=3)
+    record = json.loads(encode_marker(5, committed))
+    assert record["idempotency"] == 3
+    assert decode_marker(record) == (5, committed)
+    del record["idempotency"]  # a marker written before §11
+    assert decode_marker(record)[1].idempotency == 0
+    with pytest.raises(ValueError, match="idempotency 2 goes back from 3"):
+        fold(committed, {**record, "idempotency": 2})
+
+
+async def test_a_marker_written_before_kept_answers_still_opens(root):
+    runtime = await busy(root)
+    before = reads(runtime)
+    await runtime.close()
+    record = marker(root)
+    assert record["schema_version"] == 2 and "idempotency" not in record  # none kept: left out
+    record["schema_version"] = 1
+    (runtime_dir(root) / "checkpoint.json").write_text(json.dumps(record))
+    restored = await open_runtime(root, observation_backlog=4)
+    assert reads(restored) == before and restored.kept_answers() == []
+    await restored.close()
+
+
+async def test_kept_answers_come_back_from_the_checkpoint_and_the_log_and_survive_a_compaction(root, monkeypatch):
+    import runtimed.store.fs.checkpoint as fs_checkpoint
+
+    runtime = await busy(root)
+    worker = runtime.worker_ref("worker-00000003")
+    created = await keyed(runtime, "create", lambda claim: runtime.create_worker(TASK, claim=claim))
+    checkpoint_now(runtime)
+    assert len((runtime_dir(root) / "idempotency.jsonl").read_bytes().splitlines()) == marker(root)["idempotency"] == 1
+    sent = await keyed(runtime, "input", lambda claim: runtime.send_input(worker, user("x"), claim=claim))
+    kept = runtime.kept_answers()
+    assert kept == [created, sent]
+    await crash(runtime)  # "input" is in the log only
+
+    restored = await open_runtime(root, observation_backlog=4)
+    assert restored.kept_answers() == kept
+    assert await restored.claim_idempotency_key("input", "fingerprint of input", render_ok) == sent
+    # Compacted once the file holds more than twice its live answers: the count stays.
+    monkeypatch.setattr(fs_checkpoint, "IDEMPOTENCY_COMPACT_SLACK", 0)
+    assert sent.kept_at > created.kept_at
+    later = (created.kept_at + sent.kept_at) / 2 + 86400  # "create" has expired, "input" not
+    monkeypatch.setattr(time, "time", lambda: later)
+    await restored.close()
+    lines = (runtime_dir(root) / "idempotency.jsonl").read_bytes().splitlines()
+    assert json.loads(lines[0]) == {"trimmed": 1} and len(lines) == 2
+    assert marker(root)["idempotency"] == 2
+    again = await open_runtime(root, observation_backlog=4)
+    assert again.kept_answers() == [sent]
+    await again.close()
+
+
+async def test_kept_answers_past_the_marker_are_cut_back_and_a_missing_one_is_refused(root):
+    runtime = await open_runtime(root)
+    await keyed(runtime, "a", lambda claim: runtime.create_worker(TASK, claim=claim))
+    checkpoint_now(runtime)
+    old_marker = (runtime_dir(root) / "checkpoint.json").read_bytes()
+    await keyed(runtime, "b", lambda claim: runtime.create_worker(TASK, claim=claim))
+    checkpoint_now(runtime)
+    kept = runtime.kept_answers()
+    await crash(runtime)
+    path = runtime_dir(root) / "idempotency.jsonl"
+    whole = path.read_bytes()
+    # As if the daemon died after the checkpoint's files were written, before its marker.
+    (runtime_dir(root) / "checkpoint.json").write_bytes(old_marker)
+    restored = await open_runtime(root)
+    assert restored.kept_answers() == kept  # "b" from the log
+    assert not [d for d in restored.diagnostics() if d.severity.value == "warning"]
+    await crash(restored)
+    assert path.read_bytes() == whole.splitlines(keepends=True)[0]  # cut back to the marker
+    # An acknowledged answer missing from the file is corruption, refused naming the file.
+    checkpointed = await open_runtime(root)
+    await checkpointed.close()
+    path.write_bytes(path.read_bytes().splitlines(keepends=True)[0])
+    before = files_of(root)
+    with pytest.raises(StoreCorrupt) as caught:
+        await open_runtime(root)
+    assert caught.value.path == str(path) and "acknowledged 2 kept answers" in caught.value.message
+    assert files_of(root) == before
+
+
+async def deleted_worker(root: Path, before_delete: Any = None) -> tuple[Runtime, WorkerRef, Path]:
+    """The busy runtime, checkpointed, with its stopped worker deleted (under a key); that
+    worker's directory. ``before_delete`` is called just before the delete."""
+    runtime = await busy(root)
+    ref = runtime.worker_ref("worker-00000001")
+    checkpoint_now(runtime)
+    directory = runtime._store.worker_dir(ref.worker_id)
+    assert directory.is_dir()
+    if before_delete is not None:
+        before_delete()
+    await keyed(runtime, "delete", lambda claim: runtime.delete_worker(ref, claim=claim))
+    return runtime, ref, directory
+
+
+def assert_deleted(runtime: Runtime, ref: WorkerRef, directory: Path) -> None:
+    assert not directory.exists()
+    assert [w.worker_ref.worker_id for w in runtime.list_workers()] == ["worker-00000002", "worker-00000003"]
+    assert runtime.summary().worker_count == 2 and runtime.summary().stopped_worker_count == 0
+    assert runtime.events(1, 256).events[-1].kind is EventKind.WORKER_DELETED
+    assert [a.key for a in runtime.kept_answers()] == ["delete"]
+    assert "worker-00000001" not in marker(directory.parents[3])["observations"]
+
+
+async def test_a_deleted_worker_is_gone_from_the_files_and_from_memory_after_a_restart(root):
+    runtime, ref, directory = await deleted_worker(root)
+    assert not directory.exists()  # the delete's answer waited for the checkpoint that removed it
+    before = reads(runtime)
+    await crash(runtime)
+    restored = await open_runtime(root, observation_backlog=4)
+    assert reads(restored) == before
+    assert_deleted(restored, ref, directory)
+    assert (await restored.create_worker(TASK)).worker_ref.worker_id == "worker-00000004"
+    await restored.close()
+
+
+async def test_a_deletion_the_checkpoint_did_not_complete_is_replayed_and_finished_at_open(root, monkeypatch):
+    def no_room(self, checkpoint, lsn):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    runtime, ref, directory = await deleted_worker(root, lambda: monkeypatch.setattr(FsStore, "_write_marker", no_room))
+    assert directory.is_dir()  # the checkpoint failed: answered all the same, the log has it
+    before = reads(runtime)
+    await crash(runtime)
+    monkeypatch.undo()
+    restored = await open_runtime(root, observation_backlog=4)
+    assert_deleted(restored, ref, directory)  # removed before open returned
+    assert reads(restored) == before
+    await restored.close()
+
+
+async def test_a_deleted_workers_directory_left_past_the_marker_is_removed_with_a_log_line(root, monkeypatch, caplog):
+    runtime, ref, directory = await deleted_worker(
+        root, lambda: monkeypatch.setattr(FsStore, "_remove_deleted", lambda self, checkpoint: None)
+    )
+    assert directory.is_dir() and "worker-00000001" not in marker(root)["observations"]
+    await crash(runtime)
+    monkeypatch.undo()
+    (directory / "notes.txt").write_text("mine")
+    before = files_of(root)
+    with pytest.raises(StoreCorrupt) as caught:  # not runtimed's: refused, never deleted
+        await open_runtime(root)
+    assert caught.value.path == str(directory / "notes.txt")
+    assert files_of(root) == before
+    (directory / "notes.txt").unlink()
+    with caplog.at_level("INFO", logger="runtimed.store"):
+        restored = await open_runtime(root, observation_backlog=4)
+    assert f"removed {directory}: worker {ref.worker_id} was deleted" in caplog.text
+    assert_deleted(restored, ref, directory)
+    await restored.close()
+
+
+async def test_a_log_line_that_deletes_a_running_worker_is_refused(root):
+    runtime = await open_runtime(root)
+    ref = (await runtime.create_worker(TASK)).worker_ref
+    await crash(runtime)
+    (segment,) = segments(root)
+    event = RuntimeEvent(3, EventKind.WORKER_DELETED, f"worker {ref.worker_id} deleted", ref)
+    context = wal.Context()
+    context.requests[ref.worker_id] = None
+    change = Change(event, RuntimeStatus.RUNNING, deleted=(ref.worker_id,))
+    with segment.open("ab") as file:
+        file.write(wal.frame(wal.dumps(wal.encode_change(change, len(log_records(root)) + 1, context))))
+    before = files_of(root)
+    with pytest.raises(StoreCorrupt) as caught:
+        await open_runtime(root)
+    assert caught.value.path == str(segment)
+    assert "deletes worker worker-00000001, which is running" in caught.value.message
+    assert files_of(root) == before

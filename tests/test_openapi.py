@@ -142,6 +142,7 @@ async def test_only_fields_that_allow_none_are_nullable(client):
         ("RuntimeSummary", "display_name"),
         ("TranscriptProjection", "next_start"),
         ("WorkerLifecycleRequest", "reason"),
+        ("WorkersResponse", "next_after"),
     }
     transcript = document["paths"]["/v1/workers/{worker_id}/transcript"]["get"]
     query = {p["name"]: p["schema"] for p in transcript["parameters"] if p.get("in") == "query"}

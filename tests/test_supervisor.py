@@ -725,3 +725,34 @@ async def test_a_worker_whose_agent_cannot_be_restored_is_stopped_and_the_rest_i
     await harness.until_state(kept, ExecutionState.IDLE)
     assert runtime.worker_detail(kept).status is WorkerStatus.RUNNING
     assert await harness.answer(kept, "still here", 1) == "echo: still here"
+
+
+async def test_restore_removes_the_directories_of_deleted_workers_and_nothing_else(harness, tmp_path):
+    # A worker deleted just before the daemon went away: its directory is removed after the
+    # answer, in the background, and a crash may leave it. The next start finishes the removal.
+    root = tmp_path / "state"
+    await harness.open(store=FsStore(root))
+    kept = await harness.started()
+    deleted = await harness.started()
+    await harness.runtime.stop_worker(deleted, "done")
+    await harness.until_stopped(deleted)
+    await harness.close()
+    left = harness.workdirs / deleted.worker_id
+    assert left.is_dir()
+    (left / "notes.txt").write_text("the agent's work")
+    runtime = await Runtime.open(FsStore(root), RuntimeOptions())
+    await runtime.delete_worker(deleted)
+    await runtime.close()  # no supervisor attached: nothing removed the directory
+    assert left.is_dir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (harness.workdirs / "worker-000000ff").symlink_to(outside)  # named like a worker, but a link
+    (harness.workdirs / "not-a-worker").mkdir()
+
+    await harness.open(store=FsStore(root))
+    await wait_until(lambda: not left.exists(), TIMEOUT, "the deleted worker's directory to go")
+    assert sorted(path.name for path in harness.workdirs.iterdir()) == sorted(
+        [kept.worker_id, "not-a-worker", "worker-000000ff"]
+    )
+    assert outside.is_dir()
+    await harness.until_state(kept, ExecutionState.IDLE)

@@ -37,10 +37,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
 import shlex
+import shutil
 import time
 from collections import deque
 from collections.abc import Awaitable, Collection, Mapping, Sequence
@@ -49,7 +51,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..domain.catalog import CreateWorkerRequest, ProfileSelector, WorkerDetail, WorkerIntent, WorkerStatus
-from ..domain.errors import InvalidRequest, PermissionNotFound, RuntimeStopped
+from ..domain.errors import InvalidRequest, PermissionNotFound, RuntimeStopped, WorkerNotFound
 from ..domain.execution import (
     AgentProfile,
     ExecutionConfig,
@@ -60,7 +62,7 @@ from ..domain.execution import (
     RestartPolicy,
     StopReason,
 )
-from ..domain.identity import WorkerRef
+from ..domain.identity import WorkerRef, worker_sequence
 from ..domain.observation import Severity, TranscriptRole
 from ..runtime import Runtime, TurnStart
 from .process import AgentLaunch, agent_environment, describe_exit
@@ -161,6 +163,18 @@ class Supervisor:
             return
         self._add(self.runtime.worker_detail(ref), restoring=False)
 
+    def delete(self, ref: WorkerRef) -> None:
+        """Kill what is left of the deleted worker's agent (a stop's grace may still run), then
+        remove ``<workdirs>/<worker id>`` if runtimed made it (a profile ``cwd`` or a workspace is
+        never touched: the agent's directory is only ever made there)."""
+        directory = self.workdirs / ref.worker_id
+        agent = self._agents.get(ref.worker_id)
+        if agent is None:
+            _remove_directory(directory)
+        else:
+            agent.request_stop(kill=True)
+            agent.task.add_done_callback(lambda _: _remove_directory(directory))
+
     def wake(self, ref: WorkerRef) -> None:
         agent = self._agents.get(ref.worker_id)
         if agent is not None:
@@ -239,6 +253,8 @@ class Supervisor:
 
     async def _restore(self) -> None:
         try:
+            live = {summary.worker_ref.worker_id for summary in self.runtime.list_workers()}
+            await asyncio.get_running_loop().run_in_executor(None, _remove_deleted_directories, self.workdirs, live)
             await self._settle_stopped_workers()
             agents = [self._add(detail, restoring=True) for detail in self.runtime.executing_workers()]
             if agents:
@@ -519,6 +535,8 @@ class WorkerAgent:
             await self._supervise()
         except RuntimeStopped:
             pass  # stop_worker on a stopped runtime: the worker is stopped already
+        except WorkerNotFound:
+            pass  # the worker was deleted (after its stop); the agent is being killed
         except Exception as error:
             log.exception("worker %s: supervising its agent failed", self.worker_id)
             await self._give_up(error)
@@ -870,3 +888,30 @@ async def _first(*awaitables: Awaitable[Any]) -> None:
     finally:
         for future in made:
             future.cancel()
+
+
+def _remove_deleted_directories(workdirs: Path, live: Collection[str]) -> None:
+    """Remove the directories runtimed made for workers that are gone: a worker deleted just
+    before the daemon went away (its directory is removed after the answer, in the background)
+    leaves one. Only entries named like a worker id that no live worker has are removed, and a
+    symbolic link is never followed; anything else under ``workdirs`` is left alone."""
+    try:
+        entries = list(os.scandir(workdirs))
+    except FileNotFoundError:
+        return
+    except OSError as error:
+        log.warning("cannot look for the directories of deleted workers in %s: %s", workdirs, error)
+        return
+    for entry in entries:
+        if worker_sequence(entry.name) is None or entry.name in live or not entry.is_dir(follow_symlinks=False):
+            continue
+        log.info("removing the directory of deleted worker %s: %s", entry.name, entry.path)
+        shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def _remove_directory(directory: Path) -> None:
+    """Remove a deleted worker's directory in a thread of the loop's executor: an agent's
+    directory may hold many files, and the event loop must not wait for them."""
+    if directory.is_dir() and not directory.is_symlink():
+        remove = functools.partial(shutil.rmtree, directory, ignore_errors=True)
+        asyncio.get_running_loop().run_in_executor(None, remove)

@@ -440,6 +440,7 @@ class LimitsSection(Section):
     max_queued_inputs = Integer(validate=at_least_1)
     max_agent_message_bytes = Integer(validate=at_least_1)
     agent_log_lines_per_second = Integer(validate=at_least_1)
+    idempotency_key_ttl_seconds = Integer(validate=at_least_1)
 
 
 #: ``[limits]`` keys that set a ``ServerConfig`` attribute of the same name, not a ``RuntimeLimits``

@@ -61,7 +61,7 @@ def build_store(config: Config) -> Store:
     """The store ``config`` asks for, not yet opened."""
     if config.store.kind is StoreKind.FS:
         assert config.store.root is not None  # the config requires it
-        return FsStore(config.store.root, config.limits.observation_backlog)
+        return FsStore(config.store.root, config.limits.observation_backlog, config.limits.idempotency_key_ttl_seconds)
     return MemoryStore()
 
 

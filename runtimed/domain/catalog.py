@@ -194,3 +194,12 @@ class WorkerLifecycleAck:
     worker_ref: WorkerRef
     status: WorkerStatus
     event_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerPage:
+    """A page of the catalog (``GET /v1/workers`` with parameters, §11): workers in creation
+    order, and ``next_after``, the id to ask the next page ``after`` when more match."""
+
+    workers: list[WorkerSummary]
+    next_after: str | None

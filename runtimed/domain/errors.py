@@ -113,6 +113,28 @@ class PermissionNotFound(RuntimedError):
         self.request_id = request_id
 
 
+class WorkerRunning(RuntimedError):
+    """A delete of a worker that is still ``running`` (§11): stop or cancel it first."""
+
+    code = "worker_running"
+
+    def __init__(self, worker_id: str) -> None:
+        super().__init__(f"worker {worker_id} is running; stop or cancel it before deleting it")
+        self.worker_id = worker_id
+
+
+class IdempotencyKeyReused(RuntimedError):
+    """An ``Idempotency-Key`` sent again with another method, path or body (§11)."""
+
+    code = "idempotency_key_reused"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "this Idempotency-Key was used for another request (another method, path or body); "
+            "use a new key for a new request"
+        )
+
+
 class StoreError(RuntimedError):
     """The store failed; the message names the operation and the path."""
 
@@ -186,3 +208,12 @@ class Overrun(ObservationError):
 
     def __init__(self, message: str = "runtime observation backlog was overrun") -> None:
         super().__init__(message)
+
+
+class WorkerDeleted(ObservationError):
+    """The watched worker was deleted (§11): its observation sessions end."""
+
+    code = "runtime.worker_deleted"
+
+    def __init__(self, worker_id: str) -> None:
+        super().__init__(f"worker {worker_id} was deleted")

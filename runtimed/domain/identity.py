@@ -37,3 +37,15 @@ class WorkerRef:
         _require_non_blank(self.runtime_id, "runtime_id")
         if not isinstance(self.worker_id, str) or not self.worker_id.strip():
             raise InvalidWorkerId()
+
+
+def worker_sequence(worker_id: str) -> int | None:
+    """The sequence ``format_worker_id`` made ``worker_id`` from, or ``None`` for an id it does
+    not make. Worker ids order by creation as their sequences do (not as strings: past
+    ``worker-ffffffff`` the hex part grows a digit)."""
+    if not worker_id.startswith("worker-") or len(worker_id) < 15:
+        return None
+    digits = worker_id[7:]
+    if not all(c in "0123456789abcdef" for c in digits) or (len(digits) > 8 and digits[0] == "0"):
+        return None
+    return int(digits, 16)

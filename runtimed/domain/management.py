@@ -23,6 +23,8 @@ class RuntimeLimits:
     max_running_agents: int = 32
     #: Inputs of an agent-backed worker accepted and not yet delivered; one more is ``input_queue_full``.
     max_queued_inputs: int = 64
+    #: Seconds a kept ``Idempotency-Key`` answer is replayed, from the first answer (§11).
+    idempotency_key_ttl_seconds: int = 86400
 
     def __post_init__(self) -> None:
         for name in self.__dataclass_fields__:

@@ -48,6 +48,8 @@ class EventKind(str, Enum):
     #: an interrupt that ended a turn or dropped queued inputs.
     WORKER_TURN_ENDED = "worker_turn_ended"
     WORKER_INTERRUPTED = "worker_interrupted"
+    #: A worker that was not running was deleted (§11).
+    WORKER_DELETED = "worker_deleted"
 
 
 @dataclass(frozen=True, slots=True)

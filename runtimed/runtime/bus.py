@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from ..domain.errors import CursorExpired, CursorUnknown, Overrun
+from ..domain.errors import CursorExpired, CursorUnknown, ObservationError, Overrun
 from ..domain.identity import WorkerRef
 from ..domain.observation import Observation, encode_cursor
 
@@ -30,6 +30,7 @@ class Subscription:
         self._wakeup = asyncio.Event()
         self._overrun = False
         self._closed = False
+        self._ended: ObservationError | None = None  # why the bus ended it, to raise from ``get``
         self._overrun_callbacks: list[Callable[[], None]] = []
 
     def on_overrun(self, callback: Callable[[], None]) -> None:
@@ -57,6 +58,11 @@ class Subscription:
         self._closed = True
         self._wakeup.set()
 
+    def end(self, error: ObservationError) -> None:
+        """End the subscription with ``error``, raised by ``get`` once the queue is drained."""
+        self._ended = error
+        self.close()
+
     async def get(self) -> Observation | None:
         """The next observation; ``None`` once closed; raises ``Overrun`` if it fell behind."""
         while True:
@@ -64,6 +70,8 @@ class Subscription:
                 raise Overrun()
             if self._queue:
                 return self._queue.popleft()
+            if self._ended is not None:
+                raise self._ended
             if self._closed:
                 return None
             self._wakeup.clear()
@@ -158,6 +166,15 @@ class ObservationBus:
             newer.append(observation)
         newer.reverse()
         return newer
+
+    def forget(self, worker_id: str, error: ObservationError) -> None:
+        """The worker is gone (deleted): drop what is retained of it, and end its subscriptions
+        with ``error`` once they have taken what was published before."""
+        self._backlogs.pop(worker_id, None)
+        self._latest.pop(worker_id, None)
+        self._trimmed.pop(worker_id, None)
+        for subscription in self._subscribers.pop(worker_id, ()):
+            subscription.end(error)
 
     @contextmanager
     def subscribe(self, worker_id: str) -> Iterator[Subscription]:

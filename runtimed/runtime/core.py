@@ -40,6 +40,7 @@ from ..domain.catalog import (
     TaskIntent,
     WorkerDetail,
     WorkerLifecycleAck,
+    WorkerPage,
     WorkerState,
     WorkerStatus,
     WorkerSummary,
@@ -51,9 +52,11 @@ from ..domain.errors import (
     RuntimeStopped,
     StatePoisoned,
     StoreError,
+    WorkerDeleted,
     WorkerLimitReached,
     WorkerNotExecuting,
     WorkerNotFound,
+    WorkerRunning,
     WrongRuntime,
 )
 from ..domain.execution import (
@@ -67,8 +70,9 @@ from ..domain.execution import (
     StopReason,
     WorkerExecution,
 )
-from ..domain.identity import WorkerRef, format_worker_id, generate_runtime_id
-from ..domain.interaction import WorkerInput, WorkerInteractionAck
+from ..domain.idempotency import KeptAnswer
+from ..domain.identity import WorkerRef, format_worker_id, generate_runtime_id, worker_sequence
+from ..domain.interaction import InputKind, WorkerInput, WorkerInteractionAck
 from ..domain.management import RuntimeOptions, RuntimeStatus, RuntimeSummary
 from ..domain.observation import (
     EventBatch,
@@ -85,6 +89,8 @@ from ..domain.stats import LatencyHistogram
 from ..store.base import Change, RestoredState, Store
 from .bus import ObservationBus, Subscription
 from .execution import ExecutionBackend, TurnStart
+from .idempotency import IdempotencyClaim, IdempotencyTable, Render
+from .pages import WorkerIndex
 
 log = logging.getLogger("runtimed.runtime")
 
@@ -103,6 +109,11 @@ RESERVED_OBSERVATIONS = frozenset(
 TURN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 #: The input roles a turn delivers (an assistant entry is a turn's reply, never its input).
 INPUT_ROLES = frozenset({TranscriptRole.USER, TranscriptRole.SYSTEM})
+#: Per input kind: its transcript role and the observation that publishes it.
+_INPUT_ROLES = {
+    InputKind.USER: (TranscriptRole.USER, "user_message"),
+    InputKind.SYSTEM: (TranscriptRole.SYSTEM, "system_item"),
+}
 
 
 class _Keep(Enum):
@@ -164,6 +175,8 @@ class _Undo:
     observation_sequence: int
     status: RuntimeStatus
     workers: tuple[tuple[str, WorkerState | None, int], ...]  # (id, previous state, transcript length)
+    deleted: tuple[tuple[str, WorkerState, list[TranscriptEntry]], ...] = ()
+    kept: tuple[tuple[str, KeptAnswer | None], ...] = ()
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -185,10 +198,11 @@ class _DurableView:
     read up to the lengths recorded here.
     """
 
-    __slots__ = ("counts", "diagnostics", "events", "status", "workers")
+    __slots__ = ("counts", "diagnostics", "events", "index", "status", "workers")
 
     def __init__(self) -> None:
         self.workers: dict[str, WorkerState] = {}  # insertion order is creation order
+        self.index = WorkerIndex()
         self.counts: Counter[WorkerStatus] = Counter()
         self.events = 0
         self.diagnostics = 0
@@ -201,11 +215,20 @@ class _DurableView:
             self.diagnostics = change.diagnostics[-1].id
         self.status = change.runtime_status
         for state in change.workers:
-            previous = self.workers.get(state.worker_ref.worker_id)
-            if previous is not None:
+            worker_id = state.worker_ref.worker_id
+            previous = self.workers.get(worker_id)
+            if previous is None:
+                self.index.add(_sequence_of(worker_id), state.status)
+            else:
                 self.counts[previous.status] -= 1
+                if previous.status is not state.status:
+                    self.index.move(_sequence_of(worker_id), previous.status, state.status)
             self.counts[state.status] += 1
-            self.workers[state.worker_ref.worker_id] = state
+            self.workers[worker_id] = state
+        for worker_id in change.deleted:
+            deleted = self.workers.pop(worker_id)
+            self.counts[deleted.status] -= 1
+            self.index.remove(_sequence_of(worker_id), deleted.status)
 
 
 class Runtime:
@@ -236,6 +259,7 @@ class Runtime:
         self._turn_seconds = LatencyHistogram(TURN_BUCKETS)
         self._turn_started_at: dict[str, float] = {}  # worker id -> when its open turn started
         self._agent_restarts = 0
+        self._idempotency = IdempotencyTable(self._limits.idempotency_key_ttl_seconds)
 
     @classmethod
     async def open(cls, store: Store, options: RuntimeOptions | None = None) -> Runtime:
@@ -259,21 +283,41 @@ class Runtime:
 
     def _restore(self, restored: RestoredState) -> None:
         self._status = restored.status
-        self._worker_sequence = restored.worker_sequence
         self._events = list(restored.events)
         self._diagnostics = list(restored.diagnostics)
+        # The event log is the commit record (§8), so it settles two things whatever a store
+        # restored (§11): a worker it says was deleted stays gone, even if a store still holds
+        # it (a crash before its files were removed), and no id it ever named is given again,
+        # even once the newest worker is deleted and its files are gone.
+        sequence = restored.worker_sequence
+        deleted: set[str] = set()
+        for event in self._events:
+            if event.worker_ref is None:
+                continue
+            if event.kind is EventKind.WORKER_CREATED:
+                sequence = max(sequence, worker_sequence(event.worker_ref.worker_id) or 0)
+            elif event.kind is EventKind.WORKER_DELETED:
+                deleted.add(event.worker_ref.worker_id)
+        self._worker_sequence = sequence
         for state in restored.workers:
+            if state.worker_ref.worker_id in deleted:
+                continue
             self._workers[state.worker_ref.worker_id] = state
             self._status_counts[state.status] += 1
             self._running_agents += _runs_an_agent(state)
         self._transcripts = {wid: list(restored.transcripts.get(wid, ())) for wid in self._workers}
         durable = self._durable
         durable.workers = dict(self._workers)
+        durable.index = WorkerIndex((_sequence_of(wid), state.status) for wid, state in self._workers.items())
         durable.counts = Counter(self._status_counts)
         durable.events = len(self._events)
         durable.diagnostics = len(self._diagnostics)
         durable.status = self._status
-        self._bus.restore(restored.observation_sequence, restored.observations, restored.observations_trimmed)
+        observations = restored.observations
+        if deleted:
+            observations = [o for o in observations if o.worker_ref.worker_id not in deleted]
+        self._bus.restore(restored.observation_sequence, observations, restored.observations_trimmed)
+        self._idempotency.restore(restored.idempotency)
 
     async def _record_restore_warnings(self, warnings: list[tuple[str, str]]) -> None:
         first_id = len(self._diagnostics) + 1
@@ -311,6 +355,9 @@ class Runtime:
 
     def worker_ref(self, worker_id: str) -> WorkerRef:
         """The ref of ``worker_id`` in this runtime (raises ``InvalidWorkerId`` when blank)."""
+        state = self._workers.get(worker_id)
+        if state is not None:
+            return state.worker_ref  # built and checked once, when the worker was created
         return WorkerRef(self._runtime_id, worker_id)
 
     def summary(self) -> RuntimeSummary:
@@ -331,6 +378,39 @@ class Runtime:
 
     def list_workers(self) -> list[WorkerSummary]:
         return [WorkerSummary.of(state) for state in self._durable.workers.values()]
+
+    def worker_page(
+        self, statuses: frozenset[WorkerStatus] | None = None, after: str | None = None, limit: int | None = None
+    ) -> WorkerPage:
+        """Workers with one of ``statuses`` (``None``: any) created after the worker ``after``
+        (which need not exist any more), at most ``limit`` (default and maximum
+        ``max_event_batch_items``), in creation order; O(limit), whatever the catalog's size.
+
+        ``next_after`` is the id of the last worker returned when more match, else ``None``;
+        with ``limit`` 0 it is ``after`` itself while any match (a page of none moves no one on).
+        Raises ``ValueError`` for an ``after`` that is no worker id of this runtime's making.
+        """
+        maximum = self._limits.max_event_batch_items
+        if limit is None:
+            limit = maximum
+        if limit > maximum:
+            raise LimitTooLarge(limit, maximum)
+        start = 0
+        if after is not None:
+            sequence = worker_sequence(after)
+            if sequence is None:
+                raise ValueError(f"after must be a worker id (worker-<8 hex digits>), not {after!r}")
+            start = sequence
+        durable = self._durable
+        sequences, more = durable.index.page(statuses, start, limit)
+        workers = [WorkerSummary.of(durable.workers[format_worker_id(sequence)]) for sequence in sequences]
+        if not more:
+            next_after = None
+        elif workers:
+            next_after = workers[-1].worker_id
+        else:
+            next_after = after
+        return WorkerPage(workers, next_after)
 
     def worker_detail(self, ref: WorkerRef) -> WorkerDetail:
         return WorkerDetail.of(self._read_worker(ref))
@@ -493,9 +573,40 @@ class Runtime:
         await self._commit(Change(event=None, runtime_status=self._status, observations=(observation,)))
         return observation
 
+    # ---------------------------------------------------------- idempotency (§11)
+
+    async def claim_idempotency_key(self, key: str, fingerprint: str, render: Render) -> KeptAnswer | IdempotencyClaim:
+        """Look up ``key`` for a request identified by ``fingerprint``: the kept answer to
+        replay, or a claim to carry the request out under (pass it to the mutation as
+        ``claim=``, and ``release_idempotency_key`` it when the call is over, whatever its
+        outcome). A request that finds the key claimed waits for that claim's release first.
+        Raises ``IdempotencyKeyReused`` when the key was kept for another request.
+
+        Checked before anything else (a stopped runtime, a deleted worker): a replay answers
+        whatever has happened since. ``render`` turns the mutation's result into the answer to
+        keep (status, body, warnings); the mutation keeps it with its change, atomically.
+        """
+        return await self._idempotency.claim(key, fingerprint, render)
+
+    def release_idempotency_key(self, claim: IdempotencyClaim) -> None:
+        self._idempotency.release(claim)
+
+    def kept_answers(self) -> list[KeptAnswer]:
+        """Every kept answer that has not expired, oldest first."""
+        return self._idempotency.answers()
+
+    async def _keep_only(self, claim: IdempotencyClaim | None, result: Any) -> None:
+        """Keep the answer of a request that changed nothing: a change of its own, no event."""
+        if claim is not None:
+            await self._commit(
+                Change(event=None, runtime_status=self._status, idempotency=self._idempotency.answer(claim, result))
+            )
+
     # -------------------------------------------------------------- mutations
 
-    async def create_worker(self, request: CreateWorkerRequest) -> WorkerDetail:
+    async def create_worker(
+        self, request: CreateWorkerRequest, *, claim: IdempotencyClaim | None = None
+    ) -> WorkerDetail:
         self._require_running()
         if isinstance(request.intent, TaskIntent) and not request.intent.objective.strip():
             raise InvalidRequest("task objective must not be empty")
@@ -539,6 +650,7 @@ class Runtime:
                 )
             )
         first_id = len(self._diagnostics) + 1
+        detail = WorkerDetail.of(state)
         change = Change(
             event=event,
             runtime_status=self._status,
@@ -547,17 +659,23 @@ class Runtime:
                 RuntimeDiagnostic(first_id + i, Severity.INFO, code, message, ref)
                 for i, (code, message) in enumerate(diagnostics)
             ),
+            idempotency=self._idempotency.answer(claim, detail),
         )
         await self._commit(change)
         log.info("worker %s created", worker_id)
         if backend is not None and profile is not None:
             self._tell_backend(backend.start, ref)
-        return WorkerDetail.of(state)
+        return detail
 
-    async def send_input(self, ref: WorkerRef, worker_input: WorkerInput) -> WorkerInteractionAck:
+    async def send_input(
+        self, ref: WorkerRef, worker_input: WorkerInput, *, claim: IdempotencyClaim | None = None
+    ) -> WorkerInteractionAck:
+        # The hot path of the API: each value is built once, directly (``dataclasses.replace``
+        # costs several times a constructor call).
         self._require_running()
         state = self._worker(ref)
-        if not worker_input.content.strip():
+        content = worker_input.content
+        if not content.strip():
             raise InvalidRequest("worker input content must not be empty")
         if state.status is not WorkerStatus.RUNNING:
             raise InvalidRequest(f"worker {ref.worker_id} is not running")
@@ -567,68 +685,97 @@ class Runtime:
                 raise InputQueueFull(ref.worker_id, self._limits.max_queued_inputs)
             execution = dataclasses.replace(execution, queued_inputs=execution.queued_inputs + 1)
 
-        event = self._next_event(EventKind.WORKER_INPUT_ACCEPTED, "worker input accepted", state.worker_ref)
-        entry = TranscriptEntry(
-            sequence=state.transcript_len + 1,
-            worker_ref=state.worker_ref,
-            role=TranscriptRole(worker_input.kind.value),
-            content=worker_input.content,
-            event_id=event.id,
+        worker_ref = state.worker_ref
+        event_id = len(self._events) + 1
+        sequence = state.transcript_len + 1
+        event = RuntimeEvent(event_id, EventKind.WORKER_INPUT_ACCEPTED, "worker input accepted", worker_ref)
+        role, kind = _INPUT_ROLES[worker_input.kind]
+        entry = TranscriptEntry(sequence, worker_ref, role, content, event_id)
+        new_state = WorkerState(worker_ref, state.request, state.status, sequence, event_id, execution)
+        ack = WorkerInteractionAck(worker_ref, WorkerStatus.RUNNING, sequence, event_id)
+        kept = self._idempotency.answer(claim, ack) if claim is not None else ()
+        observation = self._bus.reserve(worker_ref, kind, {"sequence": sequence, "content": content})
+        await self._commit(Change(event, self._status, (new_state,), (entry,), (), (observation,), kept))
+        if execution is not None and self._backend is not None:
+            self._tell_backend(self._backend.wake, ref)
+        return ack
+
+    async def stop_worker(
+        self, ref: WorkerRef, reason: str | None = None, *, claim: IdempotencyClaim | None = None
+    ) -> WorkerLifecycleAck:
+        """Move a running worker to ``stopped``; on any other worker, change nothing."""
+        return await self._end_worker(
+            ref, WorkerStatus.STOPPED, EventKind.WORKER_STOPPED, reason, "worker stopped", claim
         )
-        new_state = dataclasses.replace(
-            state, transcript_len=entry.sequence, last_event_id=event.id, execution=execution
+
+    async def cancel_worker(
+        self, ref: WorkerRef, reason: str | None = None, *, claim: IdempotencyClaim | None = None
+    ) -> WorkerLifecycleAck:
+        """Move a running worker to ``cancelled``; on any other worker, change nothing."""
+        return await self._end_worker(
+            ref, WorkerStatus.CANCELLED, EventKind.WORKER_CANCELLED, reason, "worker cancelled", claim
         )
-        kind = "user_message" if entry.role is TranscriptRole.USER else "system_item"
-        observation = self._bus.reserve(state.worker_ref, kind, {"sequence": entry.sequence, "content": entry.content})
+
+    async def _end_worker(
+        self,
+        ref: WorkerRef,
+        status: WorkerStatus,
+        kind: EventKind,
+        reason: str | None,
+        default_reason: str,
+        claim: IdempotencyClaim | None,
+    ) -> WorkerLifecycleAck:
+        self._require_running()
+        state = self._worker(ref)
+        if state.status is not WorkerStatus.RUNNING:
+            ack = WorkerLifecycleAck(state.worker_ref, state.status, state.last_event_id)
+            await self._keep_only(claim, ack)
+            return ack
+        # A blank reason says nothing, so the event gets the default message instead.
+        message = reason if reason is not None and reason.strip() else default_reason
+        event = self._next_event(kind, message, state.worker_ref)
+        new_state = dataclasses.replace(state, status=status, last_event_id=event.id)
+        ack = WorkerLifecycleAck(new_state.worker_ref, new_state.status, event.id)
+        observation = self._bus.reserve(state.worker_ref, "worker_status", {"status": status.value, "reason": message})
         await self._commit(
             Change(
                 event=event,
                 runtime_status=self._status,
                 workers=(new_state,),
-                transcript=(entry,),
                 observations=(observation,),
+                idempotency=self._idempotency.answer(claim, ack),
             )
-        )
-        if execution is not None and self._backend is not None:
-            self._tell_backend(self._backend.wake, ref)
-        return WorkerInteractionAck(
-            worker_ref=new_state.worker_ref,
-            status=new_state.status,
-            transcript_sequence=entry.sequence,
-            event_id=event.id,
-        )
-
-    async def stop_worker(self, ref: WorkerRef, reason: str | None = None) -> WorkerLifecycleAck:
-        """Move a running worker to ``stopped``; on any other worker, change nothing."""
-        return await self._end_worker(ref, WorkerStatus.STOPPED, EventKind.WORKER_STOPPED, reason, "worker stopped")
-
-    async def cancel_worker(self, ref: WorkerRef, reason: str | None = None) -> WorkerLifecycleAck:
-        """Move a running worker to ``cancelled``; on any other worker, change nothing."""
-        return await self._end_worker(
-            ref, WorkerStatus.CANCELLED, EventKind.WORKER_CANCELLED, reason, "worker cancelled"
-        )
-
-    async def _end_worker(
-        self, ref: WorkerRef, status: WorkerStatus, kind: EventKind, reason: str | None, default_reason: str
-    ) -> WorkerLifecycleAck:
-        self._require_running()
-        state = self._worker(ref)
-        if state.status is not WorkerStatus.RUNNING:
-            return WorkerLifecycleAck(state.worker_ref, state.status, state.last_event_id)
-        # A blank reason says nothing, so the event gets the default message instead.
-        message = reason if reason is not None and reason.strip() else default_reason
-        event = self._next_event(kind, message, state.worker_ref)
-        new_state = dataclasses.replace(state, status=status, last_event_id=event.id)
-        observation = self._bus.reserve(state.worker_ref, "worker_status", {"status": status.value, "reason": message})
-        await self._commit(
-            Change(event=event, runtime_status=self._status, workers=(new_state,), observations=(observation,))
         )
         log.info("worker %s %s: %s", ref.worker_id, status.value, message)
         if state.execution is not None and self._backend is not None:
             # Told once the status change is durable, and not waited for: the status changes at
             # once (§9.3), while the process gets its grace in the backend's own task.
             self._tell_backend(self._backend.stop, ref, kill=status is WorkerStatus.CANCELLED)
-        return WorkerLifecycleAck(new_state.worker_ref, new_state.status, event.id)
+        return ack
+
+    async def delete_worker(self, ref: WorkerRef, *, claim: IdempotencyClaim | None = None) -> WorkerRef:
+        """Delete a worker that is not ``running`` (§11): its state, transcript and retained
+        observations go, with a ``worker_deleted`` event; its observers are told
+        (``runtime.worker_deleted``) and their sessions end; its id is never given again (the
+        worker sequence stays). The event log and the diagnostics keep what names it."""
+        self._require_running()
+        state = self._worker(ref)
+        if state.status is WorkerStatus.RUNNING:
+            raise WorkerRunning(ref.worker_id)
+        worker_ref = state.worker_ref
+        event = self._next_event(EventKind.WORKER_DELETED, f"worker {worker_ref.worker_id} deleted", worker_ref)
+        await self._commit(
+            Change(
+                event=event,
+                runtime_status=self._status,
+                deleted=(worker_ref.worker_id,),
+                idempotency=self._idempotency.answer(claim, worker_ref),
+            )
+        )
+        log.info("worker %s deleted", worker_ref.worker_id)
+        if state.execution is not None and self._backend is not None:
+            self._tell_backend(self._backend.delete, worker_ref)
+        return worker_ref
 
     async def stop(self) -> RuntimeSummary:
         """Stop the runtime: running workers become ``stopped`` and mutations are refused."""
@@ -668,7 +815,9 @@ class Runtime:
 
     # ------------------------------------------------------------ execution (§9)
 
-    async def interrupt(self, ref: WorkerRef, drop_queued: bool = False) -> InterruptAck:
+    async def interrupt(
+        self, ref: WorkerRef, drop_queued: bool = False, *, claim: IdempotencyClaim | None = None
+    ) -> InterruptAck:
         """End the worker's running turn, if any; with ``drop_queued``, drop its queued inputs
         first (they stay in the transcript and are never delivered).
 
@@ -681,7 +830,9 @@ class Runtime:
         state = self._worker(ref)
         backend = self._executing(state)
         if state.status is not WorkerStatus.RUNNING:
-            return InterruptAck(state.worker_ref, state.status, None, 0)
+            ack = InterruptAck(state.worker_ref, state.status, None, 0)
+            await self._keep_only(claim, ack)
+            return ack
         execution = self._execution_of(state)
         dropped = execution.queued_inputs if drop_queued else 0
         if dropped:
@@ -693,14 +844,28 @@ class Runtime:
             log.info("worker %s: %d queued inputs dropped", ref.worker_id, dropped)
         turn = await backend.interrupt(ref)
         if turn is not None and not dropped:
+            # The answer is kept with the event of the turn it ended.
             state = self._worker(ref)
             event = self._next_event(EventKind.WORKER_INTERRUPTED, "worker interrupted", state.worker_ref)
             new_state = dataclasses.replace(state, last_event_id=event.id)
-            await self._commit(Change(event=event, runtime_status=self._status, workers=(new_state,)))
+            ack = InterruptAck(state.worker_ref, state.status, turn, dropped)
+            await self._commit(
+                Change(
+                    event=event,
+                    runtime_status=self._status,
+                    workers=(new_state,),
+                    idempotency=self._idempotency.answer(claim, ack),
+                )
+            )
+        else:
+            # Nothing changed after the drop (if any), which had to be durable before the
+            # backend was asked: the answer is kept on its own, once it is known.
+            state = self._worker(ref)
+            ack = InterruptAck(state.worker_ref, state.status, turn, dropped)
+            await self._keep_only(claim, ack)
         if turn is not None:
             log.info("worker %s: turn %d interrupted", ref.worker_id, turn)
-        state = self._worker(ref)
-        return InterruptAck(state.worker_ref, state.status, turn, dropped)
+        return ack
 
     async def answer_permission(self, ref: WorkerRef, request_id: str, option_id: str) -> PermissionAnswer:
         """Answer a pending permission request of the worker's agent (§9.5)."""
@@ -938,17 +1103,32 @@ class Runtime:
         """The one path of every mutation: apply to memory, wait until the store has it, then
         publish its observations — so an observer never sees what was not made durable.
 
-        Applying before the store answers lets the next mutation build on this one while the
-        store writes both in one flush (group commit). If the store fails, it fails this change
-        and every later one (they were built on it), and they are undone newest first.
+        The store is handed the change first: a store that answers ``None`` has made it durable
+        already (the memory store always does), and when no earlier change is still pending,
+        nothing can take it back, so it is applied without an undo record and is durable at
+        once. Otherwise it is applied with one, before the store answers, so that the next
+        mutation can build on it while the store writes both in one flush (group commit). If
+        the store fails, it fails this change and every later one (they were built on it), and
+        they are undone newest first.
         """
         if self._poisoned:
             if change.observations:
                 self._bus.unreserve(change.observations[0].sequence)
             raise StatePoisoned()
-        item = _Inflight(next(self._change_numbers), change, self._apply(change))
-        self._inflight.append(item)
         pending = self._store.commit(change)
+        if pending is None and not self._inflight:
+            self._apply(change)
+            self._made_durable(change)
+            return
+        undo = self._undo_record(change)
+        try:
+            self._apply(change)
+        except BaseException:
+            # The store has the change and memory does not: they no longer agree.
+            self._poisoned = True
+            raise
+        item = _Inflight(next(self._change_numbers), change, undo)
+        self._inflight.append(item)
         if pending is not None:
             try:
                 # Shielded: a caller that goes away must not abandon a change that is already
@@ -966,10 +1146,7 @@ class Runtime:
         if error is None:
             # Changes become durable in order: every change before this one is durable too.
             while self._inflight and self._inflight[0].index <= item.index:
-                done = self._inflight.popleft()
-                self._durable.advance(done.change)
-                for observation in done.change.observations:
-                    self._bus.publish(observation)
+                self._made_durable(self._inflight.popleft().change)
             return
         if isinstance(error, StoreError):
             self._rollback_from(item)
@@ -978,6 +1155,15 @@ class Runtime:
         # so refuse further mutations until a restart.
         self._poisoned = True
         raise error
+
+    def _made_durable(self, change: Change) -> None:
+        """Reads see ``change`` from now on, and its observations are published."""
+        self._durable.advance(change)
+        publish = self._bus.publish
+        for observation in change.observations:
+            publish(observation)
+        for worker_id in change.deleted:
+            self._bus.forget(worker_id, WorkerDeleted(worker_id))
 
     def _settle_quietly(self, item: _Inflight, pending: asyncio.Future[None]) -> None:
         # The caller is gone: the change is kept or undone all the same; only its error has
@@ -994,8 +1180,9 @@ class Runtime:
         if not self._inflight:
             self._store.resume()
 
-    def _apply(self, change: Change) -> _Undo:
-        undo = _Undo(
+    def _undo_record(self, change: Change) -> _Undo:
+        """What puts memory back as it is now, should ``change`` (not yet applied) fail."""
+        return _Undo(
             events_len=len(self._events),
             diagnostics_len=len(self._diagnostics),
             worker_sequence=self._worker_sequence,
@@ -1009,7 +1196,13 @@ class Runtime:
                 )
                 for state in change.workers
             ),
+            deleted=tuple(
+                (worker_id, self._workers[worker_id], self._transcripts[worker_id]) for worker_id in change.deleted
+            ),
+            kept=self._idempotency.current(change.idempotency),
         )
+
+    def _apply(self, change: Change) -> None:
         if change.event is not None:
             self._events.append(change.event)
         self._status = change.runtime_status
@@ -1027,10 +1220,26 @@ class Runtime:
             self._workers[worker_id] = state
         for entry in change.transcript:
             self._transcripts[entry.worker_ref.worker_id].append(entry)
-        self._diagnostics.extend(change.diagnostics)
-        return undo
+        if change.diagnostics:
+            self._diagnostics.extend(change.diagnostics)
+        for worker_id in change.deleted:
+            deleted = self._workers.pop(worker_id)
+            del self._transcripts[worker_id]
+            self._status_counts[deleted.status] -= 1
+            self._running_agents -= _runs_an_agent(deleted)
+        if change.idempotency:
+            self._idempotency.apply(change.idempotency)
 
     def _revert(self, undo: _Undo) -> None:
+        self._idempotency.revert(undo.kept)
+        if undo.deleted:
+            for worker_id, state, transcript in undo.deleted:
+                self._workers[worker_id] = state
+                self._transcripts[worker_id] = transcript
+                self._status_counts[state.status] += 1
+                self._running_agents += _runs_an_agent(state)
+            # Back in creation order, which the dict's order is.
+            self._workers = dict(sorted(self._workers.items(), key=lambda item: _sequence_of(item[0])))
         del self._events[undo.events_len :]
         del self._diagnostics[undo.diagnostics_len :]
         self._worker_sequence = undo.worker_sequence
@@ -1053,3 +1262,11 @@ class Runtime:
 def _runs_an_agent(state: WorkerState) -> int:
     """1 for a running agent-backed worker (what ``[limits] max_running_agents`` counts), else 0."""
     return int(state.execution is not None and state.status is WorkerStatus.RUNNING)
+
+
+def _sequence_of(worker_id: str) -> int:
+    """The creation sequence of a worker id this runtime made (``worker-0000002a``: 42)."""
+    sequence = worker_sequence(worker_id)
+    if sequence is None:
+        raise ValueError(f"worker id {worker_id!r} is not of the form worker-<hex sequence>")
+    return sequence

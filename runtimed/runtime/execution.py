@@ -100,6 +100,12 @@ class ExecutionBackend(Protocol):
         such status change, whoever made it (the backend's own ``stop_worker`` too)."""
         ...
 
+    def delete(self, ref: WorkerRef) -> None:
+        """The worker (stopped or cancelled) is deleted, durably (§11): kill what is left of its
+        agent, and remove the directory made for it (never a profile ``cwd`` or a workspace).
+        Returns at once. The Runtime answers the agent's later calls about it ``WorkerNotFound``."""
+        ...
+
     def pending_permissions(self, ref: WorkerRef) -> list[PermissionRequest]:
         """The worker's permission requests waiting for the backend's answer, oldest first."""
         ...

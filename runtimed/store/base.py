@@ -14,6 +14,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from ..domain.catalog import WorkerState
+from ..domain.idempotency import KeptAnswer
 from ..domain.management import RuntimeStatus
 from ..domain.observation import Observation, RuntimeDiagnostic, RuntimeEvent, TranscriptEntry
 from ..domain.stats import LatencyHistogram
@@ -25,6 +26,15 @@ class Change:
 
     A mutation of the contract appends exactly one runtime ``event``; observations published
     by other code (``Runtime.observe``) make a change of their own with no event.
+
+    ``idempotency`` holds the answers kept for ``Idempotency-Key`` requests (§11): made durable
+    with the change that request made, in the same unit, so that no crash can leave a change
+    carried out without its key recorded. A request that changed nothing makes a change of its
+    own with no event that holds only its kept answer. ``deleted`` names the workers this change
+    deletes (with a ``worker_deleted`` event): a store drops everything it keeps of them —
+    worker state, transcript, observations and the directory it made — but never their kept
+    answers, which expire by themselves, and never their place in the worker sequence (an id is
+    never given twice).
     """
 
     event: RuntimeEvent | None
@@ -33,6 +43,8 @@ class Change:
     transcript: tuple[TranscriptEntry, ...] = ()
     diagnostics: tuple[RuntimeDiagnostic, ...] = ()
     observations: tuple[Observation, ...] = ()
+    idempotency: tuple[KeptAnswer, ...] = ()
+    deleted: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -51,6 +63,9 @@ class RestoredState:
     observations: list[Observation] = field(default_factory=list)
     #: Per worker: the newest observation sequence the store no longer keeps.
     observations_trimmed: dict[str, int] = field(default_factory=dict)
+    #: Kept ``Idempotency-Key`` answers, in the order they were kept (the Runtime drops the
+    #: expired ones; a store may drop them earlier).
+    idempotency: list[KeptAnswer] = field(default_factory=list)
     #: What restore found out of place and set aside; each becomes a warning diagnostic.
     warnings: list[tuple[str, str]] = field(default_factory=list)  # (code, message)
 

@@ -46,6 +46,7 @@ def create_app(
             web.get("/v1/workers", handlers.list_workers),
             web.post("/v1/workers", handlers.create_worker),
             web.get(WORKER, handlers.get_worker),
+            web.delete(WORKER, handlers.delete_worker),
             web.post(WORKER + "/input", handlers.send_input),
             web.post(WORKER + "/stop", handlers.stop_worker),
             web.post(WORKER + "/cancel", handlers.cancel_worker),

@@ -42,6 +42,17 @@ def dumps(data: object) -> bytes:
         return json.dumps(data, separators=(",", ":")).encode("ascii")
 
 
+def canonical_json(value: object) -> bytes:
+    """``value`` as one JSON text whatever the key order or whitespace it was written with: what
+    tells two requests' bodies apart (``Idempotency-Key``, §11). A value ``dumps`` writes with
+    ``\\u`` escapes (a lone surrogate) or the standard library alone can write (an integer
+    beyond 64 bits) is written by the standard library; the same value always takes the same way."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        return json.dumps(value, sort_keys=True, separators=(",", ":")).encode("ascii")
+
+
 def loads(body: bytes) -> Any:
     """Parse a client's JSON body, in the encodings ``json.loads`` reads (UTF-8, with or without
     a BOM; UTF-16 and UTF-32). Raises ``UnicodeDecodeError`` when the bytes do not decode, and

@@ -124,6 +124,8 @@ STATUS_BY_CODE: dict[str, int] = {
     "request_timeout": 408,
     "runtime_stopped": 409,
     "worker_not_executing": 409,
+    "worker_running": 409,
+    "idempotency_key_reused": 409,
     "payload_too_large": 413,
     "upgrade_required": 426,
     "too_many_sessions": 429,

@@ -54,9 +54,15 @@ also answers HEAD.
 CODE_MEANINGS: Mapping[str, str] = MappingProxyType(
     {
         "invalid_json": "the body is not JSON, or not of the shape, or past a bound (nesting, digits, a repeated key)",
-        "invalid_query": "a query parameter is not a non-negative integer of at most 18 digits",
+        "invalid_query": (
+            "a query parameter is not of its type (a non-negative integer of at most 18 digits, a worker status, "
+            "a worker id)"
+        ),
         "invalid_worker_id": "the `worker_id` path segment is empty or blank",
-        "invalid_request": "a value the runtime refuses (a blank objective, input to a worker that is not running, …)",
+        "invalid_request": (
+            "a value the runtime refuses (a blank objective, input to a worker that is not running, an "
+            "`Idempotency-Key` that is not 1 to 255 visible ASCII characters, …)"
+        ),
         "limit_too_large": "`limit` exceeds the configured maximum",
         "unauthorized": "a token is configured and the bearer token is missing or wrong",
         "origin_not_allowed": "the request carries an `Origin` that is not configured",
@@ -72,6 +78,10 @@ CODE_MEANINGS: Mapping[str, str] = MappingProxyType(
         "upgrade_required": "a plain GET on the WebSocket route",
         "too_many_sessions": "`[limits] max_observation_sessions` observation sessions are open",
         "worker_not_executing": "the worker runs no agent (a record-only worker)",
+        "worker_running": "the worker is `running`: stop or cancel it before deleting it",
+        "idempotency_key_reused": (
+            "the `Idempotency-Key` was kept for another request (another method, path or body); use a new key"
+        ),
         "input_queue_full": "`[limits] max_queued_inputs` inputs of the worker wait to be delivered; nothing accepted",
         "worker_limit_reached": "`[limits] max_running_agents` agent-backed workers are running; nothing created",
         "permission_not_found": "the worker has no pending permission request of this id (unknown, or answered)",
@@ -89,6 +99,22 @@ COMMON_CODES = ("origin_not_allowed", "host_not_allowed", "internal_error", "too
 WRITE_CODES = ("runtime_stopped", "store_io", "state_poisoned")
 #: Codes of a route with a JSON body.
 BODY_CODES = ("invalid_json", "payload_too_large", "request_timeout")
+
+#: Codes of a route that takes an ``Idempotency-Key`` (§11).
+IDEMPOTENCY_CODES = ("invalid_request", "idempotency_key_reused")
+
+IDEMPOTENT_REPLAYED_HEADER = {
+    "description": (
+        "`true` on an answer kept for an earlier request with the same `Idempotency-Key` and sent again; "
+        "absent on the first answer."
+    ),
+    "schema": {"type": "string", "enum": ["true"]},
+}
+
+IDEMPOTENCY_DESCRIPTION = (
+    " Takes an `Idempotency-Key` header: the first 2xx answer is kept with the change it made, and a retry with "
+    "the same key, method, path and body gets it again (`Idempotent-Replayed: true`) without changing anything."
+)
 
 WARNING_HEADER = {
     "description": (
@@ -116,7 +142,7 @@ and whatever else is published for the worker.
 (`DiagnosticFrame`), after which the server closes the socket: `runtime.cursor_malformed`, \
 `runtime.cursor_unknown_or_expired`, `runtime.cursor_expired` (the client fell behind; reconnect \
 with `resume_from`), `runtime.observation_only` (the client sent a data frame), \
-`runtime.upstream_closed` (shutdown).
+`runtime.worker_deleted` (the worker was deleted), `runtime.upstream_closed` (shutdown).
 
 The socket is observation-only: anything but ping/pong/close ends the session, and a message \
 larger than `[server] ws_max_message_bytes` closes it with 1009, and an unmasked or otherwise \
@@ -204,6 +230,10 @@ def _with_warning(response: dict[str, Any]) -> dict[str, Any]:
     return {**response, "headers": {"Warning": WARNING_HEADER}}
 
 
+def _idempotent(response: dict[str, Any]) -> dict[str, Any]:
+    return {**response, "headers": {**response.get("headers", {}), "Idempotent-Replayed": IDEMPOTENT_REPLAYED_HEADER}}
+
+
 def _body(schema: type[schemas.BaseSchema], description: str, required: bool = True) -> dict[str, Any]:
     return {"required": required, "description": description, "content": {"application/json": {"schema": schema}}}
 
@@ -259,6 +289,22 @@ def _operations(converter: OpenAPIConverter) -> dict[tuple[str, str], dict[str, 
     """Every operation of the API, by method and canonical path (built afresh on each call:
     apispec resolves the schemas in place)."""
     worker = ["WorkerId"]
+    key = ["IdempotencyKey"]
+    workers_query = _query(
+        converter,
+        schemas.WorkersQuerySchema,
+        {
+            "status": "Only workers of these statuses (repeat the parameter for several).",
+            "limit": (
+                "The most workers wanted (0 allowed); defaults to, and may not exceed, `max_event_batch_items` "
+                "(256 unless configured)."
+            ),
+            "after": (
+                "Only workers created after this one (a worker id, which need not exist any more: ids order by "
+                "creation); `next_after` of the previous page."
+            ),
+        },
+    )
     transcript_query = _query(
         converter,
         schemas.TranscriptQuerySchema,
@@ -287,7 +333,7 @@ def _operations(converter: OpenAPIConverter) -> dict[tuple[str, str], dict[str, 
         required=False,
     )
     runtime_response = _json(schemas.RuntimeResponseSchema, "The runtime summary.")
-    lifecycle_codes = ("invalid_worker_id", *BODY_CODES, *WRITE_CODES, "worker_not_found")
+    lifecycle_codes = ("invalid_worker_id", *IDEMPOTENCY_CODES, *BODY_CODES, *WRITE_CODES, "worker_not_found")
     interrupt_body = _body(
         schemas.WorkerInterruptRequestSchema,
         "Optional: an empty (or only whitespace) body drops nothing; `null` or a non-object is `invalid_json`.",
@@ -348,58 +394,88 @@ def _operations(converter: OpenAPIConverter) -> dict[tuple[str, str], dict[str, 
             _json(schemas.DiagnosticsResponseSchema, "The runtime's diagnostics."),
         ),
         ("GET", "/v1/workers"): _operation(
-            "listWorkers", "workers", "List workers", "Every worker's summary, in creation order.",
-            _json(schemas.WorkersResponseSchema, "The workers."),
+            "listWorkers", "workers", "List workers",
+            "Workers' summaries, in creation order. Without a parameter, every worker (`next_after` is `null`); with "
+            "any, a page of at most `limit` of those of the given statuses created after `after`: `next_after` is "
+            "the id of the last worker returned when more match, else `null` (with `limit` 0, the given `after`). "
+            "A page costs O(limit), however many workers there are.",
+            _with_warning(_json(schemas.WorkersResponseSchema, "The workers.")),
+            ("invalid_query", "limit_too_large"), parameters=workers_query,
         ),
         ("POST", "/v1/workers"): _operation(
             "createWorker", "workers", "Create a worker",
             "Creates a `running` worker. Without `config_bundle` it gets diagnostic `runtime.local_default_resources`; "
             "without requested capabilities, `worker.tools_less`. When its profile names an agent, the agent starts "
             "once the worker is created (its `execution` shows it); otherwise it records input only "
-            "(`worker.record_only`).",
-            _with_warning(_json(schemas.WorkerResponseSchema, "The new worker's detail.")),
-            (*BODY_CODES, *WRITE_CODES, "invalid_request", "worker_limit_reached"),
-            requestBody=_body(schemas.CreateWorkerRequestSchema, "The worker to create."),
+            "(`worker.record_only`)." + IDEMPOTENCY_DESCRIPTION,
+            _idempotent(_with_warning(_json(schemas.WorkerResponseSchema, "The new worker's detail."))),
+            (*IDEMPOTENCY_CODES, *BODY_CODES, *WRITE_CODES, "invalid_request", "worker_limit_reached"),
+            parameters=key, requestBody=_body(schemas.CreateWorkerRequestSchema, "The worker to create."),
         ),
         ("GET", "/v1/workers/{worker_id}"): _operation(
             "getWorker", "workers", "A worker's detail", "One worker's detail.",
             _json(schemas.WorkerResponseSchema, "The worker's detail."),
             ("invalid_worker_id", "worker_not_found"), parameters=worker,
         ),
+        ("DELETE", "/v1/workers/{worker_id}"): _operation(
+            "deleteWorker", "workers", "Delete a worker",
+            "Deletes a worker that is not `running`: its transcript, observations and the directory runtimed made "
+            "for it go, with a `worker_deleted` event; its observation sessions get diagnostic "
+            "`runtime.worker_deleted` and close. Its id is never given again; afterwards it is `404 "
+            "worker_not_found`. The event log and the diagnostics keep what names it. Takes no body (any body is "
+            "ignored)." + IDEMPOTENCY_DESCRIPTION,
+            _idempotent(_json(schemas.WorkerDeletedResponseSchema, "The deleted worker's ref.")),
+            ("invalid_worker_id", *IDEMPOTENCY_CODES, *WRITE_CODES, "worker_not_found", "worker_running"),
+            parameters=[*worker, *key],
+        ),
         ("POST", "/v1/workers/{worker_id}/input"): _operation(
             "sendInput", "workers", "Send input to a worker",
             "Appends a transcript entry (its role is the input's kind) to a `running` worker; an agent-backed "
-            "worker's agent gets it as a prompt turn, in order, once it is idle.",
-            _with_warning(
+            "worker's agent gets it as a prompt turn, in order, once it is idle." + IDEMPOTENCY_DESCRIPTION,
+            _idempotent(_with_warning(
                 _json(schemas.WorkerInteractionAckResponseSchema, "The transcript sequence and event id of the input.")
+            )),
+            (
+                "invalid_worker_id", *IDEMPOTENCY_CODES, *BODY_CODES, *WRITE_CODES, "worker_not_found",
+                "invalid_request", "input_queue_full",
             ),
-            ("invalid_worker_id", *BODY_CODES, *WRITE_CODES, "worker_not_found", "invalid_request", "input_queue_full"),
-            parameters=worker, requestBody=_body(schemas.WorkerInputSchema, "The input."),
+            parameters=[*worker, *key], requestBody=_body(schemas.WorkerInputSchema, "The input."),
         ),
         ("POST", "/v1/workers/{worker_id}/stop"): _operation(
             "stopWorker", "workers", "Stop a worker",
             "Moves a `running` worker to `stopped`, with one event whose message is the reason "
             "(or \"worker stopped\"); its agent, if any, gets the stop sequence in the background. "
-            "On a worker that is no longer running it changes nothing and answers its current status.",
-            _with_warning(_json(schemas.WorkerLifecycleAckResponseSchema, "The worker's status and last event id.")),
-            lifecycle_codes, parameters=worker, requestBody=lifecycle_body,
+            "On a worker that is no longer running it changes nothing and answers its current status."
+            + IDEMPOTENCY_DESCRIPTION,
+            _idempotent(
+                _with_warning(_json(schemas.WorkerLifecycleAckResponseSchema, "The worker's status and last event id."))
+            ),
+            lifecycle_codes, parameters=[*worker, *key], requestBody=lifecycle_body,
         ),
         ("POST", "/v1/workers/{worker_id}/cancel"): _operation(
             "cancelWorker", "workers", "Cancel a worker",
             "Moves a `running` worker to `cancelled`, with one event whose message is the reason "
             "(or \"worker cancelled\"); its agent, if any, is killed in the background. "
-            "On a worker that is no longer running it changes nothing and answers its current status.",
-            _with_warning(_json(schemas.WorkerLifecycleAckResponseSchema, "The worker's status and last event id.")),
-            lifecycle_codes, parameters=worker, requestBody=lifecycle_body,
+            "On a worker that is no longer running it changes nothing and answers its current status."
+            + IDEMPOTENCY_DESCRIPTION,
+            _idempotent(
+                _with_warning(_json(schemas.WorkerLifecycleAckResponseSchema, "The worker's status and last event id."))
+            ),
+            lifecycle_codes, parameters=[*worker, *key], requestBody=lifecycle_body,
         ),
         ("POST", "/v1/workers/{worker_id}/interrupt"): _operation(
             "interruptWorker", "workers", "Interrupt a worker's turn",
             "Ends the agent's running turn, if any (it ends `cancelled`, or `interrupted` if the agent does not end it "
             "within its `stop_grace_seconds`), and with `drop_queued` first drops the inputs waiting to be delivered "
             "(they stay in the transcript). Appends `worker_interrupted` when it ended a turn or dropped an input, "
-            "else changes nothing; on a worker that is no longer running it changes nothing.",
-            _with_warning(_json(schemas.InterruptAckResponseSchema, "The turn ended, if any, and the inputs dropped.")),
-            (*lifecycle_codes, "worker_not_executing"), parameters=worker, requestBody=interrupt_body,
+            "else changes nothing; on a worker that is no longer running it changes nothing."
+            + IDEMPOTENCY_DESCRIPTION,
+            _idempotent(
+                _with_warning(
+                    _json(schemas.InterruptAckResponseSchema, "The turn ended, if any, and the inputs dropped.")
+                )
+            ),
+            (*lifecycle_codes, "worker_not_executing"), parameters=[*worker, *key], requestBody=interrupt_body,
         ),
         ("GET", "/v1/workers/{worker_id}/permissions"): _operation(
             "getPermissions", "workers", "A worker's pending permission requests",
@@ -475,6 +551,11 @@ def _query(
     parameters: list[dict[str, Any]] = converter.schema2parameters(schema, location="query")
     for parameter in parameters:
         parameter["description"] = descriptions[parameter["name"]]
+        # A parameter left out is absent, never null (a query string cannot hold one).
+        value: dict[str, Any] = parameter["schema"]
+        if "default" in value and value["default"] is None:
+            del value["default"]
+        value.pop("nullable", None)
     return parameters
 
 
@@ -523,6 +604,24 @@ def build_openapi(app: web.Application) -> dict[str, Any]:
             "name": "worker_id",
             "description": "The worker's id, e.g. `worker-00000001` (the server supplies its own runtime id).",
             "schema": {"type": "string"},
+        },
+    )
+    spec.components.parameter(
+        "IdempotencyKey",
+        "header",
+        {
+            "name": "Idempotency-Key",
+            "required": False,
+            "description": (
+                "1 to 255 visible ASCII characters naming this request for retries (§11 of the contract): the first "
+                "2xx answer is kept, atomically with the change it made, for `[limits] idempotency_key_ttl_seconds` "
+                "(a day unless configured), and a request with the same key, method, path and body (the same JSON "
+                "value) gets it again with `Idempotent-Replayed: true` instead of being carried out, even after the "
+                "runtime stopped or the worker was deleted. The same key with another request is `409 "
+                "idempotency_key_reused`; one that arrives while the first is carried out waits for it. Keys belong "
+                "to the runtime; 4xx and 5xx answers are not kept."
+            ),
+            "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
         },
     )
     # The WebSocket frames are no HTTP body; register their shapes for the route's description.

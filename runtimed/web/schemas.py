@@ -32,6 +32,7 @@ from ..domain.catalog import (
     WorkerStatus,
 )
 from ..domain.execution import ExecutionState, PermissionPolicy, ProfileSource, RestartPolicy
+from ..domain.identity import worker_sequence
 from ..domain.interaction import InputKind, WorkerInput
 from ..domain.management import RuntimeStatus
 from ..domain.observation import EventKind, Severity, TranscriptRole
@@ -461,6 +462,19 @@ class EventBatchSchema(BaseSchema):
     has_more = fields.Boolean(required=True)
 
 
+def _a_worker_id(value: str) -> None:
+    if worker_sequence(value) is None:
+        raise ValidationError("must be a worker id: worker-<8 or more lowercase hex digits>.")
+
+
+class WorkersQuerySchema(BaseSchema):
+    """``GET /v1/workers``'s page (§11); ``status`` may repeat."""
+
+    status = fields.List(fields.Enum(WorkerStatus, by_value=True), load_default=None)
+    limit = NonNegativeQueryInt(load_default=None)
+    after = fields.String(load_default=None, validate=_a_worker_id)
+
+
 class EventsQuerySchema(BaseSchema):
     cursor = NonNegativeQueryInt(load_default=1)
     limit = NonNegativeQueryInt(load_default=None)
@@ -507,6 +521,11 @@ class RuntimeResponseSchema(BaseSchema):
 
 class WorkersResponseSchema(BaseSchema):
     workers = fields.List(fields.Nested(WorkerSummarySchema), required=True)
+    next_after = fields.String(required=True, allow_none=True)
+
+
+class WorkerDeletedResponseSchema(BaseSchema):
+    deleted = fields.Nested(WorkerRefSchema, required=True)
 
 
 class WorkerResponseSchema(BaseSchema):

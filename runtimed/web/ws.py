@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from ..domain.errors import CursorError, CursorMalformed, Overrun
+from ..domain.errors import CursorError, CursorMalformed, Overrun, WorkerDeleted
 from ..domain.identity import WorkerRef
 from ..domain.observation import Observation, decode_cursor
 from ..runtime import Runtime
@@ -154,6 +154,9 @@ class ObservationSession:
                     live = await subscription.get()
                 except Overrun:
                     self._end(self._overrun_ending())
+                    return
+                except WorkerDeleted as deleted:
+                    self._end(Ending(deleted.code, deleted.message))
                     return
                 if live is None:
                     self._end(

@@ -7,7 +7,8 @@ Layout under the root (ids are hex-encoded into path components)::
     runtimes/id-<hex>/log/<first LSN>.jsonl         the write-ahead log, in segments: the commit record
     runtimes/id-<hex>/checkpoint.json               the checkpoint marker: what the files below hold
     runtimes/id-<hex>/events.jsonl                  runtime event log          ┐
-    runtimes/id-<hex>/diagnostics.jsonl                                        │ checkpoint files:
+    runtimes/id-<hex>/diagnostics.jsonl                                        │
+    runtimes/id-<hex>/idempotency.jsonl             kept answers (§11)         │ checkpoint files:
     runtimes/id-<hex>/workers/id-<hex>/worker.json         worker snapshot     │ the seed's layout,
     runtimes/id-<hex>/workers/id-<hex>/transcript.jsonl                        │ written from what
     runtimes/id-<hex>/workers/id-<hex>/observations.jsonl  retained ones       ┘ the log made durable
@@ -21,7 +22,7 @@ batch is acknowledged before that ``fsync`` returns. A line is one request, whol
 (``runtimed.store.fs.wal``)::
 
     {"crc":"1c291ca3","lsn":42,"event":{…},"runtime_status":"running","workers":[…],
-     "transcript":[…],"observations":[…],"diagnostics":[…]}
+     "transcript":[…],"observations":[…],"diagnostics":[…],"idempotency":[…],"deleted":[…]}
 
 ``crc`` is the CRC32 (8 hex digits) of the bytes after the fixed 18-byte ``{"crc":"xxxxxxxx",``
 prefix, up to the newline; ``lsn`` numbers lines 1, 2, 3, … without a gap across segments; the
@@ -30,8 +31,12 @@ when empty: the event, the whole state of each worker the change touched (its ex
 included: agents' records, ``begin_turn`` and ``update_execution`` with no event, go through
 the log like the rest; a worker's first line carries its creation request, later ones leave it
 out), transcript entries, observations and diagnostics with their worker refs, the runtime's
-status. A segment is named by the LSN of its first line; a flush starts a new one once the
-newest has grown past ``wal.SEGMENT_BYTES``.
+status, the ``Idempotency-Key`` answers the change keeps (§11: key, request fingerprint,
+status, body as text — ``body_base64`` for bytes that are not UTF-8 —, ``Warning`` values,
+``kept_at``; a stop that changed nothing is a line of its own holding only its answer), and the
+ids of the workers it deletes (with their ``worker_deleted`` event; no later line names them).
+A segment is named by the LSN of its first line; a flush starts a new one once the newest has
+grown past ``wal.SEGMENT_BYTES``.
 
 **Checkpoints** (``runtimed.store.fs.checkpoint``). A thread of their own, never the event loop
 and never the flush, takes the changes the log has made durable, every ``CHECKPOINT_SECONDS``
@@ -41,19 +46,37 @@ atomically, then all fsynced (in parallel). Only then does it record the LSN it 
 ``checkpoint.json`` (temp file, fsync, rename, fsync of the directory), with what restore must
 find in the files, as in the commit record before the log::
 
-    {"schema_version": 1, "lsn": 9, "event_id": 9, "observation_sequence": 5, "diagnostic_id": 0,
+    {"schema_version": 2, "lsn": 9, "event_id": 9, "observation_sequence": 5, "diagnostic_id": 0,
      "observations": {"worker-00000001": 3, …},      per worker: observations its file took in
-     "executions": {"worker-00000002": {…}}}          every agent-backed worker's execution
+     "executions": {"worker-00000002": {…}},         every agent-backed worker's execution
+     "idempotency": 4}                               answers idempotency.jsonl took in
 
-and removes the segments it wholly covers, oldest first (never the newest). Observation logs
-are compacted after the marker (to the newest ``backlog`` lines, led by a ``trimmed_through`` /
-``trimmed`` marker), so a compacted file always accounts for the marker's count. ``close``
+(``schema_version`` 1, written before §11, has no ``idempotency``: still read; a runtimed
+that knows only 1 refuses 2) and removes the segments it wholly covers, oldest first (never the
+newest). Observation logs are compacted after the marker (to the newest ``backlog`` lines, led
+by a ``trimmed_through`` / ``trimmed`` marker), so a compacted file always accounts for the
+marker's count. ``close``
 writes a last checkpoint and starts an empty segment past it: the next start replays nothing.
 A checkpoint that fails (a full disk) is undone (files cut back to their length before it) and
-retried; the log keeps everything meanwhile, and readiness reports the failure. A
+retried; the log keeps everything meanwhile, and readiness reports the failure.
+``idempotency.jsonl`` takes one line per kept answer; once as many of its lines are expired
+(``[limits] idempotency_key_ttl_seconds`` after ``kept_at``, by the wall clock) or replaced as
+are live, it is rewritten after the marker to the live ones, led by ``{"trimmed": n}`` (the
+answers dropped in all), like an observation log. A
 ``worker_turn_ended`` event that made an assistant entry says so in ``events.jsonl``
 (``"transcript_sequence": n``), so that a missing assistant entry is told from a turn that made
 none.
+
+**Deleting a worker** (§11). A checkpoint that covers a ``deleted`` line drops the worker from
+the marker (its observation count and execution), and only once that marker is durable
+removes ``workers/id-<hex>/`` — the directory the store made for it, and only when it holds
+nothing but the store's files; a workspace or a profile ``cwd`` is never the store's. Removed
+before the marker, a crash would leave a marker counting a worker that is gone. A line that
+deletes makes the checkpoint due at once, and the delete's commit waits for it: the answer is
+sent once the directory is gone. (If that checkpoint fails, the answer is sent anyway — the
+deletion is durable in the log — and the next checkpoint, or the next start, removes it.) The
+runtime event log keeps the worker's events and the diagnostics theirs; its id is never given
+again (restore puts the worker sequence past every ``worker_created`` event).
 
 **Restore** reads ``checkpoint.json``, then the checkpoint files, checked against it as strictly
 as against the commit record before: events up to its event id, diagnostics up to its id, the
@@ -64,14 +87,21 @@ committed record that is missing (a file deleted, cut short, a line dropped) is 
 restore refuses, naming the file (``store_missing``, ``store_corrupt``). Records past the
 marker's counts, a torn last line of a checkpoint file, and a worker directory whose
 ``worker_created`` event is past the marker are what an interrupted checkpoint left; the log has
-them, so they are cut back (removed) with a log line, no warning. Where a snapshot and the event
-log disagree, the event log wins and the snapshot is rewritten.
+them, so they are cut back (removed) with a log line, no warning. A worker with a
+``worker_deleted`` event is gone: the marker must not count it, and its directory, left by a
+crash before its removal, is removed (with a log line) when it holds only the store's files,
+else refused, naming what is not runtimed's. ``idempotency.jsonl`` must account for the
+marker's count of kept answers (``trimmed`` plus its lines); lines past it are cut back. Where
+a snapshot and the event log disagree, the event log wins and the snapshot is rewritten.
 
 Then restore replays the log: segments in LSN order, without a gap from the one holding the
 marker's LSN (or the one just past it) to the end; every line must pass its CRC and carry the
 next LSN; lines past the marker's LSN are decoded and applied (ids and sequences must continue
-where the state is). Only the newest segment's last line may be bad — incomplete (no newline)
-or failing its CRC: a write cut short, never acknowledged; it is set aside into
+where the state is; a deleted worker must exist and not be running, and the line's event must
+be its ``worker_deleted``). A deletion replayed from the log (a crash before the checkpoint that
+would have removed its directory) is checkpointed before ``open`` returns, so the directory is
+gone before the daemon serves. Only the newest segment's last line may be bad — incomplete (no
+newline) or failing its CRC: a write cut short, never acknowledged; it is set aside into
 ``<segment>.corrupt`` with a ``store.torn_tail`` warning diagnostic. A bad line anywhere else (a
 flipped byte, a line dropped or duplicated), a missing segment, a marker past the end of the
 log: corruption, refused naming the file and the problem. Segments the marker wholly covers are

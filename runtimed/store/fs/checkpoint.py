@@ -5,8 +5,10 @@ the files of the seed's layout — event, transcript, observation and diagnostic
 ``worker.json`` and ``runtime.json`` replaced — fsyncs them all, and only then records the LSN it
 covers in ``checkpoint.json`` (the marker: temp file, fsync, rename, fsync of the directory),
 with the counts restore must find in the files: the last event id, observation sequence and
-diagnostic id, each worker's observation count (those compacted away included), and the
-execution of every agent-backed worker (§9.2). Records past the marker's counts are what an
+diagnostic id, each worker's observation count (those compacted away included), the
+execution of every agent-backed worker (§9.2), and how many kept ``Idempotency-Key`` answers
+``idempotency.jsonl`` has taken in (§11). The directory of a deleted worker is removed only
+after the marker that no longer counts it. Records past the marker's counts are what an
 interrupted checkpoint left: they are in the log too, and restore cuts them back.
 
 ``CheckpointFiles`` keeps what it needs to write on from where the files are (which workers have
@@ -16,10 +18,12 @@ undoes a checkpoint that failed half-way, so the next one starts from a known le
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
 import shutil
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,11 +33,12 @@ from typing import Any
 
 from ...domain.catalog import WorkerState, WorkerStatus
 from ...domain.execution import WorkerExecution
+from ...domain.idempotency import KeptAnswer
 from ...domain.management import RuntimeStatus
 from ...domain.observation import EventKind
 from .. import codec
 from ..base import Change
-from . import commit, files
+from . import commit, files, wal
 from .commit import CommitRecord
 from .files import RUNTIME_SCHEMA_VERSION, TEMP_SUFFIX, WORKER_SCHEMA_VERSION, OpenFiles, hex_id, jsonl_line
 
@@ -41,7 +46,22 @@ log = logging.getLogger("runtimed.store")
 
 #: The marker, beside ``runtime.json``.
 MARKER = "checkpoint.json"
-MARKER_SCHEMA_VERSION = 1
+#: 2 counts kept ``Idempotency-Key`` answers (§11); a runtimed from before them knows only 1,
+#: and refuses 2 rather than drop answers it cannot see.
+MARKER_SCHEMA_VERSION = 2
+MARKER_SCHEMA_VERSIONS = (1, 2)
+#: Kept ``Idempotency-Key`` answers (§11), one a line, beside ``events.jsonl``.
+IDEMPOTENCY_LOG = "idempotency.jsonl"
+#: ``idempotency.jsonl`` is rewritten to its unexpired answers once the lines of expired (or
+#: replaced) ones are as many as those and at least this many: each line is rewritten O(1) times.
+IDEMPOTENCY_COMPACT_SLACK = 1024
+#: What runtimed puts in a worker's directory (and what a write of them leaves for a moment):
+#: a directory holding anything else is not removed when its worker is deleted.
+WORKER_FILES = frozenset(
+    name + suffix
+    for name in ("worker.json", "transcript.jsonl", "observations.jsonl")
+    for suffix in ("", TEMP_SUFFIX, ".corrupt")
+)
 
 
 def worker_snapshot(state: WorkerState, created_event_id: int) -> bytes:
@@ -86,6 +106,8 @@ class _Batch:
     executions: dict[str, WorkerExecution] = field(default_factory=dict)
     runtime_status: RuntimeStatus | None = None
     committed: CommitRecord = field(default_factory=CommitRecord)
+    kept: list[KeptAnswer] = field(default_factory=list)  # appended to idempotency.jsonl
+    deleted: list[str] = field(default_factory=list)  # workers deleted: directories to remove
 
     def append(self, path: Path, record: dict[str, Any]) -> None:
         self.appends.setdefault(path, []).append(jsonl_line(record))
@@ -94,10 +116,18 @@ class _Batch:
 class CheckpointFiles:
     """The checkpoint files of one runtime directory, written by one thread at a time."""
 
-    def __init__(self, runtime_dir: Path, runtime_id: str, backlog: int, fsyncs: ThreadPoolExecutor) -> None:
+    def __init__(
+        self,
+        runtime_dir: Path,
+        runtime_id: str,
+        backlog: int,
+        fsyncs: ThreadPoolExecutor,
+        idempotency_ttl: float = 86400.0,
+    ) -> None:
         self.dir = runtime_dir
         self.runtime_id = runtime_id
         self.backlog = backlog
+        self.idempotency_ttl = idempotency_ttl
         self._fsyncs = fsyncs
         self._files = OpenFiles()
         self._paths: dict[str, tuple[Path, Path, Path]] = {}
@@ -106,6 +136,13 @@ class CheckpointFiles:
         self.snapshots: dict[Path, bytes] = {}  # snapshot path -> content on disk
         self.observation_lines: dict[str, int] = {}  # worker id -> observation lines in its file
         self.runtime_status = RuntimeStatus.RUNNING
+        #: Per key, when the newest answer ``idempotency.jsonl`` holds for it was kept, in the
+        #: order kept (the bodies are the Runtime's to hold; compaction reads them back), and
+        #: the file's lines (a compaction marker not counted).
+        self.kept: dict[str, float] = {}
+        self.idempotency_lines = 0
+        #: Deleted workers whose directory is still to be removed (once the marker is durable).
+        self.deleting: list[str] = []
         #: What the files hold, as the marker says it (every count).
         self.committed = CommitRecord()
         #: The LSN the marker records.
@@ -169,6 +206,7 @@ class CheckpointFiles:
         event_id, sequence, diagnostic_id = committed.event_id, committed.observation_sequence, committed.diagnostic_id
         counts: dict[str, int] = {}  # observations per worker, for the workers the batch observes
         executions = committed.executions
+        idempotency_path = runtime_dir / IDEMPOTENCY_LOG
         for change in changes:
             change_event = change.event.id if change.event is not None else None
             for state in change.workers:
@@ -218,12 +256,28 @@ class CheckpointFiles:
                 batch.snapshots[runtime_dir / "runtime.json"] = runtime_snapshot(
                     self.runtime_id, runtime_status, event_id
                 )
+            for answer in change.idempotency:
+                batch.append(idempotency_path, wal.encode_kept_answer(answer))
+                batch.kept.append(answer)
+            for worker_id in change.deleted:
+                # Its files are written on (they are cut back to the marker if the checkpoint is
+                # cut short), and the directory goes once the marker no longer counts it.
+                batch.deleted.append(worker_id)
+                batch.executions.pop(worker_id, None)
+                batch.snapshot_status.pop(worker_id, None)
+                batch.snapshots.pop(self.worker_dir(worker_id) / "worker.json", None)
+        observations = {**committed.observations, **counts}
+        all_executions = {**committed.executions, **batch.executions}
+        for worker_id in batch.deleted:
+            observations.pop(worker_id, None)
+            all_executions.pop(worker_id, None)
         batch.committed = CommitRecord(
             event_id,
             sequence,
             diagnostic_id,
-            {**committed.observations, **counts},
-            {**committed.executions, **batch.executions},
+            observations,
+            all_executions,
+            committed.idempotency + len(batch.kept),
         )
 
     def _write_data(self, batch: _Batch) -> None:
@@ -271,7 +325,71 @@ class CheckpointFiles:
             written = count - before.get(worker_id, 0)
             if written:
                 self.observation_lines[worker_id] = self.observation_lines.get(worker_id, 0) + written
+        for answer in batch.kept:
+            self.kept.pop(answer.key, None)  # the newest answer of a key, in the order kept
+            self.kept[answer.key] = answer.kept_at
+        self.idempotency_lines += len(batch.kept)
+        for worker_id in batch.deleted:
+            self.created_event.pop(worker_id, None)
+            self.snapshot_status.pop(worker_id, None)
+            self.snapshots.pop(self.worker_dir(worker_id) / "worker.json", None)
+            self.observation_lines.pop(worker_id, None)
+            self.deleting.append(worker_id)
         self.committed = batch.committed
+
+    def remove_deleted(self) -> None:
+        """Remove the directories of deleted workers: only after the marker, which no longer
+        counts them (removed before it, a crash would leave a marker counting a worker that is
+        gone). A removal that fails is logged and retried at the next checkpoint; restore
+        finishes what a crash cut short."""
+        if not self.deleting:
+            return
+        removed = False
+        for worker_id in list(self.deleting):
+            directory, transcript, observations = self.worker_paths(worker_id)
+            self._files.forget(transcript)
+            self._files.forget(observations)
+            try:
+                remove_worker_dir(directory)
+            except OSError:
+                log.warning("could not remove %s (worker %s deleted); will retry", directory, worker_id, exc_info=True)
+                continue
+            self.deleting.remove(worker_id)
+            self._paths.pop(worker_id, None)
+            removed = True
+        if removed:
+            try:
+                files.fsync_path(self.dir / "workers")
+            except OSError:
+                log.warning("could not fsync %s", self.dir / "workers", exc_info=True)
+
+    def compact_idempotency(self, now: float | None = None) -> None:
+        """Drop expired answers from ``idempotency.jsonl`` once it holds as many lines of them
+        as of unexpired ones (``IDEMPOTENCY_COMPACT_SLACK`` at least): rewritten (atomically) to
+        those, led by ``{"trimmed": n}``, the answers it has dropped in all, so restore still
+        accounts for the marker's count. Only after the marker, like the observation logs."""
+        horizon = (time.time() if now is None else now) - self.idempotency_ttl
+        kept = self.kept
+        # Oldest first, so each expired key is looked at once (a wall clock set back may leave
+        # one behind a newer answer for a while: it stays in the file a little longer).
+        expired = list(itertools.takewhile(lambda key: kept[key] <= horizon, kept))
+        for key in expired:
+            del kept[key]
+        dead = self.idempotency_lines - len(kept)
+        if dead <= 0 or dead < max(len(kept), IDEMPOTENCY_COMPACT_SLACK):
+            return
+        path = self.dir / IDEMPOTENCY_LOG
+        self._files.forget(path)
+        try:
+            # Each line kept is the newest answer of its key and has not expired: it is read
+            # back as it was written.
+            live = [line for line in path.read_bytes().splitlines(keepends=True) if _is_live(line, kept)]
+            trimmed = self.committed.idempotency - len(live)
+            files.replace_atomically(path, jsonl_line({"trimmed": trimmed}) + b"".join(live))
+        except (OSError, ValueError):
+            log.warning("could not compact %s; will retry", path, exc_info=True)
+            return
+        self.idempotency_lines = len(live)
 
     def _compact_observations(self, worker_id: str) -> None:
         """Keep the newest ``backlog`` observations, led by a marker naming the newest one
@@ -316,6 +434,30 @@ class CheckpointFiles:
         self._files.close()
 
 
+def _is_live(line: bytes, kept: Mapping[str, float]) -> bool:
+    """Whether a line of ``idempotency.jsonl`` is the newest answer of its key, unexpired."""
+    record = files.parse_line(line)
+    if not isinstance(record, dict) or "key" not in record:
+        return False  # the compaction marker
+    kept_at = kept.get(record["key"])
+    return kept_at is not None and kept_at == record.get("kept_at")
+
+
+def remove_worker_dir(directory: Path) -> None:
+    """Remove a deleted worker's directory, if it is there and holds only runtimed's files
+    (anything else is left, with a warning: it is not runtimed's to remove)."""
+    if not directory.exists():
+        return
+    if directory.is_symlink() or not directory.is_dir():
+        log.warning("%s is not a worker directory runtimed made; left as it is", directory)
+        return
+    others = [entry.name for entry in directory.iterdir() if entry.name not in WORKER_FILES or not entry.is_file()]
+    if others:
+        log.warning("%s holds files runtimed did not write (%s); left as it is", directory, ", ".join(sorted(others)))
+        return
+    shutil.rmtree(directory)
+
+
 class CheckpointBroken(Exception):
     """A checkpoint failed and putting the files back failed too: the files are not where the
     bookkeeping says, so no checkpoint is written until a restart (restore cuts them back)."""
@@ -326,4 +468,14 @@ def write_first_marker(runtime_dir: Path, committed: CommitRecord) -> None:
     files.replace_atomically(runtime_dir / MARKER, encode_marker(0, committed))
 
 
-__all__ = ["MARKER", "CheckpointBroken", "CheckpointFiles", "decode_marker", "encode_marker", "write_first_marker"]
+__all__ = [
+    "IDEMPOTENCY_LOG",
+    "MARKER",
+    "MARKER_SCHEMA_VERSION",
+    "MARKER_SCHEMA_VERSIONS",
+    "CheckpointBroken",
+    "CheckpointFiles",
+    "decode_marker",
+    "encode_marker",
+    "write_first_marker",
+]

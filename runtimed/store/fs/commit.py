@@ -41,6 +41,9 @@ class CommitRecord:
     observations: Mapping[str, int] = field(default_factory=dict)
     #: Per worker id: the execution of an agent-backed worker, as of this commit.
     executions: Mapping[str, WorkerExecution] = field(default_factory=dict)
+    #: Kept ``Idempotency-Key`` answers written to ``idempotency.jsonl``, those compacted away
+    #: included (a checkpoint marker's count; 0 in the commit log, which predates them).
+    idempotency: int = 0
 
 
 def encode(
@@ -56,6 +59,8 @@ def encode(
     }
     if executions:
         record["executions"] = {worker_id: codec.encode_execution(e) for worker_id, e in executions.items()}
+    if commit.idempotency:
+        record["idempotency"] = commit.idempotency
     return record
 
 
@@ -71,6 +76,7 @@ def fold(previous: CommitRecord, record: Mapping[str, Any]) -> CommitRecord:
     event_id = _count(record["event_id"], "event_id")
     observation_sequence = _count(record["observation_sequence"], "observation_sequence")
     diagnostic_id = _count(record["diagnostic_id"], "diagnostic_id")
+    idempotency = _count(record.get("idempotency", previous.idempotency), "idempotency")
     counts = record["observations"]
     if not isinstance(counts, Mapping):
         raise ValueError(f"observations must be an object, not {counts!r}")
@@ -94,7 +100,8 @@ def fold(previous: CommitRecord, record: Mapping[str, Any]) -> CommitRecord:
         ("event_id", event_id, previous.event_id),
         ("observation_sequence", observation_sequence, previous.observation_sequence),
         ("diagnostic_id", diagnostic_id, previous.diagnostic_id),
+        ("idempotency", idempotency, previous.idempotency),
     ):
         if now < before:
             raise ValueError(f"{name} {now} goes back from {before}")
-    return CommitRecord(event_id, observation_sequence, diagnostic_id, observations, executions)
+    return CommitRecord(event_id, observation_sequence, diagnostic_id, observations, executions, idempotency)

@@ -22,6 +22,7 @@ import orjson
 
 from ...domain.catalog import WorkerState, WorkerStatus
 from ...domain.errors import StoreCorrupt, StoreIo, StoreMissing
+from ...domain.idempotency import KeptAnswer
 from ...domain.identity import WorkerRef
 from ...domain.management import RuntimeStatus
 from ...domain.observation import (
@@ -35,7 +36,7 @@ from ...domain.observation import (
 from .. import codec
 from ..base import Change, RestoredState
 from . import commit, files, wal
-from .checkpoint import MARKER, MARKER_SCHEMA_VERSION, decode_marker
+from .checkpoint import IDEMPOTENCY_LOG, MARKER, MARKER_SCHEMA_VERSIONS, WORKER_FILES, decode_marker
 from .commit import COMMIT_LOG, CommitRecord
 from .files import RUNTIME_SCHEMA_VERSIONS, WORKER_SCHEMA_VERSION, hex_id, unhex_id
 
@@ -94,6 +95,10 @@ class Restored:
     #: The changes replayed from the log (after the checkpoint's LSN), and their bytes.
     replayed: list[Change] = field(default_factory=list)
     replayed_bytes: int = 0
+    #: Per key, when the newest answer ``idempotency.jsonl`` holds for it was kept (in the
+    #: order kept), and its lines (its compaction marker not counted).
+    kept: dict[str, float] = field(default_factory=dict)
+    idempotency_lines: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +156,8 @@ class _Replay:
         diagnostics: list[RuntimeDiagnostic],
         observations: list[Observation],
         observation_sequence: int,
+        kept: dict[str, KeptAnswer],
+        worker_sequence: int,
     ) -> None:
         self.events = events
         self.workers = {state.worker_ref.worker_id: state for state in workers}
@@ -158,6 +165,10 @@ class _Replay:
         self.diagnostics = diagnostics
         self.observations = observations
         self.observation_sequence = observation_sequence
+        self.kept = kept
+        self.worker_sequence = worker_sequence
+        #: Workers the replayed lines deleted (their observations are dropped at the end).
+        self.deleted: set[str] = set()
         self.status = RuntimeStatus.RUNNING
         self.changes: list[Change] = []
 
@@ -174,6 +185,7 @@ class _Replay:
                 if event is None or event.kind is not EventKind.WORKER_CREATED:
                     return f"changes worker {worker_id}, which was never created"
                 self.transcripts[worker_id] = []
+                self.worker_sequence = max(self.worker_sequence, worker_number(worker_id))
             self.workers[worker_id] = state
         for entry in change.transcript:
             transcript = self.transcripts.get(entry.worker_ref.worker_id)
@@ -193,6 +205,20 @@ class _Replay:
                 return f"holds observation {observation.sequence}, not after {self.observation_sequence}"
             self.observation_sequence = observation.sequence
             self.observations.append(observation)
+        for answer in change.idempotency:
+            self.kept.pop(answer.key, None)  # the newest answer of a key, in the order kept
+            self.kept[answer.key] = answer
+        for worker_id in change.deleted:
+            ref = event.worker_ref if event is not None else None
+            if event is None or event.kind is not EventKind.WORKER_DELETED or ref is None or ref.worker_id != worker_id:
+                return f"deletes worker {worker_id} without its worker_deleted event"
+            if worker_id not in self.workers:
+                return f"deletes worker {worker_id}, which does not exist"
+            state = self.workers.pop(worker_id)
+            if state.status is WorkerStatus.RUNNING:
+                return f"deletes worker {worker_id}, which is running"
+            del self.transcripts[worker_id]
+            self.deleted.add(worker_id)
         self.status = change.runtime_status
         self.changes.append(change)
         return None
@@ -227,6 +253,10 @@ class Restorer:
         #: With a write-ahead log: the checkpoint's LSN (records past its counts are what an
         #: interrupted checkpoint left, cut back with a log line rather than a warning).
         self.checkpoint_lsn: int | None = None
+        #: Workers the event log deletes (``worker_deleted``): gone, their files with them.
+        self.deleted: set[str] = set()
+        #: The newest worker sequence the event log has given (deleted workers included).
+        self.worker_sequence = 0
 
     @property
     def counted_by(self) -> str:
@@ -319,6 +349,14 @@ class Restorer:
 
         diagnostics = self._diagnostics(last_event)
         workers, transcripts, observations = self._workers(events, last_event, replies)
+        kept = self._kept_answers()
+        idempotency_lines = len(kept)
+        kept_by_key: dict[str, KeptAnswer] = {}
+        for answer in kept:
+            kept_by_key.pop(answer.key, None)  # the newest answer of a key, in the order kept
+            kept_by_key[answer.key] = answer
+        if self.deleted:
+            observations = [o for o in observations if o.worker_ref.worker_id not in self.deleted]
 
         status = RuntimeStatus.RUNNING
         for event in events:
@@ -350,21 +388,40 @@ class Restorer:
         replayed_bytes = 0
         segments: list[wal.Segment] = []
         next_lsn = 1
+        worker_sequence = self.worker_sequence
+        restored_kept = dict(kept_by_key)
         if self.checkpoint_lsn is not None:
-            replay = _Replay(events, workers, transcripts, diagnostics, observations, committed.observation_sequence)
+            replay = _Replay(
+                events,
+                workers,
+                transcripts,
+                diagnostics,
+                observations,
+                committed.observation_sequence,
+                restored_kept,
+                worker_sequence,
+            )
             segments, next_lsn, replayed_bytes = self._replay_log(replay)
             replayed = replay.changes
             status = replay.status if replayed else status
             workers = list(replay.workers.values())
             committed_sequence = replay.observation_sequence
+            worker_sequence = replay.worker_sequence
+            if replay.deleted:
+                observations = [o for o in observations if o.worker_ref.worker_id not in replay.deleted]
+                for worker_id in replay.deleted:
+                    self.trimmed.pop(worker_id, None)
         else:
             committed_sequence = committed.observation_sequence
+        for worker_id in self.deleted:
+            self.trimmed.pop(worker_id, None)
 
         self._apply_repairs()
         state = RestoredState(
             runtime_id=self.runtime_id,
             status=status,
-            worker_sequence=len(workers),
+            # Past every worker ever created: a deleted worker's id is never given again.
+            worker_sequence=worker_sequence,
             observation_sequence=committed_sequence,
             events=events,
             workers=workers,
@@ -372,6 +429,7 @@ class Restorer:
             diagnostics=diagnostics,
             observations=observations,
             observations_trimmed=self.trimmed,
+            idempotency=list(restored_kept.values()),
             warnings=self.warnings,
         )
         return Restored(
@@ -390,12 +448,49 @@ class Restorer:
             next_lsn=next_lsn,
             replayed=replayed,
             replayed_bytes=replayed_bytes,
+            kept={key: answer.kept_at for key, answer in kept_by_key.items()},
+            idempotency_lines=idempotency_lines,
         )
+
+    def _kept_answers(self) -> list[KeptAnswer]:
+        """The answers of ``idempotency.jsonl``, in the order kept, checked against the marker's
+        count: a leading ``{"trimmed": n}`` (a compaction) accounts for the ones dropped; lines
+        past the count are what an interrupted checkpoint left (cut back), fewer is corruption."""
+        path = self.dir / IDEMPOTENCY_LOG
+        committed = self.commit.idempotency if self.commit is not None else 0
+        if not committed and not path.exists():
+            return []
+        records = self._read_log(path, _torn_checked("kept answer"))
+        trimmed = 0
+        first_line = 1
+        if records and set(records[0]) == {"trimmed"}:
+            trimmed = records.pop(0)["trimmed"]
+            if not isinstance(trimmed, int) or isinstance(trimmed, bool) or trimmed < 0:
+                raise self.corrupt(path, f"bad compaction marker {{'trimmed': {trimmed!r}}}")
+            first_line = 2
+            if trimmed > committed:
+                raise self.corrupt(
+                    path, f"has compacted away {trimmed} kept answers, but {self.counted_by} counts {committed}"
+                )
+        if trimmed + len(records) > committed:
+            keep = max(committed - trimmed, 0)
+            data = b"".join(files.jsonl_line(record) for record in records[:keep])
+            if trimmed:
+                data = files.jsonl_line({"trimmed": trimmed}) + data
+            self.repair(path, partial(self._cut_back_to, path, data, f"{len(records) - keep} kept answer(s)"))
+            records = records[:keep]
+        if trimmed + len(records) < committed:
+            raise self.short(
+                path,
+                f"{self.counted_by} acknowledged {committed} kept answers and the file accounts for "
+                f"{trimmed + len(records)} ({len(records)} kept, {trimmed} compacted away)",
+            )
+        return self._decode_each(path, records, wal.decode_kept_answer, "kept answer", first_line=first_line)
 
     def _read_marker(self) -> None:
         """Read ``checkpoint.json`` into ``self.commit`` and ``self.checkpoint_lsn``."""
         path = self.dir / MARKER
-        _, record, _ = self._read_json(path, (MARKER_SCHEMA_VERSION,))
+        _, record, _ = self._read_json(path, MARKER_SCHEMA_VERSIONS)
         try:
             self.checkpoint_lsn, self.commit = decode_marker(record)
         except codec.RECORD_ERRORS as error:
@@ -741,6 +836,10 @@ class Restorer:
         if not workers_dir.is_dir():
             raise self.corrupt(workers_dir, "is a file where a directory should be")
         created = {e.worker_ref.worker_id: e.id for e in events if e.kind is EventKind.WORKER_CREATED and e.worker_ref}
+        deleted = self.deleted = {
+            e.worker_ref.worker_id for e in events if e.kind is EventKind.WORKER_DELETED and e.worker_ref
+        }
+        self.worker_sequence = max(map(worker_number, created), default=0)
         on_disk: dict[str, Path] = {}
         for directory in workers_dir.iterdir():
             worker_id = unhex_id(directory.name)
@@ -748,6 +847,11 @@ class Restorer:
                 raise self.corrupt(directory, "is not a worker directory (id-<hex of worker id>)")
             if not directory.is_dir():
                 raise self.corrupt(directory, "is a file where a directory should be")
+            if worker_id in deleted and worker_id in created:
+                # The event log deleted it; a crash came before its directory was removed.
+                self._check_leftover(directory, worker_id)
+                self.repair(directory, partial(self._remove_deleted_dir, directory, worker_id))
+                continue
             if worker_id not in created:
                 if worker_number(worker_id) <= max(map(worker_number, created), default=0):
                     # Only the newest workers can be an unacknowledged create; an older one
@@ -777,13 +881,24 @@ class Restorer:
                     raise self.corrupt(
                         self._commit_path(), f"counts observations of worker {worker_id}, which was never created"
                     )
+                if worker_id in deleted:
+                    raise self.corrupt(
+                        self._commit_path(), f"counts observations of worker {worker_id}, which was deleted"
+                    )
             for worker_id in self.commit.executions:
                 if worker_id not in created:
                     raise self.corrupt(
                         self._commit_path(), f"holds the execution of worker {worker_id}, which was never created"
                     )
+                if worker_id in deleted:
+                    raise self.corrupt(
+                        self._commit_path(), f"holds the execution of worker {worker_id}, which was deleted"
+                    )
+        for worker_id in deleted:
+            if worker_id not in created:
+                raise self.corrupt(self.dir / "events.jsonl", f"deletes worker {worker_id}, which was never created")
         for worker_id in created:
-            if worker_id not in on_disk:
+            if worker_id not in on_disk and worker_id not in deleted:
                 raise StoreMissing(
                     "restore", str(workers_dir / hex_id(worker_id)), f"directory of worker {worker_id} is missing"
                 )
@@ -835,6 +950,8 @@ class Restorer:
         transcripts: dict[str, list[TranscriptEntry]] = {}
         observations: list[Observation] = []
         for worker_id in sorted(created, key=created.__getitem__):
+            if worker_id in deleted:
+                continue
             directory = on_disk[worker_id]
             snapshot_path = directory / "worker.json"
             raw, snapshot, _ = self._read_json(snapshot_path, (WORKER_SCHEMA_VERSION,))
@@ -894,6 +1011,23 @@ class Restorer:
                 )
             if reply is not None and reply != entry.sequence:
                 raise self.corrupt(path, f"event {event_id} committed entry {reply}, not {entry.sequence}")
+
+    def _check_leftover(self, directory: Path, worker_id: str) -> None:
+        """A deleted worker's directory left by a crash is removed only if it holds nothing but
+        what runtimed writes there; anything else is refused, never deleted."""
+        for entry in directory.iterdir():
+            if entry.name not in WORKER_FILES or entry.is_symlink() or not entry.is_file():
+                raise self.corrupt(
+                    entry,
+                    f"is not runtimed's, in the directory of worker {worker_id}, which was deleted; move it out "
+                    "of the store root",
+                )
+
+    @staticmethod
+    def _remove_deleted_dir(directory: Path, worker_id: str) -> None:
+        shutil.rmtree(directory)
+        files.fsync_path(directory.parent)
+        log.info("removed %s: worker %s was deleted; a crash came before its files were removed", directory, worker_id)
 
     @staticmethod
     def _remove_worker_dir(directory: Path, checkpoint: bool = False) -> None:

@@ -11,6 +11,7 @@ file operations all of them use.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -67,10 +68,12 @@ class FsStore(Store):
     backend = "fs_store"
     id_prefix = "fs"
 
-    def __init__(self, root: Path, observation_backlog: int = 1024) -> None:
+    def __init__(self, root: Path, observation_backlog: int = 1024, idempotency_ttl: float = 86400.0) -> None:
         super().__init__()
         self.root = Path(root)
         self._backlog = observation_backlog
+        #: ``[limits] idempotency_key_ttl_seconds``: checkpoints drop answers older than this.
+        self._idempotency_ttl = idempotency_ttl
         self._runtime_dir: Path | None = None
         self._runtime_id: str | None = None
         self._lock_fd: int | None = None
@@ -90,6 +93,12 @@ class FsStore(Store):
         self._pending_lsn = 0  # the LSN of the newest pending change
         self._pending_bytes = 0
         self._pending_since = 0.0  # monotonic time the oldest pending change was made durable
+        self._pending_deletes = False  # a pending change deletes a worker: checkpoint now
+        # The commits of deletions wait for the checkpoint that removes the workers' directories
+        # (§11: "its files are gone when the answer is sent"): (LSN, future), on the loop.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._removal_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._removed_through = 0  # the LSN through which deletions have been carried out
         self._closing = False
         self._checkpoint_failed: str | None = None  # why the last checkpoint failed, until one works
         #: Checkpoints written (each covering many flushes).
@@ -195,6 +204,10 @@ class FsStore(Store):
             self._upgrade(restored)
         except OSError as error:
             raise _io_error("upgrade", error, runtime_dir) from None
+        if any(change.deleted for change in self._pending):
+            # A crash after a worker_deleted line was logged and before its files were removed:
+            # finished now, before the Runtime starts (a checkpoint of the replayed tail).
+            self._checkpoint(*self._take_pending())
         self._start_checkpointer()
         return restored.state
 
@@ -281,6 +294,8 @@ class FsStore(Store):
         checkpoint.observation_lines.update(restored.observation_lines)
         checkpoint.runtime_status = restored.runtime_status
         checkpoint.committed = restored.committed
+        checkpoint.kept.update(restored.kept)
+        checkpoint.idempotency_lines = restored.idempotency_lines
         checkpoint.lsn = restored.checkpoint_lsn
         self._log_context.requests.update(dict.fromkeys(w.worker_ref.worker_id for w in restored.state.workers))
         if restored.has_log:
@@ -293,7 +308,9 @@ class FsStore(Store):
                 self._pending_since = time.monotonic()
 
     def _new_checkpoint_files(self) -> CheckpointFiles:
-        self._checkpoint_files = CheckpointFiles(self.runtime_dir, self._runtime_id or "", self._backlog, self._fsyncs)
+        self._checkpoint_files = CheckpointFiles(
+            self.runtime_dir, self._runtime_id or "", self._backlog, self._fsyncs, self._idempotency_ttl
+        )
         return self._checkpoint_files
 
     def _upgrade(self, restored: Restored) -> None:
@@ -383,11 +400,13 @@ class FsStore(Store):
         self._failed = None
 
     async def _flush_loop(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         while self._queue:
             batch, self._queue = self._queue, []
             changes = [change for change, _ in batch]
             started = time.perf_counter()
+            assert self._log is not None
+            first_lsn = self._log.next_lsn  # only this loop's writes move it
             try:
                 await loop.run_in_executor(self._io, self._write_batch, changes)
             except BaseException as error:
@@ -402,8 +421,13 @@ class FsStore(Store):
                 return
             self.flushes += 1
             self.flush_seconds.observe(time.perf_counter() - started)
-            for _, future in batch:
-                if not future.done():
+            for lsn, (change, future) in enumerate(batch, start=first_lsn):
+                if future.done():
+                    continue
+                if change.deleted and lsn > self._removed_through:
+                    # Durable now; answered once the checkpoint has removed its files.
+                    self._removal_waiters.append((lsn, future))
+                else:
                     future.set_result(None)
 
     def _write_batch(self, changes: list[Change]) -> None:
@@ -415,6 +439,7 @@ class FsStore(Store):
         context = self._log_context
         lines = []
         created: list[str] = []
+        deleted: list[str] = []
         for number, change in enumerate(changes, start=lsn):
             lines.append(wal.frame(wal.dumps(wal.encode_change(change, number, context))))
             for state in change.workers:
@@ -422,12 +447,18 @@ class FsStore(Store):
                     # Later lines of this worker leave its request out: this one has it.
                     context.requests[state.worker_ref.worker_id] = None
                     created.append(state.worker_ref.worker_id)
+            for worker_id in change.deleted:
+                # As replay forgets it: no later line names a deleted worker.
+                if context.requests.pop(worker_id, False) is None:
+                    deleted.append(worker_id)
         data = b"".join(lines)
         try:
             self._append(log_writer, data, len(changes))
         except OSError as error:
+            for worker_id in deleted:
+                context.requests[worker_id] = None
             for worker_id in created:
-                del context.requests[worker_id]  # their lines are gone: the next must carry the request
+                context.requests.pop(worker_id, None)  # their lines are gone: the next must carry the request
             failure = _io_error("write", error, log_writer.active.path)
             self._undo(log_writer, failure)
             raise failure from None
@@ -456,7 +487,9 @@ class FsStore(Store):
             self._pending.extend(changes)
             self._pending_lsn = lsn
             self._pending_bytes += size
-            if self._pending_bytes >= CHECKPOINT_BYTES or len(self._pending) == len(changes):
+            deletes = any(change.deleted for change in changes)
+            self._pending_deletes = self._pending_deletes or deletes
+            if deletes or self._pending_bytes >= CHECKPOINT_BYTES or len(self._pending) == len(changes):
                 self._pending_changed.notify()  # due now, or a timer to start
 
     def _start_checkpointer(self) -> None:
@@ -474,7 +507,7 @@ class FsStore(Store):
                         break
                     if self._pending and now >= retry_at:
                         due = self._pending_since + CHECKPOINT_SECONDS
-                        if self._pending_bytes >= CHECKPOINT_BYTES or now >= due:
+                        if self._pending_deletes or self._pending_bytes >= CHECKPOINT_BYTES or now >= due:
                             break
                         self._pending_changed.wait(due - now)
                     else:
@@ -490,13 +523,23 @@ class FsStore(Store):
                 return
 
     def _take_pending(self) -> tuple[list[Change], int, int]:
+        self._pending_deletes = False
         changes, self._pending = self._pending, []
         size, self._pending_bytes = self._pending_bytes, 0
         return changes, self._pending_lsn, size
 
     def _checkpoint(self, changes: list[Change], lsn: int, size: int) -> bool:
         """Write one checkpoint; on failure, put the changes back in front (the log keeps them)
-        and say so: ``False``."""
+        and say so: ``False``. Then the deletions it covers are answered, whatever happened:
+        they are durable in the log, and a checkpoint that failed leaves their directories to
+        the next one (or to the next start)."""
+        try:
+            return self._write_checkpoint(changes, lsn, size)
+        finally:
+            if any(change.deleted for change in changes):
+                self._deletions_done(lsn)
+
+    def _write_checkpoint(self, changes: list[Change], lsn: int, size: int) -> bool:
         checkpoint = self._checkpoint_files
         assert checkpoint is not None
         if self._checkpoint_failed is not None and self._checkpoint_failed.startswith("broken"):
@@ -522,9 +565,33 @@ class FsStore(Store):
             return False
         self._checkpoint_failed = None
         self.checkpoints += 1
+        self._remove_deleted(checkpoint)
         checkpoint.compact()
+        checkpoint.compact_idempotency()
         self._remove_covered(lsn)
         return True
+
+    def _remove_deleted(self, checkpoint: CheckpointFiles) -> None:
+        checkpoint.remove_deleted()
+
+    def _deletions_done(self, lsn: int) -> None:
+        """From the checkpoint thread: answer the deletions up to ``lsn`` (on the loop)."""
+        loop = self._loop
+        if loop is None:
+            return  # at open: nobody waits
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is left to answer
+            loop.call_soon_threadsafe(self._answer_deletions, lsn)
+
+    def _answer_deletions(self, lsn: int) -> None:
+        self._removed_through = max(self._removed_through, lsn)
+        waiting = []
+        for waiter_lsn, future in self._removal_waiters:
+            if waiter_lsn <= lsn:
+                if not future.done():
+                    future.set_result(None)
+            else:
+                waiting.append((waiter_lsn, future))
+        self._removal_waiters = waiting
 
     def _write_marker(self, checkpoint: CheckpointFiles, lsn: int) -> None:
         checkpoint.write_marker(lsn)
@@ -553,6 +620,10 @@ class FsStore(Store):
             await asyncio.gather(self._flusher, return_exceptions=True)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._io, self._close)
+        for _, future in self._removal_waiters:
+            if not future.done():
+                future.set_result(None)  # durable in the log: the next start removes the files
+        self._removal_waiters = []
         self._io.shutdown(wait=True)
         self._fsyncs.shutdown(wait=True)
         self._unlock()

@@ -18,6 +18,7 @@ oldest first, never the newest.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import itertools
 import json
@@ -32,6 +33,7 @@ from typing import Any
 import orjson
 
 from ...domain.catalog import WorkerState, WorkerStatus
+from ...domain.idempotency import KeptAnswer
 from ...domain.management import RuntimeStatus
 from .. import codec
 from ..base import Change
@@ -136,6 +138,67 @@ def _encode_observation(observation: Any, _: Context) -> dict[str, Any]:
     return record
 
 
+def encode_kept_answer(answer: KeptAnswer, _: Context | None = None) -> dict[str, Any]:
+    """A kept ``Idempotency-Key`` answer (§11). The body is the answer's bytes, kept exactly (a
+    replay sends them again): as text when they are UTF-8, as they always are (JSON), else in
+    base64 under ``body_base64``; ``warnings`` is left out when there are none."""
+    record: dict[str, Any] = {"key": answer.key, "fingerprint": answer.fingerprint, "status": answer.status}
+    try:
+        record["body"] = answer.body.decode()
+    except UnicodeDecodeError:
+        record["body_base64"] = base64.b64encode(answer.body).decode("ascii")
+    if answer.warnings:
+        record["warnings"] = list(answer.warnings)
+    record["kept_at"] = answer.kept_at
+    return record
+
+
+def decode_kept_answer(record: Mapping[str, Any], _: Context | None = None) -> KeptAnswer:
+    if not isinstance(record, Mapping):
+        raise TypeError(f"{record!r} is not an object")
+    if "body" in record:
+        body = _text(record["body"], "body").encode()
+    else:
+        body = base64.b64decode(_text(record["body_base64"], "body_base64"), validate=True)
+    warnings = record.get("warnings", [])
+    if not isinstance(warnings, list):
+        raise TypeError(f"warnings {warnings!r} is not a list")
+    status = record["status"]
+    if not isinstance(status, int) or isinstance(status, bool) or not 200 <= status <= 299:
+        raise ValueError(f"status {status!r} is not a 2xx status")
+    kept_at = record["kept_at"]
+    if not isinstance(kept_at, (int, float)) or isinstance(kept_at, bool):
+        raise TypeError(f"kept_at {kept_at!r} is not a number")
+    return KeptAnswer(
+        key=_text(record["key"], "key"),
+        fingerprint=_text(record["fingerprint"], "fingerprint"),
+        status=status,
+        body=body,
+        warnings=tuple(_text(w, "warning") for w in warnings),
+        kept_at=float(kept_at),
+    )
+
+
+def _text(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} {value!r} is not a string")
+    return value
+
+
+def _encode_deleted(worker_id: str, context: Context) -> str:
+    return worker_id
+
+
+def _decode_deleted(value: Any, context: Context) -> str:
+    """A deleted worker's id; the worker must be one the log knows, and is forgotten: a later
+    line that names it again is refused (no line creates it again)."""
+    worker_id = _text(value, "deleted worker id")
+    if worker_id not in context.requests:
+        raise ValueError(f"deletes worker {worker_id}, which no line created (or deleted already)")
+    del context.requests[worker_id]
+    return worker_id
+
+
 def _many(encode: Callable[[Any, Context], Any], decode: Callable[[Any, Context], Any]) -> FieldCodec:
     """A tuple field: a JSON list of records."""
 
@@ -164,6 +227,8 @@ CHANGE_FIELDS: Mapping[str, FieldCodec] = {
         lambda value, c: codec.decode_diagnostic(value, c.decode_ref),
     ),
     "observations": _many(_encode_observation, _observation),
+    "idempotency": _many(encode_kept_answer, decode_kept_answer),
+    "deleted": _many(_encode_deleted, _decode_deleted),
 }
 _FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Change))
 
