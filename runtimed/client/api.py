@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
-from marshmallow import Schema, ValidationError, fields
+from marshmallow import Schema, ValidationError
 
 from ..domain.catalog import CreateWorkerRequest, WorkerStatus
 from ..domain.interaction import WorkerInput
@@ -33,10 +33,10 @@ from ..web.schemas import (
     ProfilesResponseSchema,
     RuntimeResponseSchema,
     TranscriptResponseSchema,
+    WorkerDeletedResponseSchema,
     WorkerInputSchema,
     WorkerInteractionAckResponseSchema,
     WorkerLifecycleAckResponseSchema,
-    WorkerRefSchema,
     WorkerResponseSchema,
     WorkersResponseSchema,
 )
@@ -51,19 +51,6 @@ WS_HEARTBEAT_SECONDS = 20.0
 #: The largest observation frame the client reads (the server bounds a snapshot to about 1 MiB
 #: of content; escaping and the worker's detail come on top).
 WS_MAX_FRAME_BYTES = 16 * 1024 * 1024
-
-
-class DeletedResponseSchema(Schema):
-    """``{"deleted": worker_ref}``, the answer of ``DELETE /v1/workers/{id}`` (§11)."""
-
-    deleted = fields.Nested(WorkerRefSchema, required=True)
-
-
-class PagedWorkersResponseSchema(WorkersResponseSchema):
-    """``{"workers": [...], "next_after": str | null}`` (§11); ``next_after`` is absent from the
-    answer of a daemon without pages, which answers every worker at once."""
-
-    next_after = fields.String(allow_none=True)
 
 
 _schemas: dict[type[Schema], Schema] = {}
@@ -208,7 +195,7 @@ class Api:
             params.append(("limit", str(limit)))
         if after is not None:
             params.append(("after", after))
-        return await self.call("GET", "/v1/workers", PagedWorkersResponseSchema, params=params)
+        return await self.call("GET", "/v1/workers", WorkersResponseSchema, params=params)
 
     async def create(self, request: CreateWorkerRequest) -> Answer:
         return await self.call("POST", "/v1/workers", WorkerResponseSchema, body=encode_request(request))
@@ -233,7 +220,7 @@ class Api:
         return await self.call("POST", worker_path(worker_id, "interrupt"), InterruptAckResponseSchema, body=body)
 
     async def delete(self, worker_id: str) -> Answer:
-        return await self.call("DELETE", worker_path(worker_id), DeletedResponseSchema)
+        return await self.call("DELETE", worker_path(worker_id), WorkerDeletedResponseSchema)
 
     async def transcript(self, worker_id: str, start: int = 0, limit: int | None = None) -> Answer:
         params = [("start", str(start))]

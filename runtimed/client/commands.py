@@ -103,18 +103,11 @@ async def workers(api: Api, statuses: Sequence[WorkerStatus], page_size: int | N
             raise BadAnswer(f"the daemon's worker pages do not advance past {after}")
         found.extend(page["workers"])
         after = page.get("next_after")
-    if "next_after" not in first and statuses:
-        # A daemon older than §11 ignores the query and answers every worker: filter here.
-        wanted = {status.value for status in statuses}
-        found = [worker for worker in found if worker["status"] in wanted]
-        first = {**first, "workers": found}
     if as_json:
-        if "next_after" in first:
-            echo_json({**first, "workers": found, "next_after": None})
-        elif statuses:
-            echo_json(first)
-        else:
+        if first.get("next_after") is None:
             click.echo(answer.text)  # one page: the body as sent
+        else:
+            echo_json({**first, "workers": found, "next_after": None})
         return 0
     echo_lines(render.workers_table(found))
     return 0
