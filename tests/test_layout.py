@@ -1,7 +1,10 @@
-"""The package layout's arrows point one way: domain <- store <- runtime <- (agents, web) <- daemon <- cli.
+"""The package layout's arrows point one way: domain <- store <- runtime <- (agents, web) <- daemon <- cli,
+and client <- cli.
 
 A module may import its own package and the packages below it, never one above: the Runtime
-knows nothing of HTTP, the web layer nothing of the daemon that configures it.
+knows nothing of HTTP, the web layer nothing of the daemon that configures it. The terminal
+client stands beside the server: it shares the domain and the JSON shapes (the codec and the
+web schemas), and nothing else of it.
 """
 
 from __future__ import annotations
@@ -21,7 +24,14 @@ ALLOWED: dict[str, set[str]] = {
     "agents": {"domain", "runtime"},
     "web": {"domain", "store", "runtime"},
     "daemon": {"domain", "store", "runtime", "agents", "web"},
-    "cli": {"domain", "store", "runtime", "agents", "web", "daemon"},
+    "client": {"domain", "store", "web"},
+    "cli": {"domain", "store", "runtime", "agents", "web", "daemon", "client"},
+}
+
+#: Of the parts ``client`` may import, the only modules it may use: the shared JSON shapes.
+CLIENT_SHARES: dict[str, tuple[str, ...]] = {
+    "store": ("runtimed", "store", "codec"),
+    "web": ("runtimed", "web", "schemas"),
 }
 
 #: Third-party packages only one part of runtimed may import: the ACP SDK and its pydantic, and the
@@ -64,6 +74,20 @@ def test_a_module_imports_only_what_lies_below_it(module):
     part = part_of(module)
     upward = imported_parts(module) - ALLOWED[part] - {part, "__version__"}
     assert not upward, f"{module.relative_to(PACKAGE)} ({part}) imports {sorted(upward)}"
+
+
+CLIENT_MODULES = sorted((PACKAGE / "client").rglob("*.py"))
+
+
+@pytest.mark.parametrize("module", CLIENT_MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_the_client_shares_only_the_codec_and_the_schemas_with_the_server(module):
+    strays = []
+    for name in imported_names(module):
+        if name[0] == "runtimed" and len(name) > 1 and name[1] in CLIENT_SHARES:
+            shared = CLIENT_SHARES[name[1]]
+            if name[: len(shared)] != shared:
+                strays.append(".".join(name))
+    assert not strays, f"{module.relative_to(PACKAGE)} imports {sorted(strays)}"
 
 
 def test_every_part_of_the_package_is_placed_in_the_layout():
