@@ -26,7 +26,7 @@ from runtimed.domain.catalog import (
     RuntimeDefaultProfile,
     TaskIntent,
 )
-from runtimed.domain.errors import CursorExpired, StoreCorrupt
+from runtimed.domain.errors import CursorExpired, StoreCorrupt, StoreIo
 from runtimed.domain.execution import AgentInfo, ExecutionState
 from runtimed.domain.idempotency import KeptAnswer
 from runtimed.domain.identity import WorkerRef
@@ -336,6 +336,63 @@ async def test_a_missing_segment_is_refused(root, monkeypatch):
     with pytest.raises(StoreCorrupt) as caught:
         await open_runtime(root)
     assert str(paths[2]) in caught.value.message and "a segment is missing" in caught.value.message
+
+
+async def test_a_new_segment_that_cannot_be_created_fails_only_its_flush(root, monkeypatch):
+    runtime = await open_runtime(root)
+    ref = (await runtime.create_worker(TASK)).worker_ref
+    for i in range(3):
+        await runtime.send_input(ref, user(f"acked-{i}"))
+    real_open = os.open
+
+    def no_room_for_a_segment(path, flags, *args, **kwargs):
+        if flags & os.O_EXCL and Path(path).parent.name == "log":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(wal, "SEGMENT_BYTES", 1)  # the next flush starts a new segment …
+    monkeypatch.setattr(os, "open", no_room_for_a_segment)  # … which cannot be created
+    with pytest.raises(StoreIo) as caught:
+        await runtime.send_input(ref, user("fails"))
+    assert caught.value.code == "store_io" and "No space left on device" in caught.value.message
+    monkeypatch.setattr(os, "open", real_open)
+    await crash(runtime)
+    restored = await open_runtime(root)  # every acknowledged change is there
+    assert [e.content for e in restored.transcript(ref, 0, 256).items] == ["acked-0", "acked-1", "acked-2"]
+    await restored.send_input(ref, user("after"))
+    await crash(restored)
+    assert [r["lsn"] for r in log_records(root)] == list(range(1, len(log_records(root)) + 1))
+    again = await open_runtime(root)
+    assert [e.content for e in again.transcript(ref, 0, 256).items] == ["acked-0", "acked-1", "acked-2", "after"]
+    await again.close()
+
+
+async def test_a_failed_flush_after_a_new_segment_undoes_only_its_own_lines(root, monkeypatch):
+    runtime = await open_runtime(root)
+    ref = (await runtime.create_worker(TASK)).worker_ref
+    for i in range(3):
+        await runtime.send_input(ref, user(f"acked-{i}"))
+    real_open = os.open
+
+    def no_room_for_a_segment(path, flags, *args, **kwargs):
+        if flags & os.O_EXCL and Path(path).parent.name == "log":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(wal, "SEGMENT_BYTES", 1)
+    monkeypatch.setattr(os, "open", no_room_for_a_segment)
+    with pytest.raises(StoreIo):
+        await runtime.send_input(ref, user("fails"))
+    monkeypatch.setattr(os, "open", real_open)
+    monkeypatch.setattr(wal, "SEGMENT_BYTES", 1 << 30)
+    await runtime.send_input(ref, user("after"))  # in the same process: the log goes on densely
+    before = reads(runtime)
+    await crash(runtime)
+    assert [r["lsn"] for r in log_records(root)] == list(range(1, len(log_records(root)) + 1))
+    restored = await open_runtime(root)
+    assert reads(restored) == before
+    assert [e.content for e in restored.transcript(ref, 0, 256).items] == ["acked-0", "acked-1", "acked-2", "after"]
+    await restored.close()
 
 
 async def test_checkpoints_remove_the_segments_they_cover_and_restore_reads_only_the_tail(root, monkeypatch):
