@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+import runtimed.store.fs.store as fs_store
 from runtimed.domain.catalog import (
     AssistantIntent,
     BuiltinProfile,
@@ -434,6 +435,58 @@ async def test_a_failed_checkpoint_is_retried_and_loses_nothing(root, monkeypatc
     await crash(runtime)
     restored = await open_runtime(root, observation_backlog=4)
     assert reads(restored) == before
+    await restored.close()
+
+
+async def test_a_checkpoint_whose_marker_fails_retries_only_the_marker(root, monkeypatch):
+    runtime = await busy(root)
+    store = runtime._store
+    before = reads(runtime)
+    real = FsStore._write_marker
+
+    def no_room(self, checkpoint, lsn):
+        raise OSError(errno.ENOSPC, "No space left on device", str(runtime_dir(root) / "checkpoint.json.tmp"))
+
+    monkeypatch.setattr(FsStore, "_write_marker", no_room)
+    changes, lsn, size = store._take_pending()
+    assert not store._checkpoint(changes, lsn, size)  # the files are written, the marker is not
+    assert "No space left on device" in (await store.check_writable() or "")
+    assert marker(root)["lsn"] == 0 and len(segments(root)) == 1
+    monkeypatch.setattr(FsStore, "_write_marker", real)
+    assert store._checkpoint(*store._take_pending())  # the retry writes the marker alone
+    assert marker(root)["lsn"] == lsn and await store.check_writable() is None
+    events = [json.loads(line)["id"] for line in (runtime_dir(root) / "events.jsonl").read_text().splitlines()]
+    assert events == list(range(1, len(events) + 1))  # each record once
+    transcript = runtime_dir(root) / "workers" / store.worker_dir("worker-00000001").name / "transcript.jsonl"
+    assert len(transcript.read_text().splitlines()) == 6
+    await crash(runtime)
+    restored = await open_runtime(root, observation_backlog=4)
+    assert reads(restored) == before
+    await restored.close()
+
+
+async def test_the_checkpoint_thread_retries_a_marker_it_owes_with_nothing_new_pending(root, monkeypatch):
+    runtime = await busy(root)
+    store = runtime._store
+    failures = []
+    real = FsStore._write_marker
+
+    def fails_once(self, checkpoint, lsn):
+        if not failures:
+            failures.append(lsn)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(self, checkpoint, lsn)
+
+    monkeypatch.setattr(FsStore, "_write_marker", fails_once)
+    monkeypatch.setattr(fs_store, "CHECKPOINT_RETRY_SECONDS", 0.05)
+    monkeypatch.setattr(fs_store, "CHECKPOINT_SECONDS", 0.0)
+    with store._pending_changed:
+        store._pending_changed.notify()
+    await wait_until(lambda: bool(failures) and marker(root)["lsn"] == failures[0], what="the marker, retried")
+    assert await store.check_writable() is None
+    await runtime.close()
+    restored = await open_runtime(root, observation_backlog=4)
+    assert len(restored.list_workers()) == 3
     await restored.close()
 
 

@@ -57,8 +57,12 @@ newest). Observation logs are compacted after the marker (to the newest ``backlo
 by a ``trimmed_through`` / ``trimmed`` marker), so a compacted file always accounts for the
 marker's count. ``close``
 writes a last checkpoint and starts an empty segment past it: the next start replays nothing.
-A checkpoint that fails (a full disk) is undone (files cut back to their length before it) and
-retried; the log keeps everything meanwhile, and readiness reports the failure.
+A checkpoint whose files fail (a full disk) is undone (files cut back to their length before it)
+and retried. Once its files are written, their records are never written again: a marker that
+fails is owed, and the next try writes that marker alone (then the rest); the segments it
+covers are removed only once it is durable. A step after the marker that fails (removing a
+deleted worker's directory, a compaction, removing segments) is logged and retried by the next
+checkpoint. Meanwhile the log keeps everything, and readiness reports the failure.
 ``idempotency.jsonl`` takes one line per kept answer; once as many of its lines are expired
 (``[limits] idempotency_key_ttl_seconds`` after ``kept_at``, by the wall clock) or replaced as
 are live, it is rewritten after the marker to the live ones, led by ``{"trimmed": n}`` (the
