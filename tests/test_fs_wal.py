@@ -490,6 +490,45 @@ async def test_the_checkpoint_thread_retries_a_marker_it_owes_with_nothing_new_p
     await restored.close()
 
 
+@pytest.mark.parametrize(
+    ("step", "error"),
+    [
+        ("compact", json.JSONDecodeError("Expecting value", "{", 0)),  # a damaged observation line
+        ("_after_write", RuntimeError("a bug")),  # the files written, the bookkeeping not
+    ],
+)
+async def test_an_unexpected_error_stops_checkpoints_but_not_commits(root, monkeypatch, caplog, step, error):
+    import runtimed.store.fs.checkpoint as fs_checkpoint
+
+    runtime = await busy(root)
+    store = runtime._store
+    ref = runtime.worker_ref("worker-00000003")
+
+    def fails(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(fs_checkpoint.CheckpointFiles, step, fails)
+    monkeypatch.setattr(fs_store, "CHECKPOINT_SECONDS", 0.0)
+    with caplog.at_level("ERROR", logger="runtimed.store"):
+        with store._pending_changed:
+            store._pending_changed.notify()
+        await wait_until(store.check_writable, what="readiness to report the failed checkpoint")
+    problem = await store.check_writable()
+    assert problem.startswith("the last checkpoint failed: ") and str(error) in problem
+    assert "Traceback" in caplog.text and type(error).__name__ in caplog.text
+    assert store._checkpointer.is_alive()
+    for i in range(3):  # acknowledged by the log all the same
+        await runtime.send_input(ref, user(f"after {i}"))
+    assert (await store.check_writable()) == problem
+    before = reads(runtime)
+    await runtime.close()
+    monkeypatch.undo()
+    restored = await open_runtime(root, observation_backlog=4)
+    assert reads(restored) == before
+    assert await restored._store.check_writable() is None
+    await restored.close()
+
+
 async def test_a_checkpoint_in_progress_never_holds_up_a_flush(root, monkeypatch):
     import threading
 

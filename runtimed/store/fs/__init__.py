@@ -62,7 +62,9 @@ and retried. Once its files are written, their records are never written again: 
 fails is owed, and the next try writes that marker alone (then the rest); the segments it
 covers are removed only once it is durable. A step after the marker that fails (removing a
 deleted worker's directory, a compaction, removing segments) is logged and retried by the next
-checkpoint. Meanwhile the log keeps everything, and readiness reports the failure.
+checkpoint. An unexpected error (not an ``OSError``) stops checkpoints until a restart, logged
+with its traceback; commits go on (the log is the source of truth). Meanwhile the log keeps
+everything, and readiness reports the failure.
 ``idempotency.jsonl`` takes one line per kept answer; once as many of its lines are expired
 (``[limits] idempotency_key_ttl_seconds`` after ``kept_at``, by the wall clock) or replaced as
 are live, it is rewritten after the marker to the live ones, led by ``{"trimmed": n}`` (the

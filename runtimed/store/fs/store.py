@@ -101,6 +101,9 @@ class FsStore(Store):
         self._removed_through = 0  # the LSN through which deletions have been carried out
         self._closing = False
         self._checkpoint_failed: str | None = None  # why the last checkpoint failed, until one works
+        #: No more checkpoints until a restart (their files are not where the bookkeeping says,
+        #: or an unexpected error): the log keeps every change, restore cuts the files back.
+        self._checkpoints_stopped = False
         #: The LSN of a checkpoint whose files (and bookkeeping) are written but whose marker is
         #: not: the next try writes that marker and nothing else of it.
         self._marker_owed: int | None = None
@@ -540,6 +543,15 @@ class FsStore(Store):
         the next one (or to the next start)."""
         try:
             return self._write_checkpoint(changes, lsn, size)
+        except Exception as error:
+            # Not a disk's failure (a bug, a damaged file): the thread must go on, and nothing
+            # tells where the files were left, so no more checkpoints until a restart.
+            log.exception(
+                "a checkpoint failed unexpectedly; no more checkpoints until a restart: the log keeps every "
+                "change, and restore cuts the files back"
+            )
+            self._stop_checkpoints(f"{type(error).__name__}: {error}")
+            return True
         finally:
             if any(change.deleted for change in changes):
                 self._deletions_done(lsn)
@@ -550,7 +562,7 @@ class FsStore(Store):
         changes are never handed back, which would write their records twice)."""
         checkpoint = self._checkpoint_files
         assert checkpoint is not None
-        if self._checkpoint_failed is not None and self._checkpoint_failed.startswith("broken"):
+        if self._checkpoints_stopped:
             return True  # no more checkpoints until a restart; the log has everything
         owed = self._marker_owed
         if owed is not None:
@@ -568,7 +580,7 @@ class FsStore(Store):
         try:
             checkpoint.write_files(changes)
         except CheckpointBroken as error:
-            self._checkpoint_failed = f"broken: {error}"
+            self._stop_checkpoints(str(error))
             log.error(
                 "a checkpoint failed and its files could not be put back (%s); no more checkpoints until a "
                 "restart: the log keeps every change, and restore cuts the files back",
@@ -589,6 +601,11 @@ class FsStore(Store):
         self._marker_owed = None
         self._after_marker(checkpoint, lsn)
         return True
+
+    def _stop_checkpoints(self, problem: str) -> None:
+        self._checkpoints_stopped = True
+        self._marker_owed = None  # nothing more is written: the thread must not wait on it
+        self._checkpoint_failed = f"{problem} (no more checkpoints until a restart; the log keeps every change)"
 
     def _checkpoint_io_failed(self, error: OSError, step: str) -> None:
         self._checkpoint_failed = str(_io_error("checkpoint", error, self.runtime_dir))
