@@ -483,6 +483,7 @@ async def test_the_checkpoint_thread_retries_a_marker_it_owes_with_nothing_new_p
     with store._pending_changed:
         store._pending_changed.notify()
     await wait_until(lambda: bool(failures) and marker(root)["lsn"] == failures[0], what="the marker, retried")
+    await wait_until(lambda: store.checkpoints == 1, what="the checkpoint to finish")
     assert await store.check_writable() is None
     await runtime.close()
     restored = await open_runtime(root, observation_backlog=4)
@@ -917,17 +918,55 @@ async def test_a_deleted_workers_directory_left_past_the_marker_is_removed_with_
     assert directory.is_dir() and "worker-00000001" not in marker(root)["observations"]
     await crash(runtime)
     monkeypatch.undo()
-    (directory / "notes.txt").write_text("mine")
-    before = files_of(root)
-    with pytest.raises(StoreCorrupt) as caught:  # not runtimed's: refused, never deleted
-        await open_runtime(root)
-    assert caught.value.path == str(directory / "notes.txt")
-    assert files_of(root) == before
-    (directory / "notes.txt").unlink()
     with caplog.at_level("INFO", logger="runtimed.store"):
         restored = await open_runtime(root, observation_backlog=4)
     assert f"removed {directory}: worker {ref.worker_id} was deleted" in caplog.text
     assert_deleted(restored, ref, directory)
+    await restored.close()
+
+
+def assert_only_foreign_left(runtime: Runtime, ref: WorkerRef, directory: Path) -> None:
+    """Deleted, but its directory left with the operator's file in it, and only that."""
+    assert [p.name for p in directory.iterdir()] == ["notes.txt"]
+    assert (directory / "notes.txt").read_text() == "mine"
+    assert [w.worker_ref.worker_id for w in runtime.list_workers()] == ["worker-00000002", "worker-00000003"]
+    assert runtime.events(1, 256).events[-1].kind is EventKind.WORKER_DELETED
+    assert "worker-00000001" not in marker(directory.parents[3])["observations"]
+
+
+async def test_deleting_a_worker_whose_directory_holds_a_foreign_file_leaves_only_that_file(root, caplog):
+    def foreign_file():
+        (runtime_dir(root) / "workers" / "id-776f726b65722d3030303030303031" / "notes.txt").write_text("mine")
+
+    with caplog.at_level("WARNING", logger="runtimed.store"):
+        runtime, ref, directory = await deleted_worker(root, foreign_file)
+    assert_only_foreign_left(runtime, ref, directory)
+    assert f"{directory} holds files runtimed did not write (notes.txt)" in caplog.text
+    before = reads(runtime)
+    await runtime.close()
+    restored = await open_runtime(root, observation_backlog=4)  # a deletion never stops a start
+    after = reads(restored)  # all but the diagnostics (the warning below is one more)
+    assert after[1:5] == before[1:5] and after[6:] == before[6:]
+    (warning,) = [d for d in restored.diagnostics() if d.severity.value == "warning"]
+    assert warning.code == "store.foreign_files_kept"
+    assert str(directory) in warning.message and "(notes.txt)" in warning.message
+    assert_only_foreign_left(restored, ref, directory)
+    assert (await restored.create_worker(TASK)).worker_ref.worker_id == "worker-00000004"
+    await restored.close()
+
+
+async def test_a_deleted_workers_directory_left_with_a_foreign_file_loses_only_runtimeds_files(root, monkeypatch):
+    runtime, ref, directory = await deleted_worker(
+        root, lambda: monkeypatch.setattr(FsStore, "_remove_deleted", lambda self, checkpoint: None)
+    )
+    await crash(runtime)  # as a crash after the marker, before the directory's removal, leaves it
+    monkeypatch.undo()
+    assert {"worker.json", "transcript.jsonl"} <= {p.name for p in directory.iterdir()}
+    (directory / "notes.txt").write_text("mine")
+    restored = await open_runtime(root, observation_backlog=4)
+    assert_only_foreign_left(restored, ref, directory)
+    (warning,) = [d for d in restored.diagnostics() if d.severity.value == "warning"]
+    assert warning.code == "store.foreign_files_kept" and str(directory) in warning.message
     await restored.close()
 
 
