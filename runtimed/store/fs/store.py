@@ -537,10 +537,12 @@ class FsStore(Store):
         return changes, self._pending_lsn, size
 
     def _checkpoint(self, changes: list[Change], lsn: int, size: int) -> bool:
-        """Write one checkpoint; on failure, put the changes back in front (the log keeps them)
-        and say so: ``False``. Then the deletions it covers are answered, whatever happened:
-        they are durable in the log, and a checkpoint that failed leaves their directories to
-        the next one (or to the next start)."""
+        """Write one checkpoint (first a marker an earlier one owes); on a disk's failure say
+        so: ``False`` — changes no file holds yet go back in front (the log keeps them), a
+        marker that failed after its files is owed. An unexpected error stops checkpoints.
+        Then the deletions it covers are answered, whatever happened: they are durable in the
+        log, and a checkpoint that failed leaves their directories to the next one (or to the
+        next start)."""
         try:
             return self._write_checkpoint(changes, lsn, size)
         except Exception as error:
