@@ -9,7 +9,8 @@ subclass, from the environment:
 
 - ``RUNTIMED_TEST_CHECKPOINT_SECONDS`` / ``RUNTIMED_TEST_SEGMENT_BYTES``: checkpoint that often,
   start a new log segment past that size (so tests reach those steps quickly);
-- ``RUNTIMED_TEST_FAIL_FLUSH=N``: the Nth flush fails after its log lines are written (EIO);
+- ``RUNTIMED_TEST_FAIL_FLUSH=N``: the Nth flush fails after its log lines are written (its
+  ``fsync`` raises EIO);
 - ``RUNTIMED_TEST_PAUSE_AT=checkpoint|truncate|segment_removal|deletion_checkpoint|worker_removal``:
   at that step — a checkpoint's files written but not its marker; a failed flush's lines written
   but not yet cut back; the first of several covered segments removed; the files of a checkpoint
@@ -66,10 +67,19 @@ class SlowFsStore(FsStore):
         super()._write_batch(changes)
 
     def _append(self, log_writer: fs_wal.LogWriter, data: bytes, lines: int) -> None:
-        super()._append(log_writer, data, lines)
         self.appends += 1
-        if self.appends == self.fail_flush:
+        if self.appends != self.fail_flush:
+            super()._append(log_writer, data, lines)
+            return
+
+        def failing_sync(fd: int) -> None:  # the lines are written; their fsync fails
             raise OSError(errno.EIO, "Input/output error (injected)", str(log_writer.active.path))
+
+        log_writer.sync = failing_sync  # type: ignore[method-assign]
+        try:
+            super()._append(log_writer, data, lines)
+        finally:
+            del log_writer.sync
 
     def _undo(self, log_writer: fs_wal.LogWriter, failure: object) -> None:
         if self.pause_at == "truncate":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import threading
@@ -412,10 +413,26 @@ class FaultyFsStore(FsStore):
     fail_next = False
 
     def _append(self, log_writer, data, lines):
-        super()._append(log_writer, data, lines)
-        if self.fail_next:
-            self.fail_next = False
-            raise OSError(errno.ENOSPC, "No space left on device", str(log_writer.active.path))
+        if not self.fail_next:
+            super()._append(log_writer, data, lines)
+            return
+        self.fail_next = False
+        with failing_sync(log_writer, errno.ENOSPC, "No space left on device"):
+            super()._append(log_writer, data, lines)
+
+
+@contextlib.contextmanager
+def failing_sync(log_writer, code, message):
+    """The log's lines are written, then their ``fsync`` fails."""
+
+    def sync(fd):
+        raise OSError(code, message, str(log_writer.active.path))
+
+    log_writer.sync = sync
+    try:
+        yield
+    finally:
+        del log_writer.sync
 
 
 async def test_a_failed_write_is_store_io_leaves_nothing_behind_and_the_next_request_works(root, aiohttp_client):
@@ -564,8 +581,8 @@ class SlowFaultyFsStore(FaultyFsStore):
         if self.fail_events:
             self.fail_events = False
             # Half the batch gets out, then the disk gives out.
-            log_writer.append(data[: len(data) // 2], 0)
-            raise OSError(errno.EIO, "Input/output error", str(log_writer.active.path))
+            with failing_sync(log_writer, errno.EIO, "Input/output error"):
+                log_writer.append(data[: len(data) // 2], 0)
         super()._append(log_writer, data, lines)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+import runtimed.store.fs.store as fs_store
 from runtimed.domain.catalog import (
     AssistantIntent,
     BuiltinProfile,
@@ -26,7 +27,7 @@ from runtimed.domain.catalog import (
     RuntimeDefaultProfile,
     TaskIntent,
 )
-from runtimed.domain.errors import CursorExpired, StoreCorrupt
+from runtimed.domain.errors import CursorExpired, StoreCorrupt, StoreIo
 from runtimed.domain.execution import AgentInfo, ExecutionState
 from runtimed.domain.idempotency import KeptAnswer
 from runtimed.domain.identity import WorkerRef
@@ -338,6 +339,63 @@ async def test_a_missing_segment_is_refused(root, monkeypatch):
     assert str(paths[2]) in caught.value.message and "a segment is missing" in caught.value.message
 
 
+async def test_a_new_segment_that_cannot_be_created_fails_only_its_flush(root, monkeypatch):
+    runtime = await open_runtime(root)
+    ref = (await runtime.create_worker(TASK)).worker_ref
+    for i in range(3):
+        await runtime.send_input(ref, user(f"acked-{i}"))
+    real_open = os.open
+
+    def no_room_for_a_segment(path, flags, *args, **kwargs):
+        if flags & os.O_EXCL and Path(path).parent.name == "log":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(wal, "SEGMENT_BYTES", 1)  # the next flush starts a new segment …
+    monkeypatch.setattr(os, "open", no_room_for_a_segment)  # … which cannot be created
+    with pytest.raises(StoreIo) as caught:
+        await runtime.send_input(ref, user("fails"))
+    assert caught.value.code == "store_io" and "No space left on device" in caught.value.message
+    monkeypatch.setattr(os, "open", real_open)
+    await crash(runtime)
+    restored = await open_runtime(root)  # every acknowledged change is there
+    assert [e.content for e in restored.transcript(ref, 0, 256).items] == ["acked-0", "acked-1", "acked-2"]
+    await restored.send_input(ref, user("after"))
+    await crash(restored)
+    assert [r["lsn"] for r in log_records(root)] == list(range(1, len(log_records(root)) + 1))
+    again = await open_runtime(root)
+    assert [e.content for e in again.transcript(ref, 0, 256).items] == ["acked-0", "acked-1", "acked-2", "after"]
+    await again.close()
+
+
+async def test_a_failed_flush_after_a_new_segment_undoes_only_its_own_lines(root, monkeypatch):
+    runtime = await open_runtime(root)
+    ref = (await runtime.create_worker(TASK)).worker_ref
+    for i in range(3):
+        await runtime.send_input(ref, user(f"acked-{i}"))
+    real_open = os.open
+
+    def no_room_for_a_segment(path, flags, *args, **kwargs):
+        if flags & os.O_EXCL and Path(path).parent.name == "log":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(wal, "SEGMENT_BYTES", 1)
+    monkeypatch.setattr(os, "open", no_room_for_a_segment)
+    with pytest.raises(StoreIo):
+        await runtime.send_input(ref, user("fails"))
+    monkeypatch.setattr(os, "open", real_open)
+    monkeypatch.setattr(wal, "SEGMENT_BYTES", 1 << 30)
+    await runtime.send_input(ref, user("after"))  # in the same process: the log goes on densely
+    before = reads(runtime)
+    await crash(runtime)
+    assert [r["lsn"] for r in log_records(root)] == list(range(1, len(log_records(root)) + 1))
+    restored = await open_runtime(root)
+    assert reads(restored) == before
+    assert [e.content for e in restored.transcript(ref, 0, 256).items] == ["acked-0", "acked-1", "acked-2", "after"]
+    await restored.close()
+
+
 async def test_checkpoints_remove_the_segments_they_cover_and_restore_reads_only_the_tail(root, monkeypatch):
     monkeypatch.setattr(wal, "SEGMENT_BYTES", 2048)
     runtime = await open_runtime(root)
@@ -377,6 +435,98 @@ async def test_a_failed_checkpoint_is_retried_and_loses_nothing(root, monkeypatc
     await crash(runtime)
     restored = await open_runtime(root, observation_backlog=4)
     assert reads(restored) == before
+    await restored.close()
+
+
+async def test_a_checkpoint_whose_marker_fails_retries_only_the_marker(root, monkeypatch):
+    runtime = await busy(root)
+    store = runtime._store
+    before = reads(runtime)
+    real = FsStore._write_marker
+
+    def no_room(self, checkpoint, lsn):
+        raise OSError(errno.ENOSPC, "No space left on device", str(runtime_dir(root) / "checkpoint.json.tmp"))
+
+    monkeypatch.setattr(FsStore, "_write_marker", no_room)
+    changes, lsn, size = store._take_pending()
+    assert not store._checkpoint(changes, lsn, size)  # the files are written, the marker is not
+    assert "No space left on device" in (await store.check_writable() or "")
+    assert marker(root)["lsn"] == 0 and len(segments(root)) == 1
+    monkeypatch.setattr(FsStore, "_write_marker", real)
+    assert store._checkpoint(*store._take_pending())  # the retry writes the marker alone
+    assert marker(root)["lsn"] == lsn and await store.check_writable() is None
+    events = [json.loads(line)["id"] for line in (runtime_dir(root) / "events.jsonl").read_text().splitlines()]
+    assert events == list(range(1, len(events) + 1))  # each record once
+    transcript = runtime_dir(root) / "workers" / store.worker_dir("worker-00000001").name / "transcript.jsonl"
+    assert len(transcript.read_text().splitlines()) == 6
+    await crash(runtime)
+    restored = await open_runtime(root, observation_backlog=4)
+    assert reads(restored) == before
+    await restored.close()
+
+
+async def test_the_checkpoint_thread_retries_a_marker_it_owes_with_nothing_new_pending(root, monkeypatch):
+    runtime = await busy(root)
+    store = runtime._store
+    failures = []
+    real = FsStore._write_marker
+
+    def fails_once(self, checkpoint, lsn):
+        if not failures:
+            failures.append(lsn)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(self, checkpoint, lsn)
+
+    monkeypatch.setattr(FsStore, "_write_marker", fails_once)
+    monkeypatch.setattr(fs_store, "CHECKPOINT_RETRY_SECONDS", 0.05)
+    monkeypatch.setattr(fs_store, "CHECKPOINT_SECONDS", 0.0)
+    with store._pending_changed:
+        store._pending_changed.notify()
+    await wait_until(lambda: bool(failures) and marker(root)["lsn"] == failures[0], what="the marker, retried")
+    await wait_until(lambda: store.checkpoints == 1, what="the checkpoint to finish")
+    assert await store.check_writable() is None
+    await runtime.close()
+    restored = await open_runtime(root, observation_backlog=4)
+    assert len(restored.list_workers()) == 3
+    await restored.close()
+
+
+@pytest.mark.parametrize(
+    ("step", "error"),
+    [
+        ("compact", json.JSONDecodeError("Expecting value", "{", 0)),  # a damaged observation line
+        ("_after_write", RuntimeError("a bug")),  # the files written, the bookkeeping not
+    ],
+)
+async def test_an_unexpected_error_stops_checkpoints_but_not_commits(root, monkeypatch, caplog, step, error):
+    import runtimed.store.fs.checkpoint as fs_checkpoint
+
+    runtime = await busy(root)
+    store = runtime._store
+    ref = runtime.worker_ref("worker-00000003")
+
+    def fails(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(fs_checkpoint.CheckpointFiles, step, fails)
+    monkeypatch.setattr(fs_store, "CHECKPOINT_SECONDS", 0.0)
+    with caplog.at_level("ERROR", logger="runtimed.store"):
+        with store._pending_changed:
+            store._pending_changed.notify()
+        await wait_until(store.check_writable, what="readiness to report the failed checkpoint")
+    problem = await store.check_writable()
+    assert problem.startswith("the last checkpoint failed: ") and str(error) in problem
+    assert "Traceback" in caplog.text and type(error).__name__ in caplog.text
+    assert store._checkpointer.is_alive()
+    for i in range(3):  # acknowledged by the log all the same
+        await runtime.send_input(ref, user(f"after {i}"))
+    assert (await store.check_writable()) == problem
+    before = reads(runtime)
+    await runtime.close()
+    monkeypatch.undo()
+    restored = await open_runtime(root, observation_backlog=4)
+    assert reads(restored) == before
+    assert await restored._store.check_writable() is None
     await restored.close()
 
 
@@ -768,17 +918,55 @@ async def test_a_deleted_workers_directory_left_past_the_marker_is_removed_with_
     assert directory.is_dir() and "worker-00000001" not in marker(root)["observations"]
     await crash(runtime)
     monkeypatch.undo()
-    (directory / "notes.txt").write_text("mine")
-    before = files_of(root)
-    with pytest.raises(StoreCorrupt) as caught:  # not runtimed's: refused, never deleted
-        await open_runtime(root)
-    assert caught.value.path == str(directory / "notes.txt")
-    assert files_of(root) == before
-    (directory / "notes.txt").unlink()
     with caplog.at_level("INFO", logger="runtimed.store"):
         restored = await open_runtime(root, observation_backlog=4)
     assert f"removed {directory}: worker {ref.worker_id} was deleted" in caplog.text
     assert_deleted(restored, ref, directory)
+    await restored.close()
+
+
+def assert_only_foreign_left(runtime: Runtime, ref: WorkerRef, directory: Path) -> None:
+    """Deleted, but its directory left with the operator's file in it, and only that."""
+    assert [p.name for p in directory.iterdir()] == ["notes.txt"]
+    assert (directory / "notes.txt").read_text() == "mine"
+    assert [w.worker_ref.worker_id for w in runtime.list_workers()] == ["worker-00000002", "worker-00000003"]
+    assert runtime.events(1, 256).events[-1].kind is EventKind.WORKER_DELETED
+    assert "worker-00000001" not in marker(directory.parents[3])["observations"]
+
+
+async def test_deleting_a_worker_whose_directory_holds_a_foreign_file_leaves_only_that_file(root, caplog):
+    def foreign_file():
+        (runtime_dir(root) / "workers" / "id-776f726b65722d3030303030303031" / "notes.txt").write_text("mine")
+
+    with caplog.at_level("WARNING", logger="runtimed.store"):
+        runtime, ref, directory = await deleted_worker(root, foreign_file)
+    assert_only_foreign_left(runtime, ref, directory)
+    assert f"{directory} holds files runtimed did not write (notes.txt)" in caplog.text
+    before = reads(runtime)
+    await runtime.close()
+    restored = await open_runtime(root, observation_backlog=4)  # a deletion never stops a start
+    after = reads(restored)  # all but the diagnostics (the warning below is one more)
+    assert after[1:5] == before[1:5] and after[6:] == before[6:]
+    (warning,) = [d for d in restored.diagnostics() if d.severity.value == "warning"]
+    assert warning.code == "store.foreign_files_kept"
+    assert str(directory) in warning.message and "(notes.txt)" in warning.message
+    assert_only_foreign_left(restored, ref, directory)
+    assert (await restored.create_worker(TASK)).worker_ref.worker_id == "worker-00000004"
+    await restored.close()
+
+
+async def test_a_deleted_workers_directory_left_with_a_foreign_file_loses_only_runtimeds_files(root, monkeypatch):
+    runtime, ref, directory = await deleted_worker(
+        root, lambda: monkeypatch.setattr(FsStore, "_remove_deleted", lambda self, checkpoint: None)
+    )
+    await crash(runtime)  # as a crash after the marker, before the directory's removal, leaves it
+    monkeypatch.undo()
+    assert {"worker.json", "transcript.jsonl"} <= {p.name for p in directory.iterdir()}
+    (directory / "notes.txt").write_text("mine")
+    restored = await open_runtime(root, observation_backlog=4)
+    assert_only_foreign_left(restored, ref, directory)
+    (warning,) = [d for d in restored.diagnostics() if d.severity.value == "warning"]
+    assert warning.code == "store.foreign_files_kept" and str(directory) in warning.message
     await restored.close()
 
 

@@ -57,8 +57,14 @@ newest). Observation logs are compacted after the marker (to the newest ``backlo
 by a ``trimmed_through`` / ``trimmed`` marker), so a compacted file always accounts for the
 marker's count. ``close``
 writes a last checkpoint and starts an empty segment past it: the next start replays nothing.
-A checkpoint that fails (a full disk) is undone (files cut back to their length before it) and
-retried; the log keeps everything meanwhile, and readiness reports the failure.
+A checkpoint whose files fail (a full disk) is undone (files cut back to their length before it)
+and retried. Once its files are written, their records are never written again: a marker that
+fails is owed, and the next try writes that marker alone (then the rest); the segments it
+covers are removed only once it is durable. A step after the marker that fails (removing a
+deleted worker's directory, a compaction, removing segments) is logged and retried by the next
+checkpoint. An unexpected error (not an ``OSError``) stops checkpoints until a restart, logged
+with its traceback; commits go on (the log is the source of truth). Meanwhile the log keeps
+everything, and readiness reports the failure.
 ``idempotency.jsonl`` takes one line per kept answer; once as many of its lines are expired
 (``[limits] idempotency_key_ttl_seconds`` after ``kept_at``, by the wall clock) or replaced as
 are live, it is rewritten after the marker to the live ones, led by ``{"trimmed": n}`` (the
@@ -69,8 +75,11 @@ none.
 
 **Deleting a worker** (§11). A checkpoint that covers a ``deleted`` line drops the worker from
 the marker (its observation count and execution), and only once that marker is durable
-removes ``workers/id-<hex>/`` — the directory the store made for it, and only when it holds
-nothing but the store's files; a workspace or a profile ``cwd`` is never the store's. Removed
+removes ``workers/id-<hex>/`` — the directory the store made for it; a workspace or a profile
+``cwd`` is never the store's. A directory that also holds files runtimed did not write loses
+runtimed's own (``checkpoint.WORKER_FILES``: ``worker.json``, ``transcript.jsonl``,
+``observations.jsonl`` and their ``.tmp`` / ``.corrupt`` files) and is left with the others in
+it, once, with a log warning: runtimed never deletes a file it did not create. Removed
 before the marker, a crash would leave a marker counting a worker that is gone. A line that
 deletes makes the checkpoint due at once, and the delete's commit waits for it: the answer is
 sent once the directory is gone. (If that checkpoint fails, the answer is sent anyway — the
@@ -89,10 +98,13 @@ marker's counts, a torn last line of a checkpoint file, and a worker directory w
 ``worker_created`` event is past the marker are what an interrupted checkpoint left; the log has
 them, so they are cut back (removed) with a log line, no warning. A worker with a
 ``worker_deleted`` event is gone: the marker must not count it, and its directory, left by a
-crash before its removal, is removed (with a log line) when it holds only the store's files,
-else refused, naming what is not runtimed's. ``idempotency.jsonl`` must account for the
-marker's count of kept answers (``trimmed`` plus its lines); lines past it are cut back. Where
-a snapshot and the event log disagree, the event log wins and the snapshot is rewritten.
+crash before its removal, is removed (with a log line) when it holds only the store's files;
+one that holds others too (or only others: a deletion left them) loses the store's files and is
+left with the others, with a ``store.foreign_files_kept`` warning diagnostic naming them, at
+every start until they are moved out. An acknowledged deletion never stops a start.
+``idempotency.jsonl`` must account for the marker's count of kept answers (``trimmed`` plus its
+lines); lines past it are cut back. Where a snapshot and the event log disagree, the event log
+wins and the snapshot is rewritten.
 
 Then restore replays the log: segments in LSN order, without a gap from the one holding the
 marker's LSN (or the one just past it) to the end; every line must pass its CRC and carry the

@@ -443,19 +443,47 @@ def _is_live(line: bytes, kept: Mapping[str, float]) -> bool:
     return kept_at is not None and kept_at == record.get("kept_at")
 
 
+def sort_worker_dir(directory: Path) -> tuple[list[Path], list[str]]:
+    """The entries of a worker's directory: runtimed's own files (regular files of the names in
+    ``WORKER_FILES``) and the names of everything else, which runtimed did not write there."""
+    own: list[Path] = []
+    foreign: list[str] = []
+    for entry in directory.iterdir():
+        if entry.name in WORKER_FILES and entry.is_file() and not entry.is_symlink():
+            own.append(entry)
+        else:
+            foreign.append(entry.name)
+    return own, sorted(foreign)
+
+
+def remove_own_files(directory: Path, own: list[Path]) -> None:
+    """Remove runtimed's own files from a deleted worker's directory that holds others too."""
+    for path in own:
+        path.unlink(missing_ok=True)
+    if own:
+        files.fsync_path(directory)
+
+
 def remove_worker_dir(directory: Path) -> None:
-    """Remove a deleted worker's directory, if it is there and holds only runtimed's files
-    (anything else is left, with a warning: it is not runtimed's to remove)."""
+    """Remove a deleted worker's directory, if it is there. One that holds files runtimed did not
+    write loses runtimed's own files and is left with the others in it (with a warning): they
+    are not runtimed's to remove."""
     if not directory.exists():
         return
     if directory.is_symlink() or not directory.is_dir():
         log.warning("%s is not a worker directory runtimed made; left as it is", directory)
         return
-    others = [entry.name for entry in directory.iterdir() if entry.name not in WORKER_FILES or not entry.is_file()]
-    if others:
-        log.warning("%s holds files runtimed did not write (%s); left as it is", directory, ", ".join(sorted(others)))
+    own, foreign = sort_worker_dir(directory)
+    if not foreign:
+        shutil.rmtree(directory)
         return
-    shutil.rmtree(directory)
+    remove_own_files(directory, own)
+    log.warning(
+        "%s holds files runtimed did not write (%s); runtimed's own files were removed, the directory is left "
+        "with those in it",
+        directory,
+        ", ".join(foreign),
+    )
 
 
 class CheckpointBroken(Exception):

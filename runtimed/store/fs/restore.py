@@ -36,7 +36,14 @@ from ...domain.observation import (
 from .. import codec
 from ..base import Change, RestoredState
 from . import commit, files, wal
-from .checkpoint import IDEMPOTENCY_LOG, MARKER, MARKER_SCHEMA_VERSIONS, WORKER_FILES, decode_marker
+from .checkpoint import (
+    IDEMPOTENCY_LOG,
+    MARKER,
+    MARKER_SCHEMA_VERSIONS,
+    decode_marker,
+    remove_own_files,
+    sort_worker_dir,
+)
 from .commit import COMMIT_LOG, CommitRecord
 from .files import RUNTIME_SCHEMA_VERSIONS, WORKER_SCHEMA_VERSION, hex_id, unhex_id
 
@@ -848,9 +855,9 @@ class Restorer:
             if not directory.is_dir():
                 raise self.corrupt(directory, "is a file where a directory should be")
             if worker_id in deleted and worker_id in created:
-                # The event log deleted it; a crash came before its directory was removed.
-                self._check_leftover(directory, worker_id)
-                self.repair(directory, partial(self._remove_deleted_dir, directory, worker_id))
+                # The event log deleted it; a crash came before its directory was removed, or it
+                # holds files runtimed did not write (its own were removed, those are left).
+                self._leftover(directory, worker_id)
                 continue
             if worker_id not in created:
                 if worker_number(worker_id) <= max(map(worker_number, created), default=0):
@@ -1012,16 +1019,25 @@ class Restorer:
             if reply is not None and reply != entry.sequence:
                 raise self.corrupt(path, f"event {event_id} committed entry {reply}, not {entry.sequence}")
 
-    def _check_leftover(self, directory: Path, worker_id: str) -> None:
-        """A deleted worker's directory left by a crash is removed only if it holds nothing but
-        what runtimed writes there; anything else is refused, never deleted."""
-        for entry in directory.iterdir():
-            if entry.name not in WORKER_FILES or entry.is_symlink() or not entry.is_file():
-                raise self.corrupt(
-                    entry,
-                    f"is not runtimed's, in the directory of worker {worker_id}, which was deleted; move it out "
-                    "of the store root",
-                )
+    def _leftover(self, directory: Path, worker_id: str) -> None:
+        """A deleted worker's directory is removed if it holds nothing but what runtimed writes
+        there; else runtimed's own files are removed and the rest is left, never deleted, with
+        a ``store.foreign_files_kept`` warning (a deletion acknowledged never stops a start)."""
+        own, foreign = sort_worker_dir(directory)
+        if not foreign:
+            self.repair(directory, partial(self._remove_deleted_dir, directory, worker_id))
+            return
+        self.repair(
+            directory,
+            partial(remove_own_files, directory, own),
+            (
+                "store.foreign_files_kept",
+                f"{directory}: worker {worker_id} was deleted, but its directory holds files runtimed did not "
+                f"write ({', '.join(foreign)}); "
+                + ("runtimed's own files are removed and these are left" if own else "they are left")
+                + ": move them out of the store root",
+            ),
+        )
 
     @staticmethod
     def _remove_deleted_dir(directory: Path, worker_id: str) -> None:

@@ -101,6 +101,12 @@ class FsStore(Store):
         self._removed_through = 0  # the LSN through which deletions have been carried out
         self._closing = False
         self._checkpoint_failed: str | None = None  # why the last checkpoint failed, until one works
+        #: No more checkpoints until a restart (their files are not where the bookkeeping says,
+        #: or an unexpected error): the log keeps every change, restore cuts the files back.
+        self._checkpoints_stopped = False
+        #: The LSN of a checkpoint whose files (and bookkeeping) are written but whose marker is
+        #: not: the next try writes that marker and nothing else of it.
+        self._marker_owed: int | None = None
         #: Checkpoints written (each covering many flushes).
         self.checkpoints = 0
 
@@ -505,6 +511,8 @@ class FsStore(Store):
                     now = time.monotonic()
                     if self._closing:
                         break
+                    if self._marker_owed is not None and now >= retry_at:
+                        break
                     if self._pending and now >= retry_at:
                         due = self._pending_since + CHECKPOINT_SECONDS
                         if self._pending_deletes or self._pending_bytes >= CHECKPOINT_BYTES or now >= due:
@@ -514,7 +522,7 @@ class FsStore(Store):
                         self._pending_changed.wait(max(retry_at - now, 0.0) or None)
                 closing = self._closing
                 changes, lsn, size = self._take_pending()
-            if changes and not self._checkpoint(changes, lsn, size):
+            if (changes or self._marker_owed is not None) and not self._checkpoint(changes, lsn, size):
                 retry_at = time.monotonic() + CHECKPOINT_RETRY_SECONDS
                 if closing:
                     return
@@ -529,26 +537,52 @@ class FsStore(Store):
         return changes, self._pending_lsn, size
 
     def _checkpoint(self, changes: list[Change], lsn: int, size: int) -> bool:
-        """Write one checkpoint; on failure, put the changes back in front (the log keeps them)
-        and say so: ``False``. Then the deletions it covers are answered, whatever happened:
-        they are durable in the log, and a checkpoint that failed leaves their directories to
-        the next one (or to the next start)."""
+        """Write one checkpoint (first a marker an earlier one owes); on a disk's failure say
+        so: ``False`` — changes no file holds yet go back in front (the log keeps them), a
+        marker that failed after its files is owed. An unexpected error stops checkpoints.
+        Then the deletions it covers are answered, whatever happened: they are durable in the
+        log, and a checkpoint that failed leaves their directories to the next one (or to the
+        next start)."""
         try:
             return self._write_checkpoint(changes, lsn, size)
+        except Exception as error:
+            # Not a disk's failure (a bug, a damaged file): the thread must go on, and nothing
+            # tells where the files were left, so no more checkpoints until a restart.
+            log.exception(
+                "a checkpoint failed unexpectedly; no more checkpoints until a restart: the log keeps every "
+                "change, and restore cuts the files back"
+            )
+            self._stop_checkpoints(f"{type(error).__name__}: {error}")
+            return True
         finally:
             if any(change.deleted for change in changes):
                 self._deletions_done(lsn)
 
     def _write_checkpoint(self, changes: list[Change], lsn: int, size: int) -> bool:
+        """The files, then the marker. Once the files are written the bookkeeping has moved on
+        with them, so a marker that fails is owed: the next try writes the marker alone (the
+        changes are never handed back, which would write their records twice)."""
         checkpoint = self._checkpoint_files
         assert checkpoint is not None
-        if self._checkpoint_failed is not None and self._checkpoint_failed.startswith("broken"):
+        if self._checkpoints_stopped:
             return True  # no more checkpoints until a restart; the log has everything
+        owed = self._marker_owed
+        if owed is not None:
+            try:
+                self._write_marker(checkpoint, owed)
+            except OSError as error:
+                self._checkpoint_io_failed(error, "writing its marker (still owed)")
+                self._hand_back(changes, lsn, size)  # not written: the next try writes them
+                return False
+            self._marker_owed = None
+            self._after_marker(checkpoint, owed)
+        if not changes:
+            self._checkpoint_failed = None
+            return True
         try:
             checkpoint.write_files(changes)
-            self._write_marker(checkpoint, lsn)
         except CheckpointBroken as error:
-            self._checkpoint_failed = f"broken: {error}"
+            self._stop_checkpoints(str(error))
             log.error(
                 "a checkpoint failed and its files could not be put back (%s); no more checkpoints until a "
                 "restart: the log keeps every change, and restore cuts the files back",
@@ -556,20 +590,46 @@ class FsStore(Store):
             )
             return True
         except OSError as error:
-            self._checkpoint_failed = str(_io_error("checkpoint", error, self.runtime_dir))
-            log.warning("a checkpoint failed; the log keeps every change, will retry: %s", self._checkpoint_failed)
-            with self._pending_changed:
-                self._pending[:0] = changes
-                self._pending_bytes += size
-                self._pending_lsn = max(self._pending_lsn, lsn)
+            self._checkpoint_io_failed(error, "writing its files (put back as they were)")
+            self._hand_back(changes, lsn, size)
             return False
+        # The files hold the changes and the bookkeeping says so: only the marker is left.
+        self._marker_owed = lsn
+        try:
+            self._write_marker(checkpoint, lsn)
+        except OSError as error:
+            self._checkpoint_io_failed(error, "writing its marker (its files are written; the marker is retried)")
+            return False
+        self._marker_owed = None
+        self._after_marker(checkpoint, lsn)
+        return True
+
+    def _stop_checkpoints(self, problem: str) -> None:
+        self._checkpoints_stopped = True
+        self._marker_owed = None  # nothing more is written: the thread must not wait on it
+        self._checkpoint_failed = f"{problem} (no more checkpoints until a restart; the log keeps every change)"
+
+    def _checkpoint_io_failed(self, error: OSError, step: str) -> None:
+        self._checkpoint_failed = str(_io_error("checkpoint", error, self.runtime_dir))
+        log.warning("a checkpoint failed %s; the log keeps every change, will retry: %s", step, self._checkpoint_failed)
+
+    def _hand_back(self, changes: list[Change], lsn: int, size: int) -> None:
+        """Put changes no file holds back in front of those pending (the next try writes them)."""
+        with self._pending_changed:
+            self._pending[:0] = changes
+            self._pending_bytes += size
+            self._pending_lsn = max(self._pending_lsn, lsn)
+
+    def _after_marker(self, checkpoint: CheckpointFiles, lsn: int) -> None:
+        """What follows a durable marker at ``lsn``: the deleted workers' directories, the
+        compactions, the covered segments. Each step that fails is logged and retried by the
+        next checkpoint; none of them is undone or written twice."""
         self._checkpoint_failed = None
         self.checkpoints += 1
         self._remove_deleted(checkpoint)
         checkpoint.compact()
         checkpoint.compact_idempotency()
         self._remove_covered(lsn)
-        return True
 
     def _remove_deleted(self, checkpoint: CheckpointFiles) -> None:
         checkpoint.remove_deleted()

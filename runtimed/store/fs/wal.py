@@ -19,6 +19,7 @@ oldest first, never the newest.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -364,33 +365,48 @@ class LogWriter:
 
     def append(self, data: bytes, lines: int) -> None:
         """Append ``data`` (``lines`` whole lines, the next LSNs) and make it durable: one
-        ``write`` and one ``fsync`` (and the directory's, when a new segment was started)."""
+        ``write`` and one ``fsync`` (and the directory's, when a new segment was started).
+
+        On failure, ``undo`` puts the log back as it was before this call, and only this
+        call's lines: a failure before anything was written (a new segment that could not be
+        created) leaves nothing to undo. ``next_lsn`` moves only once the lines are durable."""
+        self._undo = None
         started = False
         if self._size >= SEGMENT_BYTES or not self.segments:
-            self._start_segment()
+            self._start_segment()  # raises before it creates anything, or the segment is ours
             started = True
+            self._undo = (0, True)
         fd = self._open_active()
         self._undo = (self._size, started)
         path = self.active.path
         with files.naming(path):
             files.write_all(fd, data)
             self._size += len(data)
-            os.fsync(fd)
+            self.sync(fd)
         if started:
             files.fsync_path(self.directory)  # the new segment's name is durable with its directory
         self.next_lsn += lines
+        self._undo = None
+
+    @staticmethod
+    def sync(fd: int) -> None:
+        """The ``fsync`` that makes an append durable (a test makes it fail)."""
+        os.fsync(fd)
 
     def _start_segment(self) -> None:
         path = self.directory / segment_name(self.next_lsn)
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
-        self.close()
-        self._fd = fd
+        previous, self._fd = self._fd, fd
         self._size = 0
         with self.lock:
             self.segments.append(Segment(self.next_lsn, path))
+        if previous is not None:
+            with contextlib.suppress(OSError):  # its lines are durable already: nothing is lost
+                os.close(previous)
 
     def undo(self) -> None:
-        """Put the log back as it was before the last ``append`` (which failed)."""
+        """Put the log back as it was before the last ``append``, which failed (nothing when it
+        failed before it wrote anything)."""
         if self._undo is None:
             return
         size, started = self._undo
