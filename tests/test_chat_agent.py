@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import socket
 import stat
@@ -126,6 +127,30 @@ def test_a_bad_setting_is_refused_by_name(name, value, complaint):
         chat.Settings.from_environment({f"RUNTIMED_AGENT_{name}": value})
 
     assert str(caught.value) == complaint
+
+
+def test_the_key_is_never_in_a_log_line_a_traceback_or_a_repr_of_the_settings():
+    key = "sk-test-0123456789"
+    settings = chat.Settings(model="tiny", api_key=key)
+    assert key not in repr(settings)
+    formatter = chat.Redacting("%(levelname)s %(message)s", key)
+    try:
+        raise RuntimeError(f"the server refused key {key}")
+    except RuntimeError:
+        record = logging.LogRecord("openai", logging.ERROR, __file__, 1, "failed with %s", (key,), sys.exc_info())
+    line = formatter.format(record)
+    assert key not in line
+    assert line.startswith("ERROR failed with ***") and "the server refused key ***" in line
+
+
+async def test_failures_name_the_server_without_credentials_written_into_its_url():
+    agent = chat.ChatAgent(chat.Settings(model="tiny", base_url="http://user:s3cret@127.0.0.1:9/v1"))
+    try:
+        assert agent.endpoint == "http://***@127.0.0.1:9/v1"
+    finally:
+        await agent.openai_client.close()
+    assert chat.without_credentials("http://127.0.0.1:11434/v1") == "http://127.0.0.1:11434/v1"
+    assert chat.without_credentials("https://key@[::1]:8080/v1/") == "https://***@[::1]:8080/v1/"
 
 
 def test_without_settings_there_is_no_model_and_the_timeout_is_120_seconds():

@@ -49,6 +49,7 @@ import math
 import os
 import re
 import sys
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,7 +116,7 @@ class Settings:
 
     model: str | None = None
     base_url: str | None = None
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)  # never in a repr, a log line or a traceback
     system_prompt: str | None = None
     max_tokens: int | None = None
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
@@ -274,7 +275,8 @@ class ChatAgent(Agent):
             # Every phase: connecting, and then each wait for the next piece of the stream.
             timeout=settings.timeout_seconds,
         )
-        self.endpoint = str(self.openai_client.base_url).rstrip("/")
+        # How failures name the server: without credentials written into the URL.
+        self.endpoint = without_credentials(str(self.openai_client.base_url).rstrip("/"))
 
     def on_connect(self, conn: Client) -> None:
         self._client = conn
@@ -520,6 +522,16 @@ class ChatAgent(Agent):
         return RequestError(TURN_FAILED, message, {"status": failure.status} if failure.status is not None else None)
 
 
+def without_credentials(url: str) -> str:
+    """``url`` with a user and password written into it (``http://user:secret@host/v1``) as
+    ``***`` (``http://***@host/v1``); any other URL as it is."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{REDACTED}@{host}"))
+
+
 def _server_message(error: openai.APIStatusError) -> str:
     """The server's own message in an error answer: OpenAI's ``{"error": {"message": …}}``, or
     whatever text it sent; bounded."""
@@ -542,24 +554,23 @@ def _describe(error: BaseException) -> str:
     return text if text else type(error).__name__
 
 
-class Redacting(logging.Filter):
-    """Writes the API key ``***`` in every log record, whoever logs it (this agent or a library)."""
+class Redacting(logging.Formatter):
+    """Writes the API key ``***`` in every line the agent logs, whoever logs it (this agent or a
+    library): the whole formatted record, its traceback and stack included."""
 
-    def __init__(self, secret: str | None) -> None:
-        super().__init__()
+    def __init__(self, fmt: str, secret: str | None) -> None:
+        super().__init__(fmt)
         self.secret = secret
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        if self.secret:
-            message = record.getMessage()
-            if self.secret in message:
-                record.msg, record.args = message.replace(self.secret, REDACTED), None
-        return True
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text.replace(self.secret, REDACTED) if self.secret else text
 
 
 def main() -> int:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(f"{AGENT_NAME}: %(levelname)s %(message)s"))
+    log_format = f"{AGENT_NAME}: %(levelname)s %(message)s"
+    handler.setFormatter(logging.Formatter(log_format))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     # The HTTP libraries log every request at INFO: the agent reports what matters itself.
     for name in ("openai", "httpx", "httpx2", "httpcore", "httpcore2"):
@@ -569,7 +580,7 @@ def main() -> int:
     except SettingsError as error:
         log.error("%s", error)
         return 2
-    handler.addFilter(Redacting(settings.api_key))
+    handler.setFormatter(Redacting(log_format, settings.api_key))
     if settings.model is None:
         log.warning("no model configured: every prompt will fail until the profile sets model")
     try:
