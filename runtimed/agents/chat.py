@@ -57,29 +57,16 @@ from typing import Any, Literal, cast
 from uuid import uuid4
 
 import openai
-from acp import PROTOCOL_VERSION, Agent, Client, RequestError, update_agent_message_text
-from acp.meta import AGENT_METHODS
+from acp import RequestError, update_agent_message_text
 from acp.schema import (
-    AgentCapabilities,
-    AuthenticateResponse,
-    ClientCapabilities,
-    ForkSessionResponse,
-    Implementation,
-    InitializeResponse,
-    ListSessionsResponse,
     LoadSessionResponse,
     NewSessionResponse,
     PromptResponse,
-    ResumeSessionResponse,
-    SetSessionConfigOptionResponse,
-    SetSessionModeResponse,
     TextContentBlock,
     UsageUpdate,
 )
 
-from runtimed import __version__
-
-from .echo import RUNTIMED_META_KEY, ContentBlock, McpServer, serve_agent
+from .echo import RUNTIMED_META_KEY, BuiltinAgent, ContentBlock, McpServer, serve_agent
 
 log = logging.getLogger("runtimed.agents.chat")
 
@@ -260,10 +247,11 @@ def read_history(path: Path) -> list[dict[str, str]]:
     return messages
 
 
-class ChatAgent(Agent):
+class ChatAgent(BuiltinAgent):
     """The agent side of one connection: the SDK routes each request to the method of its name."""
 
-    _client: Client
+    agent_name = AGENT_NAME
+    title = "runtimed chat agent"
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -277,22 +265,6 @@ class ChatAgent(Agent):
         )
         # How failures name the server: without credentials written into the URL.
         self.endpoint = without_credentials(str(self.openai_client.base_url).rstrip("/"))
-
-    def on_connect(self, conn: Client) -> None:
-        self._client = conn
-
-    async def initialize(
-        self,
-        protocol_version: int,
-        client_capabilities: ClientCapabilities | None = None,
-        client_info: Implementation | None = None,
-        **kwargs: Any,
-    ) -> InitializeResponse:
-        return InitializeResponse(
-            protocol_version=PROTOCOL_VERSION,
-            agent_capabilities=AgentCapabilities(load_session=True),
-            agent_info=Implementation(name=AGENT_NAME, title="runtimed chat agent", version=__version__),
-        )
 
     async def new_session(
         self,
@@ -387,35 +359,6 @@ class ChatAgent(Agent):
             session.turn.cancelled = True
             if session.turn.request is not None:
                 session.turn.request.cancel()  # closes the HTTP stream at once
-
-    # What this agent does not do is answered "method not found" (as the echo agent does).
-
-    async def list_sessions(self, *args: Any, **kwargs: Any) -> ListSessionsResponse:
-        raise RequestError.method_not_found(AGENT_METHODS["session_list"])
-
-    async def set_session_mode(self, *args: Any, **kwargs: Any) -> SetSessionModeResponse | None:
-        raise RequestError.method_not_found(AGENT_METHODS["session_set_mode"])
-
-    async def set_config_option(self, *args: Any, **kwargs: Any) -> SetSessionConfigOptionResponse | None:
-        raise RequestError.method_not_found(AGENT_METHODS["session_set_config_option"])
-
-    async def authenticate(self, *args: Any, **kwargs: Any) -> AuthenticateResponse | None:
-        raise RequestError.method_not_found(AGENT_METHODS["authenticate"])
-
-    async def fork_session(self, *args: Any, **kwargs: Any) -> ForkSessionResponse:
-        raise RequestError.method_not_found(AGENT_METHODS["session_fork"])
-
-    async def resume_session(self, *args: Any, **kwargs: Any) -> ResumeSessionResponse:
-        raise RequestError.method_not_found(AGENT_METHODS["session_resume"])
-
-    async def close_session(self, *args: Any, **kwargs: Any) -> None:
-        raise RequestError.method_not_found(AGENT_METHODS["session_close"])
-
-    async def ext_method(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
-        raise RequestError.method_not_found(f"_{method}")
-
-    async def ext_notification(self, method: str, params: dict[str, Any]) -> None:
-        log.info("ignoring the extension notification _%s", method)
 
     # The request.
 

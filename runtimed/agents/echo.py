@@ -147,14 +147,16 @@ class BadArgument(Exception):
     """A command's argument does not parse; the message says why, for the user to read."""
 
 
-class EchoAgent(Agent):
-    """The agent side of one connection: the SDK routes each request to the method of its name."""
+class BuiltinAgent(Agent):
+    """What runtimed's built-in agents (``echo``, ``chat``) share: the handshake (each names itself
+    with ``agent_name`` and ``title``; both load sessions), and "method not found" for everything
+    they do not do. (A handler left out of a class that subclasses the SDK's ``Agent`` would
+    answer with an empty result instead.)"""
 
+    #: The agent's name and title in ``initialize``'s ``agent_info``.
+    agent_name: str
+    title: str
     _client: Client
-
-    def __init__(self) -> None:
-        self._sessions: dict[str, Session] = {}
-        self._tool_call_ids = itertools.count(1)
 
     def on_connect(self, conn: Client) -> None:
         self._client = conn
@@ -166,13 +168,51 @@ class EchoAgent(Agent):
         client_info: Implementation | None = None,
         **kwargs: Any,
     ) -> InitializeResponse:
-        # Version 1 is the only one this agent speaks; when a client asked for another, ACP has
+        # Version 1 is the only one these agents speak; when a client asked for another, ACP has
         # the client decide whether to go on.
         return InitializeResponse(
             protocol_version=PROTOCOL_VERSION,
             agent_capabilities=AgentCapabilities(load_session=True),
-            agent_info=Implementation(name=AGENT_NAME, title="runtimed echo agent", version=__version__),
+            agent_info=Implementation(name=self.agent_name, title=self.title, version=__version__),
         )
+
+    async def list_sessions(self, *args: Any, **kwargs: Any) -> ListSessionsResponse:
+        raise RequestError.method_not_found(AGENT_METHODS["session_list"])
+
+    async def set_session_mode(self, *args: Any, **kwargs: Any) -> SetSessionModeResponse | None:
+        raise RequestError.method_not_found(AGENT_METHODS["session_set_mode"])
+
+    async def set_config_option(self, *args: Any, **kwargs: Any) -> SetSessionConfigOptionResponse | None:
+        raise RequestError.method_not_found(AGENT_METHODS["session_set_config_option"])
+
+    async def authenticate(self, *args: Any, **kwargs: Any) -> AuthenticateResponse | None:
+        raise RequestError.method_not_found(AGENT_METHODS["authenticate"])
+
+    async def fork_session(self, *args: Any, **kwargs: Any) -> ForkSessionResponse:
+        raise RequestError.method_not_found(AGENT_METHODS["session_fork"])
+
+    async def resume_session(self, *args: Any, **kwargs: Any) -> ResumeSessionResponse:
+        raise RequestError.method_not_found(AGENT_METHODS["session_resume"])
+
+    async def close_session(self, *args: Any, **kwargs: Any) -> None:
+        raise RequestError.method_not_found(AGENT_METHODS["session_close"])
+
+    async def ext_method(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        raise RequestError.method_not_found(f"_{method}")
+
+    async def ext_notification(self, method: str, params: dict[str, Any]) -> None:
+        logging.getLogger(type(self).__module__).info("ignoring the extension notification _%s", method)
+
+
+class EchoAgent(BuiltinAgent):
+    """The agent side of one connection: the SDK routes each request to the method of its name."""
+
+    agent_name = AGENT_NAME
+    title = "runtimed echo agent"
+
+    def __init__(self) -> None:
+        self._sessions: dict[str, Session] = {}
+        self._tool_call_ids = itertools.count(1)
 
     async def new_session(
         self,
@@ -233,36 +273,6 @@ class EchoAgent(Agent):
         session = self._sessions.get(session_id)
         if session is not None and session.turn is not None:
             session.turn.cancelled.set()
-
-    # What this agent does not do is answered "method not found". (A handler left out of a class
-    # that subclasses the SDK's Agent would answer with an empty result instead.)
-
-    async def list_sessions(self, *args: Any, **kwargs: Any) -> ListSessionsResponse:
-        raise RequestError.method_not_found(AGENT_METHODS["session_list"])
-
-    async def set_session_mode(self, *args: Any, **kwargs: Any) -> SetSessionModeResponse | None:
-        raise RequestError.method_not_found(AGENT_METHODS["session_set_mode"])
-
-    async def set_config_option(self, *args: Any, **kwargs: Any) -> SetSessionConfigOptionResponse | None:
-        raise RequestError.method_not_found(AGENT_METHODS["session_set_config_option"])
-
-    async def authenticate(self, *args: Any, **kwargs: Any) -> AuthenticateResponse | None:
-        raise RequestError.method_not_found(AGENT_METHODS["authenticate"])
-
-    async def fork_session(self, *args: Any, **kwargs: Any) -> ForkSessionResponse:
-        raise RequestError.method_not_found(AGENT_METHODS["session_fork"])
-
-    async def resume_session(self, *args: Any, **kwargs: Any) -> ResumeSessionResponse:
-        raise RequestError.method_not_found(AGENT_METHODS["session_resume"])
-
-    async def close_session(self, *args: Any, **kwargs: Any) -> None:
-        raise RequestError.method_not_found(AGENT_METHODS["session_close"])
-
-    async def ext_method(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
-        raise RequestError.method_not_found(f"_{method}")
-
-    async def ext_notification(self, method: str, params: dict[str, Any]) -> None:
-        log.info("ignoring the extension notification _%s", method)
 
     # A turn's content.
 
