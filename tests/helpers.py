@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from runtimed.domain.catalog import CreateWorkerRequest, ProfileSelector
-from runtimed.domain.errors import InvalidRequest, PermissionNotFound, StoreIo
+from runtimed.domain.errors import CursorExpired, InvalidRequest, PermissionNotFound, StoreIo
 from runtimed.domain.execution import (
     AgentProfile,
     ExecutionConfig,
@@ -28,7 +28,7 @@ from runtimed.domain.execution import (
 )
 from runtimed.domain.identity import WorkerRef
 from runtimed.runtime import Runtime
-from runtimed.store import Change, MemoryStore
+from runtimed.store import Change, FsStore, MemoryStore
 
 #: The agents the tests run: the built-in echo agent, and the two in tests/agents/.
 AGENTS_DIR = Path(__file__).with_name("agents")
@@ -254,3 +254,49 @@ async def run_turn(
         return None
     await runtime.end_turn(ref, started.turn, reason, f"echo: {started.entry.content}" if text is None else text)
     return started.turn
+
+
+# ------------------------------------------------------------ the fs store
+
+
+def reads(runtime: Runtime) -> tuple:
+    """Everything a client reads, observations and executions included."""
+    workers = runtime.list_workers()
+    return (
+        runtime.summary(),
+        workers,
+        [runtime.worker_detail(w.worker_ref) for w in workers],
+        [runtime.transcript(w.worker_ref, 0, 256) for w in workers],
+        runtime.events(1, 256),
+        runtime.diagnostics(),
+        [retained(runtime, w.worker_ref) for w in workers],
+        runtime.observation_sequence,
+    )
+
+
+def retained(runtime: Runtime, ref: WorkerRef) -> tuple[int, list]:
+    """The observations the bus keeps for ``ref`` and the cursor older ones expired at."""
+    try:
+        return 0, runtime.replay_observations(ref, 0)
+    except CursorExpired as expired:
+        return expired.resume_from, runtime.replay_observations(ref, expired.resume_from)
+
+
+async def crash(runtime: Runtime) -> None:
+    """Leave the store as a killed daemon would: every acknowledged change in the log, no final
+    checkpoint; the lock released as the kernel would."""
+    store = runtime._store
+    assert isinstance(store, FsStore)
+    if store._flusher is not None:
+        await asyncio.gather(store._flusher, return_exceptions=True)
+    with store._pending_changed:
+        store._pending.clear()
+        store._closing = True
+        store._pending_changed.notify()
+    if store._checkpointer is not None:
+        store._checkpointer.join()
+    store._log.close()
+    store._checkpoint_files.close()
+    store._io.shutdown()
+    store._fsyncs.shutdown()
+    store._unlock()

@@ -33,7 +33,7 @@ from runtimed.runtime import Runtime
 from runtimed.store.fs import FsStore, hex_id
 from runtimed.web.app import create_app
 
-from .helpers import FakeBackend, run_turn, wait_until
+from .helpers import FakeBackend, crash, reads, run_turn, wait_until
 
 TASK = CreateWorkerRequest(
     intent=TaskIntent("ship it"),
@@ -57,19 +57,6 @@ def user(content: str) -> WorkerInput:
 async def open_runtime(root: Path, runtime_id: str | None = None, **limits: int) -> Runtime:
     options = RuntimeOptions(runtime_id=runtime_id, limits=RuntimeLimits(**limits))
     return await Runtime.open(FsStore(root, options.limits.observation_backlog), options)
-
-
-def reads(runtime: Runtime) -> tuple:
-    """Everything a client can read over REST, for before/after comparisons."""
-    workers = runtime.list_workers()
-    return (
-        runtime.summary(),
-        workers,
-        [runtime.worker_detail(w.worker_ref) for w in workers],
-        [runtime.transcript(w.worker_ref, 0, 256) for w in workers],
-        runtime.events(1, 256),
-        runtime.diagnostics(),
-    )
 
 
 def iter_jsonl(path: Path) -> list[dict]:
@@ -100,26 +87,6 @@ def write_marker(root: Path, record: dict) -> None:
 
 def segments(root: Path) -> list[Path]:
     return sorted((runtime_dir(root) / "log").glob("*.jsonl"))
-
-
-async def crash(runtime: Runtime) -> None:
-    """Leave the store as a killed daemon would: every acknowledged change is in the log, and
-    nothing more is checkpointed (no final checkpoint); the lock is released as the kernel would."""
-    store = runtime._store
-    assert isinstance(store, FsStore)
-    if store._flusher is not None:
-        await asyncio.gather(store._flusher, return_exceptions=True)
-    with store._pending_changed:
-        store._pending.clear()
-        store._closing = True
-        store._pending_changed.notify()
-    if store._checkpointer is not None:
-        store._checkpointer.join()
-    store._log.close()
-    store._checkpoint_files.close()
-    store._io.shutdown()
-    store._fsyncs.shutdown()
-    store._unlock()
 
 
 @pytest.fixture

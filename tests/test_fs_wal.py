@@ -27,7 +27,7 @@ from runtimed.domain.catalog import (
     RuntimeDefaultProfile,
     TaskIntent,
 )
-from runtimed.domain.errors import CursorExpired, StoreCorrupt, StoreIo
+from runtimed.domain.errors import StoreCorrupt, StoreIo
 from runtimed.domain.execution import AgentInfo, ExecutionState
 from runtimed.domain.idempotency import KeptAnswer
 from runtimed.domain.identity import WorkerRef
@@ -40,7 +40,7 @@ from runtimed.store.fs import FsStore, wal
 from runtimed.store.fs.checkpoint import decode_marker, encode_marker
 from runtimed.store.fs.commit import CommitRecord, fold
 
-from .helpers import FakeBackend, run_turn, wait_until
+from .helpers import FakeBackend, crash, reads, run_turn, wait_until
 from .process import RuntimedProcess, request_json
 
 FIXTURES = Path(__file__).with_name("fixtures")
@@ -78,49 +78,6 @@ def marker(root: Path) -> dict[str, Any]:
 
 def files_of(root: Path) -> dict[Path, bytes]:
     return {p: p.read_bytes() for p in root.rglob("*") if p.is_file() and p.name != "runtimed.lock"}
-
-
-def reads(runtime: Runtime) -> tuple:
-    """Everything a client reads, observations and executions included."""
-    workers = runtime.list_workers()
-    return (
-        runtime.summary(),
-        workers,
-        [runtime.worker_detail(w.worker_ref) for w in workers],
-        [runtime.transcript(w.worker_ref, 0, 256) for w in workers],
-        runtime.events(1, 256),
-        runtime.diagnostics(),
-        [retained(runtime, w.worker_ref) for w in workers],
-        runtime.observation_sequence,
-    )
-
-
-def retained(runtime: Runtime, ref) -> tuple[int, list]:
-    """The observations the bus keeps for ``ref`` and the cursor older ones expired at."""
-    try:
-        return 0, runtime.replay_observations(ref, 0)
-    except CursorExpired as expired:
-        return expired.resume_from, runtime.replay_observations(ref, expired.resume_from)
-
-
-async def crash(runtime: Runtime) -> None:
-    """Leave the store as a killed daemon would: every acknowledged change in the log, no final
-    checkpoint; the lock released as the kernel would."""
-    store = runtime._store
-    assert isinstance(store, FsStore)
-    if store._flusher is not None:
-        await asyncio.gather(store._flusher, return_exceptions=True)
-    with store._pending_changed:
-        store._pending.clear()
-        store._closing = True
-        store._pending_changed.notify()
-    if store._checkpointer is not None:
-        store._checkpointer.join()
-    store._log.close()
-    store._checkpoint_files.close()
-    store._io.shutdown()
-    store._fsyncs.shutdown()
-    store._unlock()
 
 
 def checkpoint_now(runtime: Runtime) -> None:
