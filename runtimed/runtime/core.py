@@ -198,12 +198,11 @@ class _DurableView:
     read up to the lengths recorded here.
     """
 
-    __slots__ = ("counts", "diagnostics", "events", "index", "status", "workers")
+    __slots__ = ("diagnostics", "events", "index", "status", "workers")
 
     def __init__(self) -> None:
         self.workers: dict[str, WorkerState] = {}  # insertion order is creation order
-        self.index = WorkerIndex()
-        self.counts: Counter[WorkerStatus] = Counter()
+        self.index = WorkerIndex()  # also the count of workers of each status
         self.events = 0
         self.diagnostics = 0
         self.status = RuntimeStatus.STOPPED
@@ -219,15 +218,11 @@ class _DurableView:
             previous = self.workers.get(worker_id)
             if previous is None:
                 self.index.add(_sequence_of(worker_id), state.status)
-            else:
-                self.counts[previous.status] -= 1
-                if previous.status is not state.status:
-                    self.index.move(_sequence_of(worker_id), previous.status, state.status)
-            self.counts[state.status] += 1
+            elif previous.status is not state.status:
+                self.index.move(_sequence_of(worker_id), previous.status, state.status)
             self.workers[worker_id] = state
         for worker_id in change.deleted:
             deleted = self.workers.pop(worker_id)
-            self.counts[deleted.status] -= 1
             self.index.remove(_sequence_of(worker_id), deleted.status)
 
 
@@ -309,7 +304,6 @@ class Runtime:
         durable = self._durable
         durable.workers = dict(self._workers)
         durable.index = WorkerIndex((_sequence_of(wid), state.status) for wid, state in self._workers.items())
-        durable.counts = Counter(self._status_counts)
         durable.events = len(self._events)
         durable.diagnostics = len(self._diagnostics)
         durable.status = self._status
@@ -362,16 +356,16 @@ class Runtime:
 
     def summary(self) -> RuntimeSummary:
         durable = self._durable
-        counts = durable.counts
+        count = durable.index.count
         return RuntimeSummary(
             runtime_id=self._runtime_id,
             display_name=self._options.display_name,
             backend=self._store.backend,
             status=durable.status,
             worker_count=len(durable.workers),
-            active_worker_count=counts[WorkerStatus.RUNNING],
-            stopped_worker_count=counts[WorkerStatus.STOPPED],
-            cancelled_worker_count=counts[WorkerStatus.CANCELLED],
+            active_worker_count=count(WorkerStatus.RUNNING),
+            stopped_worker_count=count(WorkerStatus.STOPPED),
+            cancelled_worker_count=count(WorkerStatus.CANCELLED),
             diagnostic_count=durable.diagnostics,
             limits=self._limits,
         )
@@ -477,7 +471,7 @@ class Runtime:
                 agents[state.execution.state] += 1
                 pending += state.execution.pending_permissions
         return RuntimeStats(
-            workers_by_status={status: self._durable.counts[status] for status in WorkerStatus},
+            workers_by_status={status: self._durable.index.count(status) for status in WorkerStatus},
             observations_published=self._bus.published,
             subscriber_overruns=self._bus.overruns,
             observers=self._bus.subscriber_count(),

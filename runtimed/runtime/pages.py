@@ -46,6 +46,10 @@ class WorkerIndex:
         _remove(self._all, sequence)
         _remove(self._by_status[status], sequence)
 
+    def count(self, status: WorkerStatus) -> int:
+        """How many workers have ``status``."""
+        return len(self._by_status[status])
+
     def page(self, statuses: Collection[WorkerStatus] | None, after: int, limit: int) -> tuple[list[int], bool]:
         """The first ``limit`` sequences greater than ``after`` of workers with one of
         ``statuses`` (``None``: any), in creation order, and whether more follow them."""
